@@ -1,0 +1,188 @@
+"""The `tol` command line. Each command is a thin shell over a module function (testable without the CLI)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TolError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tol_builder: rebuild, extend and train on TreeOfLife-scale image-text datasets.")
+shards_app = typer.Typer(no_args_is_help=True, help="Webdataset shards: check what a build wrote.")
+app.add_typer(shards_app, name="shards")
+
+console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(1)
+
+
+def _print_summary(summary) -> None:
+    for stage, counters in summary.stages.items():
+        shown = ", ".join(f"{k}={v:,}" for k, v in counters.items())
+        console.print(f"  {stage}: {shown}")
+    if summary.skipped:
+        console.print(f"  not in this version yet: {', '.join(summary.skipped)}")
+    console.print(f"outputs in {summary.out} ({summary.seconds:.1f} s); "
+                  f"try: tol query {summary.out} \"SELECT source, count(*) FROM records GROUP BY source\"")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("tol-demo"), "--out", help="Where the demo data and build go "
+                                  "(a previous demo there is replaced)."),
+         scheduler: Optional[str] = typer.Option(None, help="Address or scheduler file of a running Dask "
+                                                 "cluster; default: a LocalCluster."),
+         quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
+    """Build a miniature of all three sources end to end, offline.
+
+    Generates iNat21, BIOSCAN-1M and EOL miniatures in their real formats (procedurally drawn images, a
+    few taxa each), serves the EOL images from a loopback HTTP server, and runs every stage of this
+    version on them."""
+    from .demo import run_demo
+
+    try:
+        summary = run_demo(out, console=console, scheduler=scheduler, progress=not quiet)
+    except TolError as e:
+        _fail(e)
+    _print_summary(summary)
+
+
+@app.command()
+def build(workflow: Path = typer.Argument(..., help="Workflow TOML (see workflows/)."),
+          out: Optional[Path] = typer.Option(None, help="Build directory (default: the workflow's `out`)."),
+          stages: Optional[str] = typer.Option(None, help="Comma-separated stages to run, e.g. ingest,fetch "
+                                               "(default: the workflow's list)."),
+          scheduler: Optional[str] = typer.Option(None, help="Address (tcp://host:8786) or scheduler file "
+                                                  "of a running Dask cluster; default: a LocalCluster."),
+          quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
+    """Run a workflow's stages. Re-running resumes: completed tasks are skipped."""
+    from .build import build as run_build
+    from .config import load_workflow
+
+    try:
+        wf = load_workflow(workflow)
+        summary = run_build(wf, out=out, stages=stages.split(",") if stages else None, scheduler=scheduler,
+                            console=console, progress=not quiet)
+    except TolError as e:
+        _fail(e)
+    _print_summary(summary)
+
+
+@app.command()
+def status(out: Path = typer.Argument(..., help="Build directory.")) -> None:
+    """Show each stage's progress (tasks done of planned) and its merged counters."""
+    from .status import stage_status
+
+    try:
+        rows = stage_status(out)
+    except TolError as e:
+        _fail(e)
+    table = Table(title=f"build {out}")
+    for col in ("stage", "tasks done", "counters"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["stage"], f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
+                      ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
+    Console().print(table)
+
+
+@app.command()
+def sources() -> None:
+    """List the registered image sources (built in, and added by other packages)."""
+    from .sources import available, get_source_class
+
+    table = Table(title="sources (entry-point group tol_builder.sources)")
+    for col in ("name", "class", "description"):
+        table.add_column(col)
+    for name, target in available().items():
+        try:
+            desc = (get_source_class(name).description or "").strip()
+        except Exception as e:  # a broken plugin is listed with its error, not hidden
+            desc = f"[red]cannot load: {e}[/]"
+        table.add_row(name, target, desc)
+    Console(width=200).print(table)
+
+
+@app.command()
+def query(out: Path = typer.Argument(..., help="Build directory."),
+          sql: str = typer.Argument(..., help="SQL on the catalog (tables: SELECT * FROM tables)."),
+          format: str = typer.Option("table", "--format", help="table, csv or json.")) -> None:
+    """Run SQL on a build's catalog.duckdb through a read-only connection."""
+    from .catalog import query as run_query
+
+    if format not in ("table", "csv", "json"):
+        _fail(TolError(f"--format: expected table, csv or json, got {format!r}"))
+    try:
+        result = run_query(out, sql)
+    except TolError as e:
+        _fail(e)
+    except Exception as e:  # DuckDB's own message names the problem
+        _fail(TolError(f"{type(e).__name__}: {e}"))
+    write_table(result, format)
+
+
+def write_table(result, format: str) -> None:
+    if format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(result.column_names)
+        for row in result.to_pylist():
+            w.writerow(["" if row[c] is None else row[c] for c in result.column_names])
+    elif format == "json":
+        sys.stdout.write(json.dumps(result.to_pylist(), default=str, ensure_ascii=False) + "\n")
+    else:
+        table = Table()
+        for c in result.column_names:
+            table.add_column(c)
+        for row in result.to_pylist():
+            table.add_row(*["" if row[c] is None else str(row[c]) for c in result.column_names])
+        Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+def coverage(out: Path = typer.Argument(..., help="Build directory."),
+             rank: str = typer.Option("class", help="Rank to count by."),
+             plot: Optional[Path] = typer.Option(None, help="Write a PNG picture of coverage.")) -> None:
+    """Taxonomic coverage: images and taxa per rank and source (needs the taxonomy stage)."""
+    _not_yet("coverage", "the taxonomy stage")
+
+
+@shards_app.command("verify")
+def shards_verify(out: Path = typer.Argument(..., help="Build directory.")) -> None:
+    """Re-read every shard and check it against its index and sizes.json (needs the shards stage)."""
+    _not_yet("shards verify", "the shards stage")
+
+
+@app.command()
+def train(config: Optional[Path] = typer.Argument(None, help="Training config.")) -> None:
+    """Train a CLIP model on a build's shards (torch + open_clip; pip install 'tol_builder\\[train]')."""
+    _not_yet("train", "the trainer")
+
+
+@app.command(name="eval")
+def eval_(config: Optional[Path] = typer.Argument(None, help="Evaluation config.")) -> None:
+    """Zero-shot and few-shot evaluation of a trained model."""
+    _not_yet("eval", "the trainer")
+
+
+def _not_yet(command: str, what: str) -> None:
+    console.print(f"[yellow]tol {command}[/]: {what} is not part of this version yet.")
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

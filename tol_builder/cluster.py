@@ -1,0 +1,57 @@
+"""Where tasks run: `get_client()` is the only place that creates or joins a Dask cluster.
+
+Stages never import this module; the build hands their tasks to the runner, which uses the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import ClusterConfig
+
+
+def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None,
+               scheduler_file: str | None = None):
+    """A Dask client: joins `scheduler` (an address) or `scheduler_file` if given, else starts a LocalCluster.
+
+    The CLI's --scheduler accepts either: a path to an existing file is taken as a scheduler file."""
+    from dask.distributed import Client, LocalCluster
+
+    cfg = cfg or ClusterConfig()
+    scheduler = scheduler or cfg.scheduler or None
+    scheduler_file = scheduler_file or cfg.scheduler_file or None
+    if scheduler and Path(scheduler).is_file():
+        scheduler, scheduler_file = None, scheduler
+    if scheduler_file:
+        return Client(scheduler_file=str(scheduler_file), timeout="30s")
+    if scheduler:
+        return Client(scheduler, timeout="30s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    kwargs = dict(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
+                  processes=cfg.processes, memory_limit=cfg.memory_limit)
+    if cfg.dashboard_address:
+        kwargs["dashboard_address"] = cfg.dashboard_address
+    else:
+        kwargs["dashboard_address"] = None
+    cluster = LocalCluster(**kwargs)
+    client = Client(cluster)
+    client._tol_owns_cluster = True  # closed together with the client by close_client
+    return client
+
+
+def close_client(client) -> None:
+    if client is None:
+        return
+    cluster = getattr(client, "cluster", None) if getattr(client, "_tol_owns_cluster", False) else None
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def dashboard_link(client) -> str | None:
+    try:
+        link = client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing, or disabled)
+        return None
+    return link or None

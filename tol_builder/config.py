@@ -1,0 +1,251 @@
+"""Workflow configuration: a TOML file loaded into typed dataclasses, validated at load time.
+
+This module is the one home of every default. A wrong key or value fails in `load_workflow` with a
+`ConfigError` naming the file, the key (dotted path) and what was expected. Source-specific options are
+validated by the source's own `Options` dataclass with the same machinery (`from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------- sections
+@dataclass
+class ClusterConfig:
+    """Where the stages run. Empty scheduler and scheduler_file: a LocalCluster on this machine."""
+
+    scheduler: str = ""  # address of a running scheduler, e.g. tcp://10.0.0.5:8786
+    scheduler_file: str = ""  # or the scheduler file a running cluster wrote (dask scheduler --scheduler-file)
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"  # per worker, Dask syntax ("8GB") or "auto"
+    processes: bool = True
+    dashboard_address: str = ":0"  # ":0" = any free port; "" = no dashboard
+
+
+@dataclass
+class SourceConfig:
+    """One image source of the build: a registered reader and its manifest."""
+
+    name: str  # the reader, as registered in the entry-point group tol_builder.sources
+    manifest: str  # path of the source manifest TOML, relative to the workflow file
+    id: str = ""  # the value of records.source; defaults to name (set two ids to use one reader twice)
+    options: dict = field(default_factory=dict)  # reader-specific; validated by the reader's Options
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = self.name
+
+
+@dataclass
+class FetchConfig:
+    """The fetch stage: per-image HTTP downloads, archive members, image processing (issue 3)."""
+
+    max_side: int = 720  # stored JPEGs are resized so that their longer side is at most this
+    jpeg_quality: int = 95
+    max_pixels: int = 89_478_485  # decode cap against decompression bombs (Pillow's default)
+    max_bytes: int = 50_000_000  # size cap of one downloaded image
+    user_agent: str = "tol_builder/0.1 (biodiversity dataset rebuild; https://github.com/tol-builder)"
+    per_host_concurrency: int = 8  # cluster-wide
+    per_host_rps: float = 20.0  # cluster-wide requests per second per host
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_redirects: int = 5
+    retry_passes: int = 3  # passes over transient failures within one build
+    partition_size: int = 10_000  # records per fetch task
+
+
+@dataclass
+class TaxonomyConfig:
+    """The taxonomy stage (issue 4). Authority names refer to manifests in taxonomy/."""
+
+    authorities_dir: str = ""  # where authority manifests live; "" = the project's taxonomy/ folder
+    authority_order: list[str] = field(default_factory=lambda: ["source", "itis", "gbif", "eol"])
+    common_name_order: list[str] = field(
+        default_factory=lambda: ["itis", "inaturalist", "eol_preferred", "eol"])
+    min_images: int = 10  # coverage view: taxa with fewer images than this
+
+
+@dataclass
+class DedupConfig:
+    """Removal of evaluation-set images from the pool."""
+
+    evalsets: list[str] = field(default_factory=list)  # manifests/evalsets/*.toml, relative to the workflow
+    pdq_max_distance: int = 10  # TreeOfLife-200M setting
+    cross_source_exact: bool = True  # drop exact duplicates across sources (EOL re-hosts iNat photos)
+
+
+@dataclass
+class ShardsConfig:
+    image_size: int = 224
+    resize_mode: Literal["squash", "keep_ratio", "center_crop"] = "squash"
+    samples_per_shard: int = 10_000
+    val_fraction: float = 0.05
+    train_small_fraction: float = 0.10
+    default_text: str = "taxon_com"  # written as .txt so unmodified open_clip trains on the shards
+
+
+STAGES = ("ingest", "fetch", "taxonomy", "dedup", "shards")
+
+
+@dataclass
+class Workflow:
+    """A whole build: where it goes, with what seed, on which cluster, from which sources."""
+
+    name: str
+    out: str  # build directory; relative paths are relative to the current directory
+    sources: list[SourceConfig]
+    seed: int = 17
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    path: Path = field(default=Path("."), metadata={"toml": False})  # the TOML it came from
+
+    def source_manifest_path(self, source: SourceConfig) -> Path:
+        return (self.path.parent / source.manifest).resolve()
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (list, typing.List):
+        (inner,) = get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}"
+    if origin in (dict, typing.Dict) or tp is dict:
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "nothing"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, file: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(file, key, _type_name(tp), value)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _convert(value, option, file, key)
+            except ConfigError:
+                continue
+        raise ConfigError(file, key, _type_name(tp), value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(file, key, "a table", value)
+        return from_dict(tp, value, file, prefix=key)
+    if origin in (list, typing.List):
+        if not isinstance(value, list):
+            raise ConfigError(file, key, _type_name(tp), value)
+        (inner,) = get_args(tp) or (Any,)
+        return [_convert(v, inner, file, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, typing.Dict) or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(file, key, "a table", value)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(file, key, "true or false", value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(file, key, "an integer", value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(file, key, "a number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(file, key, "a string", value)
+        return value
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ConfigError(file, key, "a path string", value)
+        return Path(value)
+    raise TypeError(f"config type {tp!r} is not supported")  # a programming error, not a user's
+
+
+def from_dict(cls: type, data: dict, file: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("toml", True)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(file, dotted, "one of the known keys: " + ", ".join(sorted(fields)), "unknown key")
+        kwargs[key] = _convert(value, hints[key], file, dotted)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            dotted = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(file, dotted, f"{_type_name(hints[name])} (required)", "missing")
+    return cls(**kwargs)
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "an existing TOML file", "not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "(syntax)", "valid TOML", str(e)) from None
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    path = Path(path).resolve()
+    wf = from_dict(Workflow, read_toml(path), path)
+    wf.path = path
+    for i, stage in enumerate(wf.stages):
+        if stage not in STAGES:
+            raise ConfigError(path, f"stages[{i}]", "one of " + ", ".join(STAGES), stage)
+    seen: set[str] = set()
+    for i, s in enumerate(wf.sources):
+        if s.id in seen:
+            raise ConfigError(path, f"sources[{i}].id", "a source id not used before (set `id`)", s.id)
+        seen.add(s.id)
+        if not wf.source_manifest_path(s).exists():
+            raise ConfigError(path, f"sources[{i}].manifest", "an existing manifest file",
+                              str(wf.source_manifest_path(s)))
+    if wf.cluster.scheduler and wf.cluster.scheduler_file:
+        raise ConfigError(path, "cluster", "scheduler or scheduler_file, not both", "both set")
+    return wf
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain TOML-able data (fields marked toml=False left out)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("toml", True)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,29 @@
+"""What a stage gets from the build: the workflow, the build directory, the runner, a console."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Workflow
+from .runner import Runner
+
+
+@dataclass
+class BuildContext:
+    workflow: Workflow
+    out: Path
+    runner: Runner
+    console: Any = None  # rich Console, or None for silence
+    threads: int = 1  # threads one task may use (DuckDB, decoders): the cluster's threads per worker
+
+    def log(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message)
+
+    def cache(self, *parts: str) -> Path:
+        """Work files a stage may reuse on a re-run (unpacked metadata, downloads)."""
+        p = self.out.joinpath("cache", *parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p

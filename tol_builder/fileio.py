@@ -1,0 +1,132 @@
+"""Atomic file output and plain retrieval of small source files.
+
+Everything tol_builder writes goes through `atomic_path`: the data is written under a temporary name in the
+same directory and renamed into place only when complete, so a killed process never leaves a half-written
+file under a real name. Temporary names start with '.tmp-' and never match the globs readers use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ChecksumError, InputError
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it to `path`, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+    try:
+        yield tmp
+        if tmp.is_dir():
+            if path.exists():
+                shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def clean_tmp(directory: str | os.PathLike) -> int:
+    """Remove leftovers of killed writers below `directory`. Returns how many were removed."""
+    n = 0
+    directory = Path(directory)
+    if not directory.exists():
+        return 0
+    for p in directory.rglob(f"{TMP_PREFIX}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def local_path(uri: str, base: Path | None = None) -> Path | None:
+    """The local path a URI names (a plain path or file://), else None. Relative paths resolve against base."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        p = Path(uri)
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        return p
+    return None
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = 1 << 22) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checksums(path: Path, *, md5: str | None = None, sha256: str | None = None,
+                     size: int | None = None, name: str | None = None) -> None:
+    label = name or str(path)
+    if size is not None and path.stat().st_size != size:
+        raise ChecksumError(label, "size", str(size), str(path.stat().st_size))
+    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+        if expected:
+            got = file_digest(path, algorithm)
+            if got.lower() != expected.lower():
+                raise ChecksumError(label, algorithm, expected.lower(), got)
+
+
+def retrieve(uri: str, dest: Path, *, base: Path | None = None, md5: str | None = None,
+             sha256: str | None = None, size: int | None = None, user_agent: str = "tol_builder") -> Path:
+    """Make a verified local copy of a source file (metadata, manifests). Idempotent.
+
+    Local paths and file:// URLs are used in place (verified, not copied). http(s) URLs are streamed to
+    `dest` atomically. Large media archives go through the fetch stage, which adds range resume.
+    """
+    lp = local_path(uri, base)
+    if lp is not None:
+        if not lp.exists():
+            raise InputError(lp, "file not found")
+        verify_checksums(lp, md5=md5, sha256=sha256, size=size, name=uri)
+        return lp
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme not in ("http", "https"):
+        raise InputError(uri, f"unsupported URL scheme '{scheme}' (http, https, file or a path)")
+    if dest.exists():
+        verify_checksums(dest, md5=md5, sha256=sha256, size=size, name=uri)
+        return dest
+    import requests
+
+    with atomic_path(dest) as tmp:
+        with requests.get(uri, stream=True, timeout=(10, 60), headers={"User-Agent": user_agent}) as r:
+            if r.status_code != 200:
+                raise InputError(uri, f"HTTP {r.status_code}")
+            with open(tmp, "wb") as f:
+                for block in r.iter_content(1 << 20):
+                    f.write(block)
+        verify_checksums(tmp, md5=md5, sha256=sha256, size=size, name=uri)
+    return dest

@@ -1,0 +1,82 @@
+"""Source manifests (manifests/*.toml): which files make up a source, where they are, and their checksums.
+
+A manifest names every file of a source with its role (`metadata` for what the reader parses, `media` for
+image archives), the split it belongs to, its URL and what the publisher states about it (size, md5). A
+relative `url` resolves against `base_url`, or, when there is none, against the manifest's own folder, so
+a manifest can describe a local copy as well as the remote original.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import from_dict, read_toml
+from .errors import ConfigError
+
+
+@dataclass
+class ManifestFile:
+    name: str  # file name as published, e.g. train.json.tar.gz
+    role: str  # "metadata" or "media"
+    url: str = ""  # absolute URL, or relative to base_url / the manifest's folder; "" = name
+    split: str = ""  # the source's own split this file holds ("train", "val"), if any
+    format: str = ""  # reader hint, e.g. "tsv" or "jsonld" for BIOSCAN-1M metadata
+    md5: str = ""
+    sha256: str = ""
+    bytes: int = 0  # exact size in bytes when known (verified); 0 = unknown
+    size: str = ""  # the size as the publisher states it ("224 GB"), informative only
+
+
+@dataclass
+class Manifest:
+    source: str  # the reader this manifest is for
+    files: list[ManifestFile]
+    title: str = ""
+    homepage: str = ""
+    licence: str = ""
+    citation: str = ""
+    base_url: str = ""
+    notes: str = ""
+    path: Path = field(default=Path("."), metadata={"toml": False})
+
+    def url(self, f: ManifestFile) -> str:
+        """The absolute URL (or absolute local path) of a file."""
+        ref = f.url or f.name
+        if urllib.parse.urlparse(ref).scheme in ("http", "https", "file"):
+            return ref
+        if Path(ref).is_absolute():
+            return ref
+        if self.base_url:
+            return urllib.parse.urljoin(self.base_url if self.base_url.endswith("/") else self.base_url + "/", ref)
+        return str((self.path.parent / ref).resolve())
+
+    def files_with(self, role: str, split: str | None = None, format: str | None = None) -> list[ManifestFile]:
+        return [f for f in self.files if f.role == role and (split is None or f.split == split)
+                and (format is None or f.format == format)]
+
+    def one(self, role: str, split: str | None = None, format: str | None = None) -> ManifestFile:
+        found = self.files_with(role, split, format)
+        if not found:
+            what = f"role '{role}'" + (f", split '{split}'" if split is not None else "") + (
+                f", format '{format}'" if format is not None else "")
+            raise ConfigError(self.path, "files", f"a file with {what}", "none")
+        return found[0]
+
+    def splits(self, role: str = "metadata") -> list[str]:
+        return sorted({f.split for f in self.files if f.role == role})
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    path = Path(path).resolve()
+    m = from_dict(Manifest, read_toml(path), path)
+    m.path = path
+    for i, f in enumerate(m.files):
+        if f.role not in ("metadata", "media"):
+            raise ConfigError(path, f"files[{i}].role", "'metadata' or 'media'", f.role)
+        for algo, length in (("md5", 32), ("sha256", 64)):
+            value = getattr(f, algo)
+            if value and (len(value) != length or any(c not in "0123456789abcdefABCDEF" for c in value)):
+                raise ConfigError(path, f"files[{i}].{algo}", f"{length} hex digits", value)
+    return m

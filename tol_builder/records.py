@@ -1,0 +1,180 @@
+"""The `records` table: one row per image, raw labels exactly as the source gives them.
+
+Contract between the source readers and everything after ingest:
+
+* Readers yield Arrow record batches whose columns are `RAW_COLUMNS` (all strings, missing = null) plus
+  `_row` (int64: the row, array index or line the record came from, for error messages).
+* `finalize` adds the `uid` (first 16 bytes of sha256("{source}:{source_id}"), hex), checks what every
+  record needs, and writes one parquet file per partition atomically.
+* Per-record problems go to a `RejectLog` (file, row, member, field, reason, value); they become the
+  `rejects` table. A reject is counted under `rejected_<reason>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .fileio import atomic_path
+
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+# name -> description (the catalog documents the table with these)
+RAW_COLUMNS: dict[str, str] = {
+    "source_id": "the image's id in its source (iNat21 file uuid, BIOSCAN processid, EOL content id)",
+    "media_uri": "URL of the image, or of the archive that holds it (http, https, file or a path)",
+    "media_member": "path of the image inside the archive at media_uri; null for per-image URLs",
+    **{r: f"raw {r} as given by the source (null when missing)" for r in RANKS},
+    "scientific_name": "raw scientific name as given (iNat21 name, BIOSCAN most specific name)",
+    "common_name": "raw common (vernacular) name as given",
+    "source_taxon_id": "the source's taxon id: iNat21 category id, BIOSCAN BIN, EOL page id",
+    "licence": "licence of the image as given",
+    "rights_holder": "rights holder as given",
+    "source_url": "the page or original URL of the image at its source",
+    "source_split": "the source's own split (train/val/test...), where it has one",
+}
+
+RECORD_SCHEMA = pa.schema(
+    [pa.field("uid", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False)]
+    + [pa.field(name, pa.string()) for name in RAW_COLUMNS]
+)
+
+REJECT_SCHEMA = pa.schema([
+    ("stage", pa.string()), ("source", pa.string()), ("partition", pa.string()), ("file", pa.string()), ("row", pa.int64()),
+    ("member", pa.string()), ("field", pa.string()), ("reason", pa.string()), ("value", pa.string()),
+])
+
+RAW_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in RAW_COLUMNS] + [pa.field("_row", pa.int64())])
+
+
+def make_uid(source: str, source_id: str) -> str:
+    """Deterministic image id: the same (source, source_id) always gives the same uid."""
+    return hashlib.sha256(f"{source}:{source_id}".encode("utf-8")).hexdigest()[:32]
+
+
+class RejectLog:
+    """Collects per-record problems of one task; written beside the task's records."""
+
+    def __init__(self, source: str, partition: str, stage: str = "ingest"):
+        self.stage, self.source, self.partition = stage, source, partition
+        self._rows: list[tuple] = []
+        self._tables: list[pa.Table] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, *, file: str, reason: str, row: int | None = None, member: str | None = None,
+            field: str | None = None, value: object = None) -> None:
+        v = None if value is None else str(value)[:500]
+        self._rows.append((self.stage, self.source, self.partition, str(file), row, member, field, reason, v))
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def add_table(self, table: pa.Table) -> None:
+        """Bulk rejects: a table with columns file, row, member, field, reason, value (any subset)."""
+        if table.num_rows == 0:
+            return
+        n = table.num_rows
+        cols = {}
+        for f in REJECT_SCHEMA:
+            if f.name in ("stage", "source"):
+                cols[f.name] = pa.array([getattr(self, f.name)] * n, pa.string())
+            elif f.name == "partition":
+                cols[f.name] = pa.array([self.partition] * n, pa.string())
+            elif f.name in table.column_names:
+                cols[f.name] = table.column(f.name).cast(f.type)
+            else:
+                cols[f.name] = pa.nulls(n, f.type)
+        t = pa.table(cols, schema=REJECT_SCHEMA)
+        self._tables.append(t)
+        for reason, count in zip(*_value_counts(t.column("reason"))):
+            self.counts[reason] = self.counts.get(reason, 0) + count
+
+    def table(self) -> pa.Table:
+        parts = list(self._tables)
+        if self._rows:
+            parts.append(pa.Table.from_pylist(
+                [dict(zip(REJECT_SCHEMA.names, r)) for r in self._rows], schema=REJECT_SCHEMA))
+        if not parts:
+            return REJECT_SCHEMA.empty_table()
+        return pa.concat_tables(parts)
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+
+def _value_counts(arr: pa.ChunkedArray) -> tuple[list, list]:
+    vc = arr.value_counts()
+    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+
+
+def arrow_of(result) -> pa.Table:
+    """The Arrow table of a DuckDB result (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
+    fetch = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table")
+    return fetch()
+
+
+def duckdb_connection(threads: int = 1):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET threads={max(1, int(threads))}")
+    con.execute("SET preserve_insertion_order=true")
+    return con
+
+
+_CHECKS = [  # (condition that makes a record unusable, field, reason) in the order they are applied
+    ("source_id IS NULL OR length(source_id) = 0", "source_id", "missing_source_id"),
+    ("media_uri IS NULL OR length(media_uri) = 0", "media_uri", "missing_media"),
+    ("_dup > 1", "source_id", "duplicate_source_id"),  # one row per image: the first is kept
+]
+
+
+def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None) -> pa.Table:
+    """Check what every record needs, add `uid` and `source`; reject the rest with their reason.
+
+    Vectorised in DuckDB: no Python object per record."""
+    con = con or duckdb_connection()
+    raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
+    con.register("raw_in", raw)
+    con.execute("""CREATE OR REPLACE TEMP TABLE raw_checked AS
+        SELECT *, row_number() OVER (PARTITION BY source_id ORDER BY _row) AS _dup FROM raw_in""")
+    con.unregister("raw_in")
+    verdict = "CASE " + " ".join(f"WHEN {cond} THEN '{reason}'" for cond, _, reason in _CHECKS) + " END"
+    field_of = "CASE " + " ".join(f"WHEN {cond} THEN '{fld}'" for cond, fld, _ in _CHECKS) + " END"
+    bad = con.sql(f"""SELECT ? AS file, _row AS row, media_member AS member, {field_of} AS field,
+            {verdict} AS reason, CASE {" ".join(f"WHEN {c} THEN {f}" for c, f, _ in _CHECKS)} END AS value
+        FROM raw_checked WHERE {verdict} IS NOT NULL ORDER BY _row""", params=[file])
+    bad = arrow_of(bad)
+    rejects.add_table(bad)
+    cols = ", ".join(f'"{c}"' for c in RAW_COLUMNS)
+    good = con.sql(f"""SELECT substr(sha256(? || ':' || source_id), 1, 32) AS uid, ? AS source, {cols}
+        FROM raw_checked WHERE {verdict} IS NULL ORDER BY _row""", params=[source, source])
+    good = arrow_of(good)
+    con.execute("DROP TABLE raw_checked")
+    return good.cast(RECORD_SCHEMA)
+
+
+def write_records(path: Path, source: str, parts: Iterable[tuple[str, pa.Table | pa.RecordBatch]],
+                  rejects: RejectLog, rejects_path: Path, row_group_size: int = 100_000,
+                  threads: int = 1) -> int:
+    """Finalize the reader's output for one partition and write it as one parquet file, rejects beside it.
+
+    `parts` yields (file name, raw table) pairs; duplicates are detected across all of them. Returns the
+    number of records written."""
+    tables = []
+    files = []
+    for file, t in parts:
+        if isinstance(t, pa.RecordBatch):
+            t = pa.Table.from_batches([t])
+        tables.append(t.select(RAW_SCHEMA.names).cast(RAW_SCHEMA))
+        files.append(file)
+    raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+    label = files[0] if len(set(files)) == 1 else ",".join(sorted(set(files)))
+    records = finalize(source, raw, rejects, label, duckdb_connection(threads))
+    with atomic_path(path) as tmp:
+        pq.write_table(records, tmp, compression="zstd", row_group_size=row_group_size)
+        with atomic_path(rejects_path) as rtmp:
+            pq.write_table(rejects.table(), rtmp, compression="zstd")
+    return records.num_rows
