@@ -115,3 +115,16 @@ def test_source_options_validated_by_the_reader(tmp_path, counting_workflow):
     with pytest.raises(ConfigError) as e:
         build(wf, progress=False)
     assert "sources[0].options.partitions" in str(e.value) and "an integer" in str(e.value)
+
+
+def test_cluster_example_makes_a_slurm_job_script():
+    from tol_builder.cluster import jobqueue_cluster
+
+    wf = load_workflow(ROOT / "workflows" / "cluster-example.toml")
+    assert wf.cluster.jobqueue == "slurm" and wf.cluster.jobs == 8
+    cluster = jobqueue_cluster(wf.cluster)  # not scaled: nothing is submitted
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p cpu" in script and "#SBATCH -t 08:00:00" in script and "--nworkers 4" in script

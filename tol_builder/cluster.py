@@ -27,6 +27,12 @@ def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None
         return Client(scheduler_file=str(scheduler_file), timeout="30s")
     if scheduler:
         return Client(scheduler, timeout="30s")
+    if cfg.jobqueue:
+        cluster = jobqueue_cluster(cfg)
+        cluster.scale(jobs=cfg.jobs)
+        client = Client(cluster)
+        client._tol_owns_cluster = True
+        return client
     logging.getLogger("distributed").setLevel(logging.WARNING)
     kwargs = dict(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
                   processes=cfg.processes, memory_limit=cfg.memory_limit)
@@ -38,6 +44,26 @@ def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None
     client = Client(cluster)
     client._tol_owns_cluster = True  # closed together with the client by close_client
     return client
+
+
+JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
+
+
+def jobqueue_cluster(cfg: ClusterConfig):
+    """A dask-jobqueue cluster (not yet scaled) for Slurm, PBS, SGE or LSF."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        from .errors import TolError
+
+        raise TolError(f"cluster.jobqueue = '{cfg.jobqueue}' needs dask-jobqueue: "
+                       "pip install 'tol_builder[cluster]'") from None
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg.jobqueue])
+    options = dict(cfg.jobqueue_options)
+    options.setdefault("cores", cfg.threads_per_worker)
+    options.setdefault("processes", 1)
+    options.setdefault("memory", "8GB" if cfg.memory_limit == "auto" else cfg.memory_limit)
+    return cls(**options)
 
 
 def close_client(client) -> None:

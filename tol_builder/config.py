@@ -35,6 +35,10 @@ class ClusterConfig:
     memory_limit: str = "auto"  # per worker, Dask syntax ("8GB") or "auto"
     processes: bool = True
     dashboard_address: str = ":0"  # ":0" = any free port; "" = no dashboard
+    # Batch schedulers through dask-jobqueue (pip install 'tol_builder[cluster]'): "slurm", "pbs", "sge", "lsf"
+    jobqueue: Literal["", "slurm", "pbs", "sge", "lsf"] = ""
+    jobs: int = 1  # jobs to submit
+    jobqueue_options: dict = field(default_factory=dict)  # passed to e.g. SLURMCluster (cores, memory, queue, ...)
 
 
 @dataclass
