@@ -54,17 +54,18 @@ def read_task(out: str, source: dict, manifest_path: str, partition: dict, threa
     src = make_source(source, manifest_path, out, threads, config_file)
     part = Partition(partition["key"], tuple(tuple(x) for x in partition["inputs"]))
     rejects = RejectLog(src.source_id, part.key, stage=STAGE)
-    rows = [0]
+    seen = {"rows": 0, "rejected_by_reader": 0}
 
     def counted():
         for file, table in src.read(part, rejects):
-            rows[0] += table.num_rows
+            seen["rows"] += table.num_rows
             yield file, table
+        seen["rejected_by_reader"] = len(rejects)  # before write_records adds its own checks
 
     written = write_records(Path(out) / "records" / src.source_id / f"{part.key}.parquet", src.source_id,
                             counted(), rejects, Path(out) / "rejects" / STAGE / src.source_id / f"{part.key}.parquet",
                             threads=threads)
-    counters = {"rows_read": rows[0] + rejects.counts.get("_unparsed", 0), "records": written}
+    counters = {"rows_read": seen["rows"] + seen["rejected_by_reader"], "records": written}
     for reason, n in rejects.counts.items():
         counters[f"rejected_{reason}"] = n
     return counters
