@@ -1,0 +1,143 @@
+"""`tol demo`: a miniature of all three sources in their real formats, built end to end, offline.
+
+`run_demo(out)`:
+
+1. refuses an existing non-empty `out` that is not a previous demo (a `.tol-demo` file marks demo
+   directories); a previous demo is replaced, so every run starts fresh;
+2. writes iNat21, BIOSCAN-1M and EOL miniatures under `out/data` (demo.sources, from the taxa of
+   demo.taxa, pictures drawn by demo.images), deterministic for the workflow's seed;
+3. serves the EOL pictures from a loopback HTTP server (demo.server) for the rest of the run: started
+   before the EOL media manifest is written, since its URLs carry the server's port, stopped at the end
+   (also on error);
+4. writes the source manifests (`out/data/manifests/*.toml`, real md5s and sizes) and `out/workflow.toml`
+   (workflows/demo.toml with `out` and `sources` filled in), then runs `build.build` on it.
+
+It owns `out` and nothing else; the build itself is `tol build`'s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+import tol_builder
+
+from .. import build as build_mod
+from ..config import Workflow, load_workflow, read_toml, to_dict
+from ..errors import TolError
+from ..fileio import write_bytes_atomic, write_text_atomic
+from . import sources as gen
+from .server import serve_directory
+from .taxa import expected_records
+
+SENTINEL = ".tol-demo"
+DEMO_WORKFLOW = Path(tol_builder.__file__).resolve().parents[1] / "workflows" / "demo.toml"
+
+__all__ = ["run_demo", "prepare_out", "generate", "demo_workflow_template", "SENTINEL"]
+
+
+def prepare_out(out: Path) -> None:
+    """Make `out` an empty demo directory: refuse anything that is not a previous demo, replace one that is."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise TolError(f"{out} exists and is not a directory; choose another --out")
+        if any(out.iterdir()):
+            if not (out / SENTINEL).is_file():
+                raise TolError(f"{out} is not empty and is not a previous demo (it has no {SENTINEL} file); "
+                               "choose another --out or empty it")
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / SENTINEL, "This directory was written by `tol demo`; the next `tol demo` here "
+                                      "replaces all of it.\n")
+
+
+def demo_workflow_template() -> dict:
+    """workflows/demo.toml of the project, or (e.g. from a non-editable install) the config defaults."""
+    if DEMO_WORKFLOW.is_file():
+        return read_toml(DEMO_WORKFLOW)
+    return to_dict(Workflow(name="demo", out="tol-demo/build", sources=[]))
+
+
+def generate(out: Path, seed: int) -> tuple[dict[str, gen.SourceFiles], list[gen.EOLMedium]]:
+    """Write the iNat21 and BIOSCAN-1M miniatures and draw the EOL pictures under `out/data`.
+
+    The EOL media manifest is not written yet (its URLs need the server's port): see `gen.write_eol_manifest`."""
+    data = out / "data"
+    generated = {"inat21": gen.write_inat21(data, seed), "bioscan1m": gen.write_bioscan1m(data, seed)}
+    return generated, gen.render_eol_media(data, seed)
+
+
+def write_workflow(out: Path, template: dict, manifests: dict[str, Path]) -> Path:
+    doc = dict(template)
+    doc["out"] = str(out / "build")
+    doc["sources"] = []
+    for name, path in manifests.items():
+        entry: dict[str, Any] = {"name": name, "manifest": path.relative_to(out).as_posix()}
+        if name == "inat21":
+            entry["options"] = {"splits": ["train", "val"]}
+        doc["sources"].append(entry)
+    path = out / "workflow.toml"
+    header = ("# Written by `tol demo` from workflows/demo.toml. The EOL images are served over HTTP only while\n"
+              "# `tol demo` runs: to rebuild everything, run `tol demo` again.\n")
+    write_bytes_atomic(path, (header + tomli_w.dumps(doc)).encode("utf-8"))
+    return path
+
+
+def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bool = True,
+             seed: int | None = None) -> build_mod.BuildSummary:
+    out = Path(out).expanduser().resolve()
+    say = console.print if console is not None else (lambda *a, **k: None)
+    prepare_out(out)
+    template = demo_workflow_template()
+    seed = int(template.get("seed", 17) if seed is None else seed)
+    template["seed"] = seed
+    data = out / "data"
+    t0 = time.time()
+    generated, eol_media = generate(out, seed)
+    with serve_directory(gen.eol_content_root(data)) as base_url:
+        generated["eol"] = gen.write_eol_manifest(data, eol_media, base_url)
+        manifests = {name: gen.write_manifest(data / "manifests", files) for name, files in generated.items()}
+        wf_path = write_workflow(out, template, manifests)
+        counts = ", ".join(f"{name} {g.images}" for name, g in generated.items())
+        say(f"[bold]tol demo[/]: generated {sum(g.images for g in generated.values())} images ({counts}) "
+            f"in {time.time() - t0:.1f} s under {data}")
+        say(f"EOL images served from {base_url} for the duration of the build")
+        wf = load_workflow(wf_path)
+        summary = build_mod.build(wf, console=console, scheduler=scheduler, progress=progress)
+    _report(say, out, summary, generated)
+    return summary
+
+
+def _report(say, out: Path, summary: build_mod.BuildSummary, generated: dict[str, gen.SourceFiles]) -> None:
+    from .. import catalog
+
+    say(f"demo data:  {out / 'data'} (manifests in {out / 'data' / 'manifests'})")
+    say(f"workflow:   {out / 'workflow.toml'}")
+    cat = catalog.catalog_path(summary.out)
+    say(f"catalog:    {cat}")
+    ingested: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    if cat.exists():
+        try:
+            rows = catalog.query(summary.out, "SELECT source, count(*) AS n FROM records GROUP BY source")
+            ingested = {r["source"]: r["n"] for r in rows.to_pylist()}
+            rows = catalog.query(summary.out, "SELECT source, count(*) AS n FROM rejects GROUP BY source")
+            rejected = {r["source"]: r["n"] for r in rows.to_pylist()}
+        except Exception:  # no records or rejects table (ingest not run): report what was generated only
+            pass
+    expected = expected_records()
+    for name, g in generated.items():
+        line = f"  {name}: {g.images} images generated"
+        if name in ingested:
+            line += f", {ingested[name]} records ingested"
+            if ingested[name] != expected.get(name):
+                line += f" (expected {expected.get(name)})"
+        broken = g.rows - g.images
+        if broken or rejected.get(name):
+            line += (f"; {rejected.get(name, 0)} row(s) rejected ({broken} deliberately broken: "
+                     f"tol query {summary.out} \"SELECT * FROM rejects\")")
+        say(line)
