@@ -153,8 +153,16 @@ def write_table(result, format: str) -> None:
 def coverage(out: Path = typer.Argument(..., help="Build directory."),
              rank: str = typer.Option("class", help="Rank to count by."),
              plot: Optional[Path] = typer.Option(None, help="Write a PNG picture of coverage.")) -> None:
-    """Taxonomic coverage: images and taxa per rank and source (needs the taxonomy stage)."""
-    _not_yet("coverage", "the taxonomy stage")
+    """Taxonomic coverage: images and taxa per rank and source, and a picture of it (needs the taxonomy stage)."""
+    from .taxonomy.coverage import coverage_table, plot_coverage, rank_summary
+
+    try:
+        write_table(rank_summary(out), "table")
+        write_table(coverage_table(out, rank, top=30), "table")
+        if plot is not None:
+            console.print(f"wrote {plot_coverage(out, rank, plot)}")
+    except TolError as e:
+        _fail(e)
 
 
 @shards_app.command("verify")

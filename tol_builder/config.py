@@ -57,31 +57,65 @@ class SourceConfig:
 
 @dataclass
 class FetchConfig:
-    """The fetch stage: per-image HTTP downloads, archive members, image processing (issue 3)."""
+    """The fetch stage: per-image HTTP downloads, archive members, image processing (issue 3).
 
+    Politeness (per_host_*) holds across the whole cluster, not per worker (tol_builder/fetch/budget.py).
+    PDQ is always computed on one fixed canonical preparation of the pixels (fetch/imaging.py): not a setting.
+    """
+
+    # image processing
     max_side: int = 720  # stored JPEGs are resized so that their longer side is at most this
     jpeg_quality: int = 95
+    keep_original_jpeg: bool = True  # an RGB, upright JPEG already within max_side is stored as is (no re-encode)
     max_pixels: int = 89_478_485  # decode cap against decompression bombs (Pillow's default)
     max_bytes: int = 50_000_000  # size cap of one downloaded image
+    # HTTP
     user_agent: str = "tol_builder/0.1 (biodiversity dataset rebuild; https://github.com/tol-builder)"
-    per_host_concurrency: int = 8  # cluster-wide
-    per_host_rps: float = 20.0  # cluster-wide requests per second per host
+    per_host_concurrency: int = 8  # cluster-wide requests in flight per host
+    per_host_rps: float = 20.0  # cluster-wide requests per second per host; 0 = no rate limit
     connect_timeout: float = 10.0
-    read_timeout: float = 30.0
+    read_timeout: float = 30.0  # longest wait for the next bytes (headers or body)
+    total_timeout: float = 120.0  # longest time one request may take in all
     max_redirects: int = 5
+    attempts: int = 3  # tries of one URL within a pass (exponential backoff with jitter between them)
+    backoff_base: float = 1.0  # seconds; the n-th retry waits a random time up to base * 2**n
+    backoff_max: float = 60.0
+    max_retry_after: float = 120.0  # a longer Retry-After ends the pass for that URL (retried next pass)
     retry_passes: int = 3  # passes over transient failures within one build
-    partition_size: int = 10_000  # records per fetch task
+    task_concurrency: int = 32  # requests one task keeps in flight (all hosts; the host budget also applies)
+    # tasks and output
+    partition_size: int = 10_000  # records per fetch task (per-image URLs and zip members)
+    archive_stream_tasks: int = 4  # tasks per tar archive: each streams it once and keeps 1/n of its members
+    chunk_rows: int = 1000  # media rows per parquet file: what a killed task keeps
+    archive_attempts: int = 20  # reconnections (range resume) of one interrupted archive download
 
 
 @dataclass
 class TaxonomyConfig:
-    """The taxonomy stage (issue 4). Authority names refer to manifests in taxonomy/."""
+    """The taxonomy stage (issue 4): authorities, reconciliation rules, common names, coverage.
 
-    authorities_dir: str = ""  # where authority manifests live; "" = the project's taxonomy/ folder
+    Paths are relative to the workflow file; "" = the project's curated file in taxonomy/. The rules
+    themselves are documented in tol_builder/taxonomy/reconcile.py."""
+
+    # folder of authority manifests (<name>.toml: format, files, URLs, sizes, checksums);
+    # "" = taxonomy/authorities/ of the project
+    authorities_dir: str = ""
+    # authorities tried for each raw lineage: "source" (a source's own full lineage), "inat21" (iNat21's
+    # categories as a name authority), "itis", "gbif", "eol"; equal-rank matches go to the earlier one
     authority_order: list[str] = field(default_factory=lambda: ["source", "itis", "gbif", "eol"])
+    # English common names: "itis", "inaturalist", "eol_preferred", "eol", "gbif", "source"
     common_name_order: list[str] = field(
         default_factory=lambda: ["itis", "inaturalist", "eol_preferred", "eol"])
     min_images: int = 10  # coverage view: taxa with fewer images than this
+    kingdom_synonyms: str = ""  # CSV name,kingdom; "" = taxonomy/kingdom_synonyms.csv
+    homonym_fixes: str = ""  # CSV; "" = taxonomy/homonym_fixes.csv
+    overrides: str = ""  # CSV; "" = taxonomy/overrides.csv
+    # tie-break between equally good candidates in different kingdoms (after completeness)
+    kingdom_priority: list[str] = field(default_factory=lambda: [
+        "Animalia", "Plantae", "Fungi", "Chromista", "Protozoa", "Bacteria", "Archaea", "Viruses"])
+    resolve_synonyms: bool = True  # a synonym resolves to its accepted taxon (recorded in conflicts)
+    threads: int = 0  # DuckDB threads per taxonomy task; 0 = reconcile on all cores, loads on the worker's threads
+    memory_limit: str = "4GB"  # DuckDB memory limit per taxonomy task (spills to cache/taxonomy/tmp)
 
 
 @dataclass

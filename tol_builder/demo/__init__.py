@@ -31,8 +31,9 @@ from ..config import Workflow, load_workflow, read_toml, to_dict
 from ..errors import TolError
 from ..fileio import write_bytes_atomic, write_text_atomic
 from . import sources as gen
+from .authorities import write_demo_authorities
 from .server import serve_directory
-from .taxa import expected_records
+from .taxa import TAXA, expected_records
 
 SENTINEL = ".tol-demo"
 DEMO_WORKFLOW = Path(tol_builder.__file__).resolve().parents[1] / "workflows" / "demo.toml"
@@ -98,6 +99,9 @@ def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bo
     data = out / "data"
     t0 = time.time()
     generated, eol_media = generate(out, seed)
+    # miniature taxonomic authorities (ITIS, GBIF, EOL DH, iNaturalist names) in their real formats
+    write_demo_authorities(TAXA, data / "authorities")
+    template.setdefault("taxonomy", {})["authorities_dir"] = "data/authorities"  # relative to workflow.toml
     with serve_directory(gen.eol_content_root(data)) as base_url:
         generated["eol"] = gen.write_eol_manifest(data, eol_media, base_url)
         manifests = {name: gen.write_manifest(data / "manifests", files) for name, files in generated.items()}

@@ -1,0 +1,184 @@
+"""Stage `taxonomy`: records' raw labels -> one seven-rank hierarchy, queryable in `catalog.duckdb`.
+
+Two runner stages, like ingest:
+
+* `taxonomy.load`: one task per authority the workflow needs (authorities.py) -> a DuckDB file per
+  authority under `<out>/cache/taxonomy/`, loaded once per build. A task's key carries the authority's
+  fingerprint (manifest, files, kingdom synonyms), so changing an authority reloads it and nothing else.
+* `taxonomy`: one task (reconcile.py; a DuckDB job on the distinct raw lineages) ->
+  `<out>/taxonomy/{lineage_map,taxa,conflicts}.parquet`. Its key fingerprints the settings, the curated
+  files, the authorities and the records, so a re-run after any of them changed reconciles again, and a
+  re-run after nothing changed does nothing.
+
+Then `register` puts it all in the catalog: `taxa`, `lineage_map`, `conflicts` (parquet views), the
+`images` view (every record with its taxon; unresolved ones with empty ranks) and the coverage views
+(coverage.py). Stages never import cluster code; the runner hands the tasks to Dask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import tol_builder
+
+from .. import catalog
+from ..config import Workflow
+from ..context import BuildContext
+from ..errors import ConfigError
+from ..runner import Task, marker_dir
+from . import authorities as auth
+from . import curation
+from .common_names import COMMON_NAME_AUTHORITIES
+from .coverage import VIEW_DOCS, create_views
+from .reconcile import (CONFLICT_COLUMNS, KNOWN_AUTHORITIES, LINEAGE_MAP_COLUMNS, TAXA_COLUMNS, Settings,
+                        reconcile_task, settings_dict)
+
+LOAD_STAGE = "taxonomy.load"
+STAGE = "taxonomy"
+OUTPUTS = ("lineage_map", "taxa", "conflicts")
+
+catalog.document("taxa", "resolved taxa: one row per distinct seven-rank lineage (stage taxonomy)", TAXA_COLUMNS)
+catalog.document("lineage_map", "every distinct raw lineage of the records, with its taxon and how it was "
+                 "resolved (authority, rule, matched id)", LINEAGE_MAP_COLUMNS)
+catalog.document("conflicts", "decisions where an authority and a given (or EOL context) rank disagreed, "
+                 "ties, synonyms and overrides", CONFLICT_COLUMNS)
+for _name, (_desc, _cols) in VIEW_DOCS.items():
+    catalog.document(_name, _desc, _cols)
+
+
+def project_taxonomy_dir() -> Path:
+    return Path(tol_builder.__file__).resolve().parents[1] / "taxonomy"
+
+
+def _path(wf: Workflow, value: str, default: Path, key: str) -> Path:
+    p = (wf.path.parent / value).resolve() if value else default
+    if not p.exists():
+        raise ConfigError(wf.path, f"taxonomy.{key}", "an existing path" + (
+            "" if value else " (the project's taxonomy/ folder is missing: set the path in the workflow)"), str(p))
+    return p
+
+
+def curated_paths(wf: Workflow) -> dict[str, Path]:
+    cfg, base = wf.taxonomy, project_taxonomy_dir()
+    return {
+        "authorities_dir": _path(wf, cfg.authorities_dir, base / "authorities", "authorities_dir"),
+        "kingdom_synonyms": _path(wf, cfg.kingdom_synonyms, base / "kingdom_synonyms.csv", "kingdom_synonyms"),
+        "homonym_fixes": _path(wf, cfg.homonym_fixes, base / "homonym_fixes.csv", "homonym_fixes"),
+        "overrides": _path(wf, cfg.overrides, base / "overrides.csv", "overrides"),
+    }
+
+
+def plan(wf: Workflow) -> tuple[dict[str, Path], Settings]:
+    """Validate the taxonomy settings; the authority manifests to load and the reconcile settings."""
+    cfg = wf.taxonomy
+    for i, a in enumerate(cfg.authority_order):
+        if a not in KNOWN_AUTHORITIES:
+            raise ConfigError(wf.path, f"taxonomy.authority_order[{i}]", "one of " + ", ".join(KNOWN_AUTHORITIES), a)
+    if len(set(cfg.authority_order)) != len(cfg.authority_order):
+        raise ConfigError(wf.path, "taxonomy.authority_order", "each authority once", cfg.authority_order)
+    for i, a in enumerate(cfg.common_name_order):
+        if a not in COMMON_NAME_AUTHORITIES:
+            raise ConfigError(wf.path, f"taxonomy.common_name_order[{i}]", "one of " +
+                              ", ".join(COMMON_NAME_AUTHORITIES), a)
+    if cfg.min_images < 1:
+        raise ConfigError(wf.path, "taxonomy.min_images", "an integer >= 1", cfg.min_images)
+    paths = curated_paths(wf)
+    available = auth.discover(paths["authorities_dir"])
+    page_sources = [s.id for s in wf.sources if s.name == "eol"]
+    inat_sources = [s.id for s in wf.sources if s.name == "inat21"]
+    needed: dict[str, Path] = {}
+    for i, a in enumerate(cfg.authority_order):
+        if a in ("source", "inat21"):
+            continue
+        if a not in available:
+            raise ConfigError(wf.path, f"taxonomy.authority_order[{i}]",
+                              f"an authority manifest named '{a}' in {paths['authorities_dir']}", a)
+        needed[a] = available[a]
+    if page_sources and "eol" not in needed:
+        if "eol" not in available:
+            raise ConfigError(wf.path, "taxonomy.authorities_dir", "an 'eol' authority manifest (EOL Dynamic "
+                              f"Hierarchy): source(s) {', '.join(page_sources)} give EOL page ids",
+                              str(paths["authorities_dir"]))
+        needed["eol"] = available["eol"]  # pages resolve through the DH even when 'eol' is not in the order
+    for a in cfg.common_name_order:  # common names from whatever of these is declared
+        name = "eol" if a in ("eol", "eol_preferred") else a
+        if name in available and name not in needed and name != "source":
+            needed[name] = available[name]
+    settings = Settings(
+        authority_order=list(cfg.authority_order), common_name_order=list(cfg.common_name_order),
+        kingdom_priority=list(cfg.kingdom_priority), resolve_synonyms=cfg.resolve_synonyms,
+        page_sources=page_sources, inat_sources=inat_sources,
+        kingdom_synonyms=curation.read_kingdom_synonyms(paths["kingdom_synonyms"]),
+        homonym_fixes=curation.read_homonym_fixes(paths["homonym_fixes"]),
+        overrides=curation.read_overrides(paths["overrides"]),
+        loaded=sorted(needed), threads=cfg.threads, memory_limit=cfg.memory_limit)
+    return needed, settings
+
+
+def _records_fingerprint(out: Path, glob: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(out.glob(glob)):
+        st = p.stat()
+        h.update(f"{p.relative_to(out)}:{st.st_size}:{int(st.st_mtime_ns)}".encode())
+    return h.hexdigest()
+
+
+def _drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
+    """Markers of this stage's earlier inputs (other fingerprints) would double its counters in `stats`."""
+    d = marker_dir(out, stage)
+    if d.exists():
+        for p in d.glob("*.json"):
+            if not p.name.startswith("_") and p.stem not in keep:
+                p.unlink(missing_ok=True)
+
+
+def run(ctx: BuildContext) -> dict[str, int]:
+    wf, out = ctx.workflow, Path(ctx.out).resolve()
+    needed, settings = plan(wf)
+    ksyn = json.dumps(settings.kingdom_synonyms, sort_keys=True)
+    cache = ctx.cache("taxonomy")
+    load_tasks, fps = [], {}
+    for name, manifest in sorted(needed.items()):
+        fp = auth.fingerprint(manifest, ksyn)
+        fps[name] = fp
+        key = f"{name}.{fp[:16]}"
+        if not auth.authority_db(out, name).exists():  # cache removed by hand: load again
+            (marker_dir(out, LOAD_STAGE) / f"{key}.json").unlink(missing_ok=True)
+        load_tasks.append(Task(key, auth.load_task, dict(
+            out=str(out), name=name, manifest_path=str(manifest), kingdom_synonyms=settings.kingdom_synonyms,
+            threads=settings.threads or max(1, ctx.threads), memory_limit=settings.memory_limit)))
+    _drop_stale_markers(out, LOAD_STAGE, {t.key for t in load_tasks})
+    loaded = ctx.runner.run(LOAD_STAGE, load_tasks, outputs=(cache,))
+    sd = settings_dict(settings)
+    fp = hashlib.sha256(json.dumps({"settings": sd, "authorities": fps,
+                                    "records": _records_fingerprint(out, settings.records_glob),
+                                    "version": auth.LOADER_VERSION}, sort_keys=True, default=str).encode())
+    key = f"reconcile.{fp.hexdigest()[:16]}"
+    if not all((out / "taxonomy" / f"{n}.parquet").exists() for n in OUTPUTS):
+        (marker_dir(out, STAGE) / f"{key}.json").unlink(missing_ok=True)
+    _drop_stale_markers(out, STAGE, {key})
+    result = ctx.runner.run(STAGE, [Task(key, reconcile_task, dict(out=str(out), settings=sd))],
+                            outputs=(out / "taxonomy",))
+    register(out, settings.page_sources, wf.taxonomy.min_images)
+    counters = dict(loaded.counters)
+    counters.update(result.counters)
+    ctx.log(f"taxonomy: {counters.get('lineages_resolved', 0):,} of {counters.get('lineages', 0):,} raw lineages "
+            f"resolved to {counters.get('taxa', 0):,} taxa; {counters.get('conflicts', 0):,} conflicts")
+    return counters
+
+
+def register(out: Path, page_sources: list[str], min_images: int) -> None:
+    """Catalog views over the taxonomy outputs, `images` and the coverage views. Idempotent."""
+    for name in OUTPUTS:
+        catalog.register_parquet(out, name, f"taxonomy/{name}.parquet")
+    con = catalog.connect(out, read_only=False)
+    try:
+        create_views(con, page_sources, min_images)
+    finally:
+        con.close()
+    catalog.register_parquet(out, "taxa", "taxonomy/taxa.parquet")  # (re)writes the `tables` documentation
+
+
+__all__ = ["run", "plan", "register", "LOAD_STAGE", "STAGE"]

@@ -1,0 +1,184 @@
+"""Coverage: how much of the dataset is resolved, to which rank, per source; as views, tables and a picture.
+
+The views live in `catalog.duckdb` (created by `create_views` when the taxonomy stage registers its
+outputs); `coverage_table`, `rank_summary` and `plot_coverage` read them through a read-only connection
+for `tol coverage DIR [--rank R] [--plot FILE.png]`. Counts come from `lineage_map` (images per raw
+lineage), so no view has to scan the 10M records; `images` is the per-record view for everything else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from ..errors import TolError
+from ..records import RANKS
+
+RANK_SQL = "['kingdom','phylum','class','order','family','genus','species']"
+
+VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
+    "images": ("every record with its resolved taxon (unresolved records: taxon_id and ranks NULL)",
+               {"uid": "image id", "source": "source id", "source_id": "id in the source",
+                "taxon_id": "taxa.taxon_id", **{r: f"resolved {r}" for r in RANKS[:6]},
+                "species": "species epithet", "scientific_name": "taxa.scientific_name",
+                "common_name": "taxa.common_name", "lowest_rank": "most specific rank resolved"}),
+    "coverage_ranks": ("images and taxa per rank and per source ('all' = every source)",
+                       {"source": "source id or 'all'", "rank": "one of the seven ranks",
+                        "rank_index": "0 kingdom .. 6 species", "images": "records",
+                        "images_with_rank": "records resolved down to at least this rank",
+                        "share": "images_with_rank / images", "taxa": "distinct names at this rank"}),
+    "coverage_lowest_rank": ("images per source by the most specific rank resolved ('unresolved' = none)",
+                             {"source": "source id", "lowest_rank": "rank or 'unresolved'",
+                              "images": "records", "lineages": "raw lineages"}),
+    "taxon_images": ("images per taxon and source",
+                     {"taxon_id": "taxa.taxon_id", "source": "source id", "images": "records"}),
+    "taxa_few_images": ("taxa with fewer images than the workflow's taxonomy.min_images, all sources together",
+                        {"taxon_id": "taxa.taxon_id", "scientific_name": "name", "lowest_rank": "rank",
+                         "images": "records", "sources": "sources holding it"}),
+    "unresolved_lineages": ("raw lineages left unresolved, most images first, with the reason",
+                            {"source": "source id", "lineage_key": "lineage_map.lineage_key",
+                             "rule": "unresolved:<reason>", "images": "records", "notes": "name notes",
+                             "raw_lineage": "raw ranks as given, '|'-joined", "raw_scientific_name": "as given",
+                             "taxon_ref": "EOL page id"}),
+}
+
+
+def create_views(con, page_sources: list[str], min_images: int) -> None:
+    """The `images` view and the coverage views, on a writable catalog connection."""
+    from .reconcile import lineage_key_sql
+
+    con.execute(f"""CREATE OR REPLACE VIEW images AS
+        SELECT r.uid, r.source, r.source_id, m.taxon_id, t.kingdom, t.phylum, t.class, t."order", t.family,
+               t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank
+        FROM records r
+        LEFT JOIN lineage_map m ON m.source = r.source AND m.lineage_key = {lineage_key_sql(page_sources, 'r')}
+        LEFT JOIN taxa t ON t.taxon_id = m.taxon_id""")
+    per_rank = " UNION ALL ".join(
+        f"""SELECT m.source, '{r}' AS rank, {i} AS rank_index, m.images,
+                   t."{r}" IS NOT NULL AS has_rank, {f"t.genus || ' ' || t.species" if r == "species" else f't."{r}"'} AS name
+            FROM lineage_map m LEFT JOIN taxa t USING (taxon_id)""" for i, r in enumerate(RANKS))
+    con.execute(f"""CREATE OR REPLACE VIEW coverage_ranks AS
+        SELECT coalesce(source, 'all') AS source, rank, rank_index, sum(images)::BIGINT AS images,
+               sum(CASE WHEN has_rank THEN images ELSE 0 END)::BIGINT AS images_with_rank,
+               round(sum(CASE WHEN has_rank THEN images ELSE 0 END) / sum(images), 4) AS share,
+               count(DISTINCT name) AS taxa
+        FROM ({per_rank}) GROUP BY GROUPING SETS ((source, rank, rank_index), (rank, rank_index))
+        ORDER BY source = 'all', source, rank_index""")
+    con.execute("""CREATE OR REPLACE VIEW coverage_lowest_rank AS
+        SELECT source, coalesce(lowest_rank, 'unresolved') AS lowest_rank, sum(images)::BIGINT AS images,
+               count(*) AS lineages
+        FROM lineage_map GROUP BY source, lowest_rank
+        ORDER BY source, coalesce(list_position(['species','genus','family','order','class','phylum','kingdom'],
+                                                any_value(lowest_rank)), 99)""")
+    con.execute("""CREATE OR REPLACE VIEW taxon_images AS
+        SELECT taxon_id, source, sum(images)::BIGINT AS images FROM lineage_map WHERE taxon_id IS NOT NULL
+        GROUP BY ALL ORDER BY taxon_id, source""")
+    con.execute(f"""CREATE OR REPLACE VIEW taxa_few_images AS
+        SELECT t.taxon_id, t.scientific_name, t.lowest_rank, sum(m.images)::BIGINT AS images,
+               string_agg(DISTINCT m.source, ',' ORDER BY m.source) AS sources
+        FROM taxa t JOIN lineage_map m USING (taxon_id)
+        GROUP BY ALL HAVING sum(m.images) < {int(min_images)} ORDER BY images, t.scientific_name""")
+    raw = "concat_ws('|', " + ", ".join(f"coalesce(raw_{r}, '')" for r in RANKS) + ")"
+    con.execute(f"""CREATE OR REPLACE VIEW unresolved_lineages AS
+        SELECT source, lineage_key, rule, images, notes, {raw} AS raw_lineage, raw_scientific_name, taxon_ref
+        FROM lineage_map WHERE taxon_id IS NULL ORDER BY images DESC, source, lineage_key""")
+
+
+def _check_rank(rank: str) -> None:
+    if rank not in RANKS:
+        raise TolError(f"--rank: expected one of {', '.join(RANKS)}, got {rank!r}")
+
+
+def _query(out: Path, sql: str) -> pa.Table:
+    from ..catalog import query
+
+    try:
+        return query(out, sql)
+    except TolError:
+        raise
+    except Exception as e:  # a catalog without the taxonomy stage's views
+        if "lineage_map" in str(e) or "coverage" in str(e) or "taxa" in str(e):
+            raise TolError(f"{out}: no taxonomy in the catalog yet (run the taxonomy stage: "
+                           "tol build WORKFLOW --stages taxonomy)") from None
+        raise
+
+
+def rank_summary(out: Path) -> pa.Table:
+    """Images and taxa per rank and source (the `coverage_ranks` view)."""
+    return _query(Path(out), "SELECT source, rank, images, images_with_rank, share, taxa FROM coverage_ranks "
+                             "ORDER BY source = 'all', source, rank_index")
+
+
+def coverage_table(out: Path, rank: str = "class", top: int | None = None) -> pa.Table:
+    """Images per name at `rank`, one column per source plus `images` and `taxa` (distinct taxa below it).
+
+    Records without that rank are counted under '(no <rank>)', unresolved ones under '(unresolved)'."""
+    _check_rank(rank)
+    out = Path(out)
+    sources = [r["source"] for r in _query(out, "SELECT DISTINCT source FROM lineage_map ORDER BY source").to_pylist()]
+    name = f"t.genus || ' ' || t.species" if rank == "species" else f't."{rank}"'
+    per_source = ", ".join(f"sum(CASE WHEN m.source = '{s.replace(chr(39), chr(39) * 2)}' THEN m.images ELSE 0 END)"
+                           f"::BIGINT AS \"{s}\"" for s in sources)
+    limit = f"LIMIT {int(top)}" if top else ""
+    sql = f"""SELECT CASE WHEN m.taxon_id IS NULL THEN '(unresolved)' ELSE coalesce({name}, '(no {rank})') END
+                     AS "{rank}", {per_source + ',' if per_source else ''} sum(m.images)::BIGINT AS images,
+                     count(DISTINCT m.taxon_id) AS taxa
+              FROM lineage_map m LEFT JOIN taxa t USING (taxon_id) GROUP BY 1 ORDER BY images DESC, 1 {limit}"""
+    return _query(out, sql)
+
+
+SOURCE_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+LOWEST_ORDER = ["species", "genus", "family", "order", "class", "phylum", "kingdom", "unresolved"]
+
+
+def plot_coverage(out: Path, rank: str = "class", path: Path | str = "coverage.png", top: int = 25) -> Path:
+    """A PNG of coverage: left, images per name at `rank` (the `top` largest, the rest as 'other'),
+    stacked by source; right, for each source, the share of its images resolved down to each rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check_rank(rank)
+    out, path = Path(out), Path(path)
+    t = coverage_table(out, rank)
+    sources = [c for c in t.column_names if c not in (rank, "images", "taxa")]
+    table = t.to_pylist()
+    special = [r for r in table if r[rank].startswith("(")]  # (no <rank>), (unresolved): listed last
+    named = [r for r in table if not r[rank].startswith("(")]
+    head, rest = named[:top], named[top:]
+    if rest:
+        head.append({rank: f"other ({len(rest)} names)", **{s: sum(r[s] for r in rest) for s in sources}})
+    head += sorted(special, key=lambda r: r[rank])
+    lowest = _query(out, "SELECT source, lowest_rank, images FROM coverage_lowest_rank").to_pylist()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, max(4.5, 0.32 * len(head) + 1.5)),
+                                   gridspec_kw={"width_ratios": [3, 2]})
+    labels = [r[rank] for r in head][::-1]
+    left = [0] * len(head)
+    for i, s in enumerate(sources):
+        vals = [r[s] for r in head][::-1]
+        ax1.barh(labels, vals, left=left, color=SOURCE_COLOURS[i % len(SOURCE_COLOURS)], label=s)
+        left = [a + b for a, b in zip(left, vals)]
+    ax1.set_xlabel("images")
+    ax1.set_title(f"images per {rank}, by source")
+    ax1.legend(loc="lower right", frameon=False)
+    ax1.grid(axis="x", alpha=0.3)
+    totals = {s: sum(r["images"] for r in lowest if r["source"] == s) or 1 for s in sources}
+    cmap = plt.get_cmap("viridis")
+    bottom = [0.0] * len(sources)
+    for j, lr in enumerate(LOWEST_ORDER):
+        vals = [sum(r["images"] for r in lowest if r["source"] == s and r["lowest_rank"] == lr) / totals[s]
+                for s in sources]
+        colour = "#BBBBBB" if lr == "unresolved" else cmap(j / (len(LOWEST_ORDER) - 1))
+        ax2.bar(sources, vals, bottom=bottom, color=colour, label=lr)
+        bottom = [a + b for a, b in zip(bottom, vals)]
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("share of the source's images")
+    ax2.set_title("most specific rank resolved")
+    ax2.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
