@@ -75,8 +75,8 @@ def test_contradiction_goes_to_conflicts(built):
     # ITIS's species (under Scolytidae) contradicts the given family: refused; the family is confirmed
     assert r["family"] == "Curculionidae" and r["genus"] == "Xyleborus" and r["species"] == "ferrugineus"
     assert r["rule"] == "itis:given:family"
-    c = conflicts(out, f"lineage_key IN (SELECT lineage_key FROM lineage_map WHERE source = 'bioscan1m' "
-                       f"AND raw_genus = 'Xyleborus')")
+    c = conflicts(out, "lineage_key IN (SELECT lineage_key FROM lineage_map WHERE source = 'bioscan1m' "
+                       "AND raw_genus = 'Xyleborus')")
     assert [(x["authority"], x["anchor_name"], x["rank"], x["value_kept"], x["value_refused"], x["decision"],
              x["rule"], x["images"]) for x in c] == [
         ("itis", "Xyleborus ferrugineus", "family", "Curculionidae", "Scolytidae", "kept_given", "contradiction", 2)]

@@ -17,7 +17,7 @@ Sources do not write files other than their cache, and know nothing of Dask: the
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 

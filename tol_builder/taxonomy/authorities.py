@@ -392,7 +392,7 @@ def materialise(con, max_iterations: int = 64) -> None:
 def _walked_to_lineages(con) -> None:
     """`lineages` from `walked`: kingdom synonyms applied, species = epithet, genus from the binomial when
     the tree gives none."""
-    con.execute(f"""CREATE TABLE lineages AS
+    con.execute("""CREATE TABLE lineages AS
         SELECT w.id AS auth_id, ['kingdom','phylum','class','order','family','genus','species'][w.r + 1] AS rank,
                CASE WHEN w.r = 6 THEN w.c6 ELSE [w.c0, w.c1, w.c2, w.c3, w.c4, w.c5][w.r + 1] END AS name,
                coalesce(ks.kingdom, w.c0) AS kingdom, w.c1 AS phylum, w.c2 AS class, w.c3 AS "order", w.c4 AS family,

@@ -56,7 +56,7 @@ def create_views(con, page_sources: list[str], min_images: int) -> None:
         LEFT JOIN taxa t ON t.taxon_id = m.taxon_id""")
     per_rank = " UNION ALL ".join(
         f"""SELECT m.source, '{r}' AS rank, {i} AS rank_index, m.images,
-                   t."{r}" IS NOT NULL AS has_rank, {f"t.genus || ' ' || t.species" if r == "species" else f't."{r}"'} AS name
+                   t."{r}" IS NOT NULL AS has_rank, {"t.genus || ' ' || t.species" if r == "species" else f't."{r}"'} AS name
             FROM lineage_map m LEFT JOIN taxa t USING (taxon_id)""" for i, r in enumerate(RANKS))
     con.execute(f"""CREATE OR REPLACE VIEW coverage_ranks AS
         SELECT coalesce(source, 'all') AS source, rank, rank_index, sum(images)::BIGINT AS images,
@@ -117,7 +117,7 @@ def coverage_table(out: Path, rank: str = "class", top: int | None = None) -> pa
     _check_rank(rank)
     out = Path(out)
     sources = [r["source"] for r in _query(out, "SELECT DISTINCT source FROM lineage_map ORDER BY source").to_pylist()]
-    name = f"t.genus || ' ' || t.species" if rank == "species" else f't."{rank}"'
+    name = "t.genus || ' ' || t.species" if rank == "species" else f't."{rank}"'
     per_source = ", ".join(f"sum(CASE WHEN m.source = '{s.replace(chr(39), chr(39) * 2)}' THEN m.images ELSE 0 END)"
                            f"::BIGINT AS \"{s}\"" for s in sources)
     limit = f"LIMIT {int(top)}" if top else ""

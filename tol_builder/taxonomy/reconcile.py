@@ -276,7 +276,7 @@ def prepare(con, s: Settings) -> None:
 def apply_homonym_fixes(con, s: Settings) -> None:
     for f in s.homonym_fixes:  # already most specific first
         col = G[RANK_INDEX[f["rank"]]]
-        conds = [f"L.fix IS NULL", f"lower(L.{col}) = lower(?)"]
+        conds = ["L.fix IS NULL", f"lower(L.{col}) = lower(?)"]
         params: list = [f["name"]]
         for key, value in f["context"].items():
             if key == "source":
@@ -431,7 +431,7 @@ def choose(con, s: Settings) -> None:
         SELECT *, row_number() OVER (PARTITION BY lineage_key ORDER BY {CHOICE_ORDER}) AS rn
         FROM scored WHERE acceptable) WHERE rn = 1""")
     # a tie: another acceptable candidate equal on a-d with a different lineage; which criterion decided
-    con.execute(f"""CREATE TABLE ties AS SELECT * EXCLUDE (rn) FROM (
+    con.execute("""CREATE TABLE ties AS SELECT * EXCLUDE (rn) FROM (
         SELECT b.lineage_key, o.lin AS other_lin, o.matched_id AS other_id,
                CASE WHEN o.completeness < b.completeness THEN 'more_complete'
                     WHEN o.kpri > b.kpri THEN 'kingdom_priority' ELSE 'lineage_order' END AS criterion,
@@ -496,7 +496,7 @@ def conflicts(con, s: Settings) -> None:
     """Table `conflicts`: every decision where an authority and a given (or context) rank disagreed."""
     cols = ("lineage_key, source, authority, authority_id, anchor_rank, anchor_name, rank, basis, value_kept, "
             "value_refused, decision, rule, images")
-    con.execute(f"""CREATE TABLE conflicts (lineage_key VARCHAR, source VARCHAR, authority VARCHAR,
+    con.execute("""CREATE TABLE conflicts (lineage_key VARCHAR, source VARCHAR, authority VARCHAR,
         authority_id VARCHAR, anchor_rank VARCHAR, anchor_name VARCHAR, rank VARCHAR, basis VARCHAR,
         value_kept VARCHAR, value_refused VARCHAR, decision VARCHAR, rule VARCHAR, images BIGINT)""")
     # refused candidates more specific than, or preferred by order to, the chosen one: best per authority
