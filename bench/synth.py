@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from tol_builder.fileio import file_digest
+
 INAT_IMAGES, INAT_CATEGORIES = 2_686_843, 10_000
 BIOSCAN_ROWS = 1_128_313
 EOL_ROWS, EOL_CHUNK = 6_600_000, 100_000
@@ -29,11 +31,7 @@ KINGDOMS = [("Animalia", "Chordata", "Aves"), ("Animalia", "Arthropoda", "Insect
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _add_file_to_tgz(tgz: Path, member: str, src: Path) -> None:

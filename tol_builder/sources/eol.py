@@ -30,7 +30,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..fileio import retrieve, write_text_atomic
 from ..records import RejectLog, arrow_of, duckdb_connection
-from .formats import archive_identity, extract_members, read_delimited, split_rejects, sql_ident, sql_literal
+from .formats import first_line, archive_identity, extract_members, read_delimited, split_rejects, sql_ident, sql_literal
 from .base import NoOptions, Partition, Source
 
 CONTENT_ID, PAGE_ID, SOURCE_URL, COPY_URL, LICENSE, OWNER = COLUMNS = (
@@ -153,12 +153,7 @@ def detect_header(path: Path, label: str) -> list[str] | None:
     """The chunk's column names (canonical spelling, file order) when its first line is a header; None when it
     is a data row. A first line that looks like a header (no URL, no integer id) but does not name exactly the
     manifest's columns raises InputError naming the chunk and the columns."""
-    try:
-        with open(path, "rb") as f:
-            line = f.readline(1 << 20)
-    except OSError as e:
-        raise InputError(label, f"unreadable: {e}") from None
-    text = line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    text = first_line(path, label)
     fields = next(csv.reader([text]), [])
     if sorted(_norm(x) for x in fields) == sorted(_CANONICAL):
         return [_canon(x) for x in fields]

@@ -43,14 +43,19 @@ def sql_ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
-def tsv_header(path: Path, label: str, delim: str = "\t") -> list[str]:
-    """The column names of a delimited file's first line (BOM and line end stripped)."""
+def first_line(path: Path, label: str) -> str:
+    """A text file's first line, BOM and line end stripped (at most 1 MiB)."""
     try:
         with open(path, "rb") as f:
             line = f.readline(1 << 20)
     except OSError as e:
         raise InputError(label, f"unreadable: {e}") from None
-    text = line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    return line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+
+
+def tsv_header(path: Path, label: str, delim: str = "\t") -> list[str]:
+    """The column names of a delimited file's first line."""
+    text = first_line(path, label)
     names = [c.strip() for c in text.split(delim)]
     if not text or not any(names):
         raise InputError(label, "no header line (the file is empty)", row=0)

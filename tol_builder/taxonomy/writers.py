@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..fileio import file_digest
 
 ITIS_COLUMNS = ["hierarchy_string_tsn", "hierarchy_string_names", "terminal_tsn", "terminal_scientific_name",
                 "terminal_vernacular", "terminal_vernacular_lang", "hierarchy_string_ranks", "Kingdom", "Phylum",
@@ -225,11 +226,7 @@ def write_provider_ids(path: Path, rows: list[dict]) -> Path:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _toml_str(s: str) -> str:
