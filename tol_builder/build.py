@@ -23,6 +23,7 @@ from .runner import Runner
 # stage name -> module with run(ctx); stages listed in config.STAGES but missing here are not built yet
 STAGE_MODULES: dict[str, str] = {
     "ingest": "tol_builder.ingest",
+    "fetch": "tol_builder.fetch",
     "taxonomy": "tol_builder.taxonomy",
 }
 

@@ -67,6 +67,7 @@ class FetchConfig:
     max_side: int = 720  # stored JPEGs are resized so that their longer side is at most this
     jpeg_quality: int = 95
     keep_original_jpeg: bool = True  # an RGB, upright JPEG already within max_side is stored as is (no re-encode)
+    resize_filter: Literal["bicubic", "bilinear", "box", "lanczos"] = "bicubic"  # of the stored copy (box = area)
     max_pixels: int = 89_478_485  # decode cap against decompression bombs (Pillow's default)
     max_bytes: int = 50_000_000  # size cap of one downloaded image
     # HTTP

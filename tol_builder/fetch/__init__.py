@@ -1,0 +1,226 @@
+"""Stage `fetch`: `records` -> `media` (the bytes of every image, checked, hashed, stored as JPEG).
+
+Runner stages, in order (each a set of plain tasks; resume = run again):
+
+1. `fetch.archives`: one task per archive that records point into (media_member set): a verified local
+   copy (HTTP range resume; local paths and file:// used in place), its format, a zip's member index.
+2. `fetch`: the main pass.
+   * Records that are not tar members are cut into tasks of `partition_size` rows per records file, in
+     file order (deterministic: records files never change after ingest): per-image URLs, local files and
+     zip members (random access, so a zip is spread over many tasks).
+   * A tar (iNat21's train.tar.gz: gzip, sequential only) gets `archive_stream_tasks` tasks; each streams
+     the archive once and keeps the records whose uid falls in its bucket (first 32 bits of the uid, mod n).
+3. `fetch.retry1` .. `fetch.retry<retry_passes>`: the media chunks holding transient rows are fetched
+   again and rewritten in place, so `media` keeps one row per uid.
+
+Output: `media/<source>/<task>.<nnnnn>.parquet` (fetch/media.py), registered as the catalog view `media`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from .. import catalog
+from ..config import FetchConfig, Workflow
+from ..context import BuildContext
+from ..errors import ConfigError
+from ..runner import StageError, Task
+from . import media  # noqa: F401  (documents the media table in the catalog)
+from .archives import archive_id
+from .http import local_file
+from .tasks import (archive_info_path, prepare_archive_task, records_task, retry_task, tar_task)
+
+STAGE = "fetch"
+ARCHIVES_STAGE = "fetch.archives"
+
+_POSITIVE = ("max_side", "max_pixels", "max_bytes", "per_host_concurrency", "max_redirects", "attempts",
+             "task_concurrency", "partition_size", "archive_stream_tasks", "chunk_rows")
+
+
+def validate(cfg: FetchConfig, file: object) -> None:
+    """Values a type check cannot catch, named by their key (fetch.<name>)."""
+    for name in _POSITIVE:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(file, f"fetch.{name}", "a positive integer", getattr(cfg, name))
+    if not 1 <= cfg.jpeg_quality <= 100:
+        raise ConfigError(file, "fetch.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality)
+    for name in ("per_host_rps", "retry_passes", "backoff_base", "backoff_max", "max_retry_after", "archive_attempts"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(file, f"fetch.{name}", "zero or more", getattr(cfg, name))
+    for name in ("connect_timeout", "read_timeout", "total_timeout"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(file, f"fetch.{name}", "a positive number of seconds", getattr(cfg, name))
+    if not cfg.user_agent.strip():
+        raise ConfigError(file, "fetch.user_agent", "a non-empty User-Agent", cfg.user_agent)
+
+
+def normalize_uri(uri: str) -> str:
+    path = local_file(uri)
+    return str(path.resolve()) if path is not None else uri
+
+
+def manifest_checksums(wf: Workflow) -> dict[str, dict]:
+    """{archive URI (normalised): {md5, sha256, size}} from the sources' manifests."""
+    from ..manifest import load_manifest
+
+    found: dict[str, dict] = {}
+    for s in wf.sources:
+        try:
+            m = load_manifest(wf.source_manifest_path(s))
+        except Exception:  # ingest validated the manifests it used; a missing one only loses checksums
+            continue
+        for f in m.files:
+            found[normalize_uri(m.url(f))] = {"md5": f.md5, "sha256": f.sha256, "size": f.bytes}
+    return found
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join("'" + str(x).replace("'", "''") + "'" for x in items) + "]"
+
+
+def _workers(ctx: BuildContext) -> int:
+    client = ctx.runner.client
+    if client is None:
+        return 1
+    try:
+        return max(1, len(client.nthreads()))
+    except Exception:
+        return 1
+
+
+def run(ctx: BuildContext) -> dict[str, int]:
+    from ..records import duckdb_connection
+
+    wf = ctx.workflow
+    cfg = wf.fetch
+    validate(cfg, wf.path)
+    out = Path(ctx.out)
+    cfg_plain = dataclasses.asdict(cfg)
+    files = sorted(str(p) for p in (out / "records").glob("*/*.parquet"))
+    if not files:
+        ctx.log("fetch: no records to fetch (run ingest first)")
+        return {}
+    con = duckdb_connection(ctx.threads)
+    src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+
+    # 1. archives
+    referenced = con.execute(f"""SELECT DISTINCT media_uri FROM {src}
+        WHERE media_member IS NOT NULL ORDER BY media_uri""").fetchall()
+    sums = manifest_checksums(wf)
+    prep = []
+    for (uri,) in referenced:
+        s = sums.get(normalize_uri(uri), {})
+        prep.append(Task(f"archive-{archive_id(uri)}", prepare_archive_task, dict(
+            out=str(out), uri=uri, md5=s.get("md5", ""), sha256=s.get("sha256", ""), size=s.get("size", 0),
+            cfg=cfg_plain)))
+    prep_error: StageError | None = None
+    if prep:
+        try:
+            ctx.runner.run(ARCHIVES_STAGE, prep)
+        except StageError as e:  # fetch what does not depend on the broken archives, then report them
+            prep_error = e
+    infos: dict[str, dict] = {}
+    for (uri,) in referenced:
+        p = archive_info_path(out, archive_id(uri))
+        if p.exists():
+            infos[uri] = json.loads(p.read_text())
+    tars = sorted(u for u, i in infos.items() if i["format"] == "tar")
+    zips = {u: i for u, i in infos.items() if i["format"] == "zip"}
+    broken = {uri for (uri,) in referenced if uri not in infos}
+
+    # 2. the main pass
+    workers = _workers(ctx)
+    common = dict(out=str(out), cfg=cfg_plain, threads=max(1, ctx.threads))
+    tasks: list[Task] = []
+    slices = con.execute(f"""SELECT filename, count(*) AS n,
+            list(DISTINCT media_uri) FILTER (WHERE media_member IS NOT NULL) AS archives
+        FROM {src}
+        WHERE NOT (media_member IS NOT NULL AND list_contains(?::VARCHAR[], media_uri))
+        GROUP BY filename ORDER BY filename""", [tars]).fetchall()
+    skipped_files = 0
+    for filename, n, used in slices:
+        used = [u for u in (used or []) if u is not None]
+        if any(u in broken for u in used):
+            skipped_files += 1
+            continue
+        path = Path(filename)
+        source = path.parent.name
+        for i in range(math.ceil(n / cfg.partition_size)):
+            tasks.append(Task(f"{source}.{path.stem}.{i:05d}", records_task, dict(
+                common, source=source, task_key=f"{source}.{path.stem}.{i:05d}", records_file=filename,
+                start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars,
+                zip_infos={u: zips[u] for u in used if u in zips}, workers=workers)))
+    for uri in tars:
+        sources = [r[0] for r in con.execute(f"SELECT DISTINCT source FROM {src} WHERE media_uri = ? "
+                                             "AND media_member IS NOT NULL ORDER BY 1", [uri]).fetchall()]
+        k = cfg.archive_stream_tasks
+        for source in sources:
+            src_files = [f for f in files if Path(f).parent.name == source]
+            for b in range(k):
+                key = f"{source}.tar-{archive_id(uri)}.{b}-{k}"
+                tasks.append(Task(key, tar_task, dict(
+                    out=str(out), cfg=cfg_plain, threads=max(1, ctx.threads), source=source, task_key=key,
+                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k)))
+    main_error: StageError | None = None
+    try:
+        ctx.runner.run(STAGE, tasks, outputs=(out / "media",))
+    except StageError as e:
+        main_error = e
+
+    # 3. retry passes over transient rows
+    for p in range(1, cfg.retry_passes + 1):
+        chunks = _chunks_with_transient(con, out)
+        if not chunks:
+            break
+        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers))
+                 for c in chunks]
+        try:
+            ctx.runner.run(f"{STAGE}.retry{p}", retry, outputs=(out / "media",))
+        except StageError as e:
+            main_error = main_error or e
+            break
+
+    catalog.register_parquet(out, "media", "media/*/*.parquet")
+    counters = summarize(con, out, files)
+    if skipped_files:
+        counters["records_files_waiting_for_archives"] = skipped_files
+    con.close()
+    if prep_error is not None:
+        raise prep_error
+    if main_error is not None:
+        raise main_error
+    return counters
+
+
+def media_files(out: Path) -> list[str]:
+    return sorted(str(p) for p in (Path(out) / "media").glob("*/*.parquet"))
+
+
+def _chunks_with_transient(con, out: Path) -> list[str]:
+    files = media_files(out)
+    if not files:
+        return []
+    rows = con.execute(f"""SELECT filename FROM read_parquet({_sql_list(files)}, filename=true)
+        WHERE status = 'transient' GROUP BY filename ORDER BY filename""").fetchall()
+    return [r[0] for r in rows]
+
+
+def summarize(con, out: Path, record_files: list[str]) -> dict[str, int]:
+    """Final counts from the media table itself: status, and status by error class."""
+    files = media_files(out)
+    counters: dict[str, int] = {}
+    if files:
+        for status, error_class, n in con.execute(f"""SELECT status, error_class, count(*)
+                FROM read_parquet({_sql_list(files)}) GROUP BY ALL ORDER BY ALL""").fetchall():
+            counters[f"media_{status}"] = counters.get(f"media_{status}", 0) + n
+            if error_class:
+                counters[f"{status}_{error_class}"] = n
+    total = con.execute(f"SELECT count(*) FROM read_parquet({_sql_list(record_files)})").fetchone()[0]
+    have = sum(v for k, v in counters.items() if k.startswith("media_"))
+    counters["records"] = total
+    if total > have:
+        counters["media_missing"] = total - have
+    return counters

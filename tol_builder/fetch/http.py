@@ -1,0 +1,234 @@
+"""Per-image retrieval: one aiohttp session per task, the host budget around every request, errors classified.
+
+Owns the network rules of one image request: schemes (http, https, file and local paths only), redirects
+followed by hand (each hop checked and counted against its own host's budget), connect / read / total
+timeouts, the size cap, Retry-After on 429 and 503, exponential backoff with full jitter for the other
+transient errors. Never raises for a per-image problem: every outcome is a `FetchResult` with a status
+(ok / failed / transient) and an error class. Knows nothing of images or parquet.
+
+Error classes:
+    transient (retried within the pass, then in later passes): http_<status> for 408 425 429 500 502 503 504
+        and other 5xx except 501 505; timeout; connection (refused, reset, closed); dns; truncated (body
+        shorter than Content-Length)
+    permanent: http_<status> for the other 4xx and 501 505; too_large; too_many_redirects; bad_redirect;
+        bad_url; unsupported_scheme; tls; file_not_found; internal
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .budget import Budget, host_of
+
+OK, FAILED, TRANSIENT = "ok", "failed", "transient"
+TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+PERMANENT_5XX = {501, 505}
+REDIRECTS = {301, 302, 303, 307, 308}
+CHUNK = 1 << 16
+_DNS_ERRORS = tuple(e for e in (getattr(aiohttp, "ClientConnectorDNSError", None),) if e is not None)
+
+
+@dataclass
+class FetchResult:
+    status: str  # ok / failed / transient
+    data: bytes | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    final_url: str | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+class _Outcome(Exception):
+    """Internal: ends one attempt with a classified result."""
+
+    def __init__(self, status: str, error_class: str, message: str, http_status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.error_class, self.http_status, self.retry_after = status, error_class, http_status, retry_after
+
+
+def is_transient_status(code: int) -> bool:
+    return code in TRANSIENT_STATUS or (500 <= code <= 599 and code not in PERMANENT_5XX)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def local_file(url: str) -> Path | None:
+    """The path of a file:// URL or a plain local path, else None."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            return None
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(url)
+    return None
+
+
+class Fetcher:
+    """`async with Fetcher(cfg, budget) as f: result = await f.fetch(url)`; cfg is a FetchConfig."""
+
+    def __init__(self, cfg: Any, budget: Budget, rng: random.Random | None = None):
+        self.cfg = cfg
+        self.budget = budget
+        self.rng = rng or random.Random()
+        self.session: aiohttp.ClientSession | None = None
+        self.bytes_downloaded = 0
+        self.requests = 0
+
+    async def __aenter__(self) -> "Fetcher":
+        cfg = self.cfg
+        timeout = aiohttp.ClientTimeout(total=cfg.total_timeout, sock_connect=cfg.connect_timeout,
+                                        sock_read=cfg.read_timeout)
+        connector = aiohttp.TCPConnector(limit=max(1, cfg.task_concurrency), ttl_dns_cache=300,
+                                         enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, headers={"User-Agent": cfg.user_agent},
+            auto_decompress=False, trust_env=False, raise_for_status=False)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def fetch(self, url: str) -> FetchResult:
+        """All attempts of one URL within this pass."""
+        path = local_file(url)
+        if path is not None:
+            return await asyncio.get_running_loop().run_in_executor(None, self._read_file, path)
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            return FetchResult(FAILED, error_class="unsupported_scheme",
+                               error_message=f"scheme '{scheme}' (http, https, file or a path only)", attempts=0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data, final_url, code = await self._attempt(url)
+                return FetchResult(OK, data=data, http_status=code, final_url=final_url, attempts=attempt)
+            except _Outcome as o:
+                result = FetchResult(o.status, error_class=o.error_class, error_message=str(o)[:500],
+                                     http_status=o.http_status, attempts=attempt)
+                if o.status != TRANSIENT or attempt >= max(1, self.cfg.attempts):
+                    return result
+                if o.retry_after is not None:
+                    if o.retry_after > self.cfg.max_retry_after:
+                        result.error_message = (f"{result.error_message} (Retry-After {o.retry_after:.0f}s is over "
+                                                f"max_retry_after; next pass)")[:500]
+                        return result
+                    wait = o.retry_after
+                else:  # full jitter: a random wait up to base * 2**(attempt-1), capped
+                    wait = self.rng.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempt - 1)))
+                await asyncio.sleep(wait)
+
+    def _read_file(self, path: Path) -> FetchResult:
+        try:
+            size = path.stat().st_size
+            if size > self.cfg.max_bytes:
+                return FetchResult(FAILED, error_class="too_large",
+                                   error_message=f"{path}: {size} bytes is over max_bytes {self.cfg.max_bytes}", attempts=1)
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return FetchResult(FAILED, error_class="file_not_found", error_message=str(path), attempts=1)
+        except IsADirectoryError:
+            return FetchResult(FAILED, error_class="file_not_found", error_message=f"{path} is a directory", attempts=1)
+        except OSError as e:
+            return FetchResult(TRANSIENT, error_class="io_error", error_message=f"{path}: {e}", attempts=1)
+        self.bytes_downloaded += len(data)
+        return FetchResult(OK, data=data, final_url=str(path), attempts=1)
+
+    async def _attempt(self, url: str) -> tuple[bytes, str, int]:
+        """One attempt: follows redirects by hand, each hop inside its host's budget."""
+        current = url
+        for _hop in range(self.cfg.max_redirects + 1):
+            parts = urllib.parse.urlsplit(current)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _Outcome(FAILED, "bad_redirect" if current != url else "bad_url", f"cannot fetch {current!r}")
+            host = host_of(current)
+            async with self.budget.slot(host):
+                self.requests += 1
+                code, location, data = await self._request(current, host)
+            if code in REDIRECTS and location:
+                current = urllib.parse.urljoin(current, location)
+                continue
+            return data, current, code
+        raise _Outcome(FAILED, "too_many_redirects", f"more than {self.cfg.max_redirects} redirects from {url}")
+
+    async def _request(self, url: str, host: str) -> tuple[int, str | None, bytes]:
+        assert self.session is not None, "use Fetcher inside `async with`"
+        cfg = self.cfg
+        try:
+            async with self.session.get(url, allow_redirects=False) as resp:
+                code = resp.status
+                if code in REDIRECTS:
+                    return code, resp.headers.get("Location"), b""
+                if code != 200:
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if code in (429, 503) else None
+                    if retry_after is not None:
+                        await self.budget.pause(host, min(retry_after, cfg.max_retry_after))
+                    transient = is_transient_status(code)
+                    raise _Outcome(TRANSIENT if transient else FAILED, f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(),
+                                   http_status=code, retry_after=retry_after)
+                length = resp.content_length
+                if length is not None and length > cfg.max_bytes:
+                    raise _Outcome(FAILED, "too_large", f"Content-Length {length} is over max_bytes {cfg.max_bytes}",
+                                   http_status=code)
+                if length is not None:
+                    data = await resp.read()
+                else:
+                    buf = bytearray()
+                    async for block in resp.content.iter_chunked(CHUNK):
+                        buf += block
+                        if len(buf) > cfg.max_bytes:
+                            raise _Outcome(FAILED, "too_large", f"body is over max_bytes {cfg.max_bytes}", http_status=code)
+                    data = bytes(buf)
+                self.bytes_downloaded += len(data)
+                return code, None, data
+        except _Outcome:
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
+            raise _Outcome(TRANSIENT, "timeout", f"timed out: {type(e).__name__} {e}".strip()) from None
+        except _DNS_ERRORS as e:
+            raise _Outcome(TRANSIENT, "dns", f"name resolution: {e}") from None
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
+            raise _Outcome(FAILED, "tls", f"{type(e).__name__}: {e}") from None
+        except aiohttp.ClientPayloadError as e:
+            raise _Outcome(TRANSIENT, "truncated", f"{type(e).__name__}: {e}") from None
+        except aiohttp.InvalidURL as e:
+            raise _Outcome(FAILED, "bad_url", f"invalid URL {e}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, ConnectionError) as e:
+            raise _Outcome(TRANSIENT, "connection", f"{type(e).__name__}: {e}") from None
+        except aiohttp.ClientError as e:
+            raise _Outcome(TRANSIENT, "connection", f"{type(e).__name__}: {e}") from None
+        except (ValueError, UnicodeError) as e:
+            raise _Outcome(FAILED, "bad_url", f"{type(e).__name__}: {e}") from None
