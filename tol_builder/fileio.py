@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import urllib.parse
 import uuid
@@ -65,6 +66,19 @@ def clean_tmp(directory: str | os.PathLike) -> int:
             p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def safe_member_name(name: str | None) -> str | None:
+    """An archive member's path normalised (no leading ./, no empty parts), or None when it would escape the
+    archive: an absolute path, a drive letter, a '..' component, a NUL byte. Such a member is never read."""
+    if not name or "\x00" in name:
+        return None
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return None
+    parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
 
 
 def local_path(uri: str, base: Path | None = None) -> Path | None:

@@ -28,10 +28,9 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 
 from ..errors import ChecksumError, InputError
-from ..fileio import verify_checksums
+from ..fileio import safe_member_name, verify_checksums
 from .http import local_file
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 class MemberError(Exception):
@@ -41,18 +40,6 @@ class MemberError(Exception):
     def __init__(self, error_class: str, message: str):
         super().__init__(message)
         self.error_class = error_class
-
-
-def safe_member_name(name: str | None) -> str | None:
-    """The member path normalised (no leading ./, no empty parts), or None if it escapes the archive."""
-    if not name:
-        return None
-    if name.startswith(("/", "\\")) or _DRIVE.match(name):
-        return None
-    parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
-        return None
-    return "/".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- download

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
-import re
 import shutil
 import tarfile
 import zlib
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, safe_member_name, write_text_atomic
 from ..manifest import ManifestFile
 from ..records import RAW_SCHEMA, RejectLog, arrow_of, duckdb_connection
 
@@ -114,19 +113,6 @@ def read_delimited(path: Path, names: list[str], select: list[str], *, label: st
 
 
 # ============================================================================================ archives
-def member_is_unsafe(name: str) -> bool:
-    """Absolute paths, drive letters, '..' components, NUL: never written anywhere."""
-    parts = re.split(r"[\\/]", name)
-    return (name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None or ".." in parts
-            or "\x00" in name)
-
-
-def normalize_member(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name
-
-
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
@@ -141,10 +127,10 @@ def extract_members(archive: Path, label: str, select: Callable[[str], Path | No
     try:
         with tarfile.open(archive, mode="r|*") as tar:
             for m in tar:
-                if member_is_unsafe(m.name):
+                name = safe_member_name(m.name)
+                if name is None:
                     raise InputError(label, "unsafe member path (absolute or with '..'): refusing the archive",
                                      member=m.name)
-                name = normalize_member(m.name)
                 dest = select(name)
                 if dest is None:
                     continue

@@ -23,7 +23,7 @@ source_taxon_id = the category id, licence = the licence name (the id when the f
 A file without annotations (public_test) gives unlabelled records; in a file with annotations an image
 without one is rejected. The directory names in `file_name` are not checked against the labels.
 
-The archive helpers at the end (`extract_members`, `member_is_unsafe`) are shared with the `eol` reader.
+Archive extraction (`extract_members`) lives in `sources/formats.py`, shared with the `eol` reader.
 """
 
 from __future__ import annotations
