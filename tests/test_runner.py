@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tol_builder.fileio import TMP_PREFIX, atomic_path
+from tol_builder.fileio import TMP_PREFIX, TMP_SUFFIX, atomic_path
 from tol_builder.runner import Runner, StageError, Task, marker_path, read_markers
 
 
@@ -63,11 +63,20 @@ def test_killed_writer_leaves_no_file_under_its_real_name(tmp_path):
     assert not target.exists() and not list(target.parent.glob(f"{TMP_PREFIX}*"))
     # a leftover of a process killed with SIGKILL (no cleanup ran) is removed by the next run of the stage
     (tmp_path / "squares").mkdir()
-    leftover = tmp_path / "squares" / f"{TMP_PREFIX}dead-0.txt"
+    leftover = tmp_path / "squares" / f"{TMP_PREFIX}dead-0.txt{TMP_SUFFIX}"
     leftover.write_text("x")
     Runner(tmp_path, progress=False).run("square", _tasks(tmp_path, tmp_path / "log"),
                                          outputs=(tmp_path / "squares",))
     assert not leftover.exists() and len(list((tmp_path / "squares").glob("*.txt"))) == 5
+
+
+def test_temp_names_never_match_the_readers_globs(tmp_path):
+    target = tmp_path / "records" / "part.parquet"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        assert tmp.parent == target.parent and tmp.name.startswith(TMP_PREFIX)
+        assert not list(target.parent.glob("*.parquet"))  # pathlib's * matches dot files: the suffix keeps it out
+    assert [p.name for p in target.parent.glob("*.parquet")] == ["part.parquet"]
 
 
 def test_unreadable_marker_means_not_done(tmp_path):

@@ -2,7 +2,8 @@
 
 Everything tol_builder writes goes through `atomic_path`: the data is written under a temporary name in the
 same directory and renamed into place only when complete, so a killed process never leaves a half-written
-file under a real name. Temporary names start with '.tmp-' and never match the globs readers use.
+file under a real name. Temporary names start with '.tmp-' and end with '.partial', so that no reader's glob
+(`*.parquet`, `*.json`: pathlib and DuckDB both match names that start with a dot) ever picks one up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Iterator
 from .errors import ChecksumError, InputError
 
 TMP_PREFIX = ".tmp-"
+TMP_SUFFIX = ".partial"
 
 
 @contextlib.contextmanager
@@ -27,7 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it to `path`, on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}{TMP_SUFFIX}")
     try:
         yield tmp
         if tmp.is_dir():

@@ -150,6 +150,7 @@ class _ClusterHost:
     idle_since: float = 0.0
     pause_until: float = 0.0
     pause_read: float = 0.0
+    first_read: Any = None  # the task reading the cluster-wide pause before the first request to the host
     client: Any = None  # the worker's distributed client (scheduler metadata holds the pause)
     last_extra_try: float = 0.0
     background: set = field(default_factory=set)
@@ -308,14 +309,17 @@ class ClusterBudget(Budget):
 
     async def _wait_pause(self, h: _ClusterHost, host: str) -> None:
         now = time.time()
-        if now - h.pause_read > PAUSE_POLL:
-            first = h.pause_read == 0.0
+        if h.first_read is None:
+            # every request to a host waits for the first read of its pause, not only the one that asked
+            # (concurrent first requests would otherwise go out before a published pause is known)
             h.pause_read = now
-            if first:  # the first request to a host waits for the answer; later reads run behind the requests
-                await self._refresh_pause(h, host)
-            else:
-                h.background.add(t := asyncio.get_running_loop().create_task(self._refresh_pause(h, host)))
-                t.add_done_callback(h.background.discard)
+            h.first_read = asyncio.get_running_loop().create_task(self._refresh_pause(h, host))
+        if not h.first_read.done():
+            await asyncio.shield(h.first_read)
+        elif now - h.pause_read > PAUSE_POLL:  # later reads run behind the requests
+            h.pause_read = now
+            h.background.add(t := asyncio.get_running_loop().create_task(self._refresh_pause(h, host)))
+            t.add_done_callback(h.background.discard)
         while h.pause_until > time.time():
             await asyncio.sleep(h.pause_until - time.time())
 
