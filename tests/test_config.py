@@ -128,3 +128,12 @@ def test_cluster_example_makes_a_slurm_job_script():
     finally:
         cluster.close()
     assert "#SBATCH -p cpu" in script and "#SBATCH -t 08:00:00" in script and "--nworkers 4" in script
+
+
+def test_a_build_without_sources_fails_before_any_work(tmp_path):
+    from tol_builder.build import build
+
+    wf = load_workflow(ROOT / "workflows" / "demo.toml")
+    with pytest.raises(ConfigError, match="sources.*at least one"):
+        build(wf, out=tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "_markers").exists()

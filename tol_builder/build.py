@@ -17,7 +17,9 @@ from . import catalog
 from .cluster import close_client, dashboard_link, get_client
 from .config import STAGES, Workflow, to_dict
 from .context import BuildContext
+from .errors import ConfigError, TolError
 from .fileio import write_text_atomic
+from .ingest import validate_sources
 from .runner import Runner
 
 # stage name -> module with run(ctx); stages listed in config.STAGES but missing here are not built yet
@@ -46,22 +48,21 @@ def build(workflow: Workflow, out: str | Path | None = None, stages: list[str] |
           scheduler: str | None = None, console: Any = None, progress: bool = True,
           client: Any = None) -> BuildSummary:
     t0 = time.time()
+    if not workflow.sources:
+        raise ConfigError(workflow.path, "sources", "at least one [[sources]] entry (workflows/demo.toml has "
+                          "none: `tol demo` fills them in)", "none")
+    validate_sources(workflow)  # an unknown source or a bad option fails before any cluster starts
     out = Path(out or workflow.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = list(stages or workflow.stages)
     for s in stages:
         if s not in STAGES:
-            from .errors import TolError
-
             raise TolError(f"unknown stage '{s}': stages are {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in stages]  # always in data-flow order
     # the effective workflow, for `tol status` and for whoever reads this build later
     write_text_atomic(out / "workflow.json", json.dumps(
         {"workflow": str(workflow.path), **to_dict(workflow)}, indent=2, sort_keys=True))
 
-    from .ingest import validate_sources
-
-    validate_sources(workflow)  # an unknown source or a bad option fails before any cluster starts
     own_client = client is None
     summary = BuildSummary(out)
     if own_client:
