@@ -65,3 +65,16 @@ def test_missing_mapped_column_names_file_and_field(tmp_path):
     assert "a.csv" in str(e.value) and "Genus" in str(e.value)
     with pytest.raises(InputError, match="media_uri"):
         _ingest(tmp_path, m, {"columns": {"source_id": "id"}})
+
+
+def test_unreachable_metadata_url_names_the_url(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused, no network needed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/herbarium.csv"
+    (tmp_path / "m.toml").write_text(f'source = "table"\n[[files]]\nname = "h.csv"\nrole = "metadata"\nurl = "{url}"\n')
+    with pytest.raises(InputError) as e:
+        _ingest(tmp_path, tmp_path / "m.toml", {"columns": {"source_id": "id", "media_uri": "url"}})
+    assert url in str(e.value) and "cannot download" in str(e.value)

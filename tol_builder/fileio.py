@@ -138,11 +138,15 @@ def retrieve(uri: str, dest: Path, *, base: Path | None = None, md5: str | None 
     import requests
 
     with atomic_path(dest) as tmp:
-        with requests.get(uri, stream=True, timeout=(10, 60), headers={"User-Agent": user_agent}) as r:
-            if r.status_code != 200:
-                raise InputError(uri, f"HTTP {r.status_code}")
-            with open(tmp, "wb") as f:
-                for block in r.iter_content(1 << 20):
-                    f.write(block)
+        try:
+            with requests.get(uri, stream=True, timeout=(10, 60), headers={"User-Agent": user_agent}) as r:
+                if r.status_code != 200:
+                    raise InputError(uri, f"HTTP {r.status_code}")
+                with open(tmp, "wb") as f:
+                    for block in r.iter_content(1 << 20):
+                        f.write(block)
+        except requests.RequestException as e:  # DNS, refused, reset, timeout: name the URL, not urllib3's pool
+            raise InputError(uri, f"cannot download ({type(e).__name__}); no network here? Point the manifest's "
+                             "url at a local copy (a path or file:// URL)") from None
         verify_checksums(tmp, md5=md5, sha256=sha256, size=size, name=uri)
     return dest
