@@ -84,7 +84,7 @@ def test_names_of_unknown_rank(parser):
 
 _genus = st.from_regex(r"[A-Z][a-z]{2,12}", fullmatch=True)
 _epithet = st.from_regex(r"[a-z]{3,14}(-[a-z]{2,6})?", fullmatch=True).filter(
-    lambda e: e not in names.SURROGATE_WORDS)
+    lambda e: e not in names.SURROGATE_WORDS and e not in names.MISSING)  # 'nan', 'none': no value
 
 
 @settings(max_examples=300, deadline=None)
