@@ -43,14 +43,7 @@ class Manifest:
 
     def url(self, f: ManifestFile) -> str:
         """The absolute URL (or absolute local path) of a file."""
-        ref = f.url or f.name
-        if urllib.parse.urlparse(ref).scheme in ("http", "https", "file"):
-            return ref
-        if Path(ref).is_absolute():
-            return ref
-        if self.base_url:
-            return urllib.parse.urljoin(self.base_url if self.base_url.endswith("/") else self.base_url + "/", ref)
-        return str((self.path.parent / ref).resolve())
+        return resolve_ref(f.url or f.name, self.path, self.base_url)
 
     def files_with(self, role: str, split: str | None = None, format: str | None = None) -> list[ManifestFile]:
         return [f for f in self.files if f.role == role and (split is None or f.split == split)
@@ -75,8 +68,24 @@ def load_manifest(path: str | Path) -> Manifest:
     for i, f in enumerate(m.files):
         if f.role not in ("metadata", "media"):
             raise ConfigError(path, f"files[{i}].role", "'metadata' or 'media'", f.role)
+    check_digests(path, m.files)
+    return m
+
+
+def resolve_ref(ref: str, manifest_path: Path, base_url: str = "") -> str:
+    """A manifest's file reference made absolute: URLs and absolute paths as they are, relative ones against
+    `base_url` when there is one, else against the manifest's own folder."""
+    if urllib.parse.urlparse(ref).scheme in ("http", "https", "file") or Path(ref).is_absolute():
+        return ref
+    if base_url:
+        return urllib.parse.urljoin(base_url if base_url.endswith("/") else base_url + "/", ref)
+    return str((manifest_path.parent / ref).resolve())
+
+
+def check_digests(path: Path, files: list) -> None:
+    """md5 and sha256 values of a manifest's files must be hex of the right length (or empty)."""
+    for i, f in enumerate(files):
         for algo, length in (("md5", 32), ("sha256", 64)):
             value = getattr(f, algo)
             if value and (len(value) != length or any(c not in "0123456789abcdefABCDEF" for c in value)):
                 raise ConfigError(path, f"files[{i}].{algo}", f"{length} hex digits", value)
-    return m

@@ -36,6 +36,7 @@ from pathlib import Path
 from ..config import from_dict, read_toml
 from ..errors import ConfigError, InputError
 from ..fileio import atomic_path, retrieve
+from ..manifest import check_digests, resolve_ref
 from ..records import RANKS
 
 LOADER_VERSION = "1"  # part of every authority's fingerprint: bump when the tables change meaning
@@ -87,10 +88,7 @@ class AuthorityManifest:
         return found[0] if found else None
 
     def url(self, f: AuthorityFile) -> str:
-        ref = f.url or f.name
-        if urllib.parse.urlparse(ref).scheme in ("http", "https", "file") or Path(ref).is_absolute():
-            return ref
-        return str((self.path.parent / ref).resolve())
+        return resolve_ref(f.url or f.name, self.path)
 
 
 def load_manifest(path: str | Path) -> AuthorityManifest:
@@ -103,10 +101,7 @@ def load_manifest(path: str | Path) -> AuthorityManifest:
     for i, f in enumerate(m.files):
         if f.role not in roles:
             raise ConfigError(path, f"files[{i}].role", f"one of {', '.join(roles)} (format {m.format})", f.role)
-        for algo, length in (("md5", 32), ("sha256", 64)):
-            value = getattr(f, algo)
-            if value and (len(value) != length or any(c not in "0123456789abcdefABCDEF" for c in value)):
-                raise ConfigError(path, f"files[{i}].{algo}", f"{length} hex digits", value)
+    check_digests(path, m.files)
     for i, f in enumerate(m.files):
         if f.optional and roles[f.role]:
             raise ConfigError(path, f"files[{i}].optional", f"false (role '{f.role}' is required)", True)
