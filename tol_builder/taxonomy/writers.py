@@ -106,12 +106,7 @@ def write_itis_chains(path: Path, paths, vernaculars: dict | None = None, tsn_st
                      "terminal_vernacular_lang": ", ".join(lang for _, lang in vn),
                      "hierarchy_string_ranks": "->".join(r for _, r in p),
                      **{c: seven[c.lower()] for c in ITIS_COLUMNS[7:]}})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=ITIS_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return _write_csv(path, ITIS_COLUMNS, rows)
 
 
 def _tsv(rows: list[dict], columns: list[str]) -> bytes:
@@ -204,9 +199,13 @@ def write_dh_taxon_tab(path: Path, rows: list[dict], authority_column: bool = Tr
 
 
 def write_eol_vernaculars(path: Path, rows: list[dict]) -> Path:
+    return _write_csv(path, EOL_VERNACULAR_COLUMNS, rows)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=EOL_VERNACULAR_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     return path
