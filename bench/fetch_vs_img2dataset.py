@@ -45,6 +45,7 @@ class MemoryWatch:
 
         self.root = psutil.Process(root_pid)
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.cpu: dict[int, float] = {}  # latest user + system seconds of every process seen
         self.interval = interval
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -60,6 +61,8 @@ class MemoryWatch:
             for p in procs:
                 try:
                     rss = p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
                     if p.pid not in self.peaks:
                         self.peaks[p.pid] = (" ".join(p.cmdline()[:3])[:80], 0)
                 except psutil.Error:
@@ -77,6 +80,21 @@ class MemoryWatch:
         self._t.join()
 
 
+def cpu_seconds(main_pid: int, server_pid: int, worker_pids: set[int]) -> dict[str, float]:
+    """User + system CPU seconds so far: the loopback server, the workers, and the main process (client,
+    scheduler, nannies' threads)."""
+    import psutil
+
+    def cpu(pid: int) -> float:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+
+    main = psutil.Process(main_pid)
+    nannies = sum(cpu(p.pid) for p in main.children() if p.pid not in worker_pids and p.pid != server_pid)
+    return {"server": cpu(server_pid), "workers": sum(cpu(p) for p in worker_pids), "main": cpu(main_pid),
+            "other_children": nannies}
+
+
 def start_server(images: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, str(HERE / "fetch_server.py"), str(images)], stdout=subprocess.PIPE,
                             text=True)
@@ -92,13 +110,13 @@ def _ceiling_worker(args) -> tuple[float, float, int]:
     from tol_builder.fetch import imaging
 
     cfg = FetchConfig(max_side=max_side, jpeg_quality=95, resize_filter=resize_filter)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for f in files:
         with open(f, "rb") as fh:
             imaging.process(fh.read(), cfg)
         n += 1
-    return t0, time.perf_counter(), n
+    return t0, time.perf_counter(), n, time.process_time() - c0
 
 
 def run_ceiling(files: list[Path], max_side: int, resize_filter: str) -> dict:
@@ -110,19 +128,20 @@ def run_ceiling(files: list[Path], max_side: int, resize_filter: str) -> dict:
     # processes start their loops at slightly different times: rate over the union of the two loops
     t0, t1 = min(r[0] for r in results), max(r[1] for r in results)
     n = sum(r[2] for r in results)
-    return {"images": n, "seconds": t1 - t0, "images_per_s": n / (t1 - t0)}
+    return {"images": n, "seconds": t1 - t0, "images_per_s": n / (t1 - t0),
+            "cpu_ms_per_image": round(sum(r[3] for r in results) / n * 1e3, 3)}
 
 
 # --------------------------------------------------------------------------------------------- tol_builder
-def run_ours(port: int, files: list[Path], work: Path, max_side: int, threads: int, partition: int,
-             resize_filter: str, concurrency: int = 32) -> dict:
+def run_ours(port: int, server_pid: int, files: list[Path], work: Path, max_side: int, threads: int,
+             partition: int, resize_filter: str, concurrency: int = 32) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from dask.distributed import Client, LocalCluster
 
     from tol_builder import fetch  # noqa
     from tol_builder.catalog import query
-    from tol_builder.config import FetchConfig, SourceConfig, Workflow
+    from tol_builder.cluster import close_client, get_client
+    from tol_builder.config import ClusterConfig, FetchConfig, SourceConfig, Workflow
     from tol_builder.context import BuildContext
     from tol_builder.records import RAW_COLUMNS, RECORD_SCHEMA, make_uid
     from tol_builder.runner import Runner
@@ -146,24 +165,28 @@ def run_ours(port: int, files: list[Path], work: Path, max_side: int, threads: i
                   fetch=cfg, path=work / "wf.toml")
     t_start = time.perf_counter()
     with MemoryWatch(os.getpid()) as mem:
-        cluster = LocalCluster(n_workers=2, threads_per_worker=threads, processes=True, dashboard_address=None)
-        client = Client(cluster)
+        # the cluster `tol build` starts (tol_builder.cluster): 2 worker processes
+        client = get_client(ClusterConfig(n_workers=2, threads_per_worker=threads, dashboard_address=""))
         # import the stage's modules in the workers, as the ceiling's pool is warmed before it is timed
         client.run(lambda: __import__("tol_builder.fetch.tasks") and None)
+        worker_pids = set(client.run(os.getpid).values())
+        cpu0 = cpu_seconds(os.getpid(), server_pid, worker_pids)
         t_ready = time.perf_counter()
         counters = fetch.run(BuildContext(wf, out, Runner(out, client, progress=False), None, threads=threads))
         t_done = time.perf_counter()
+        cpu1 = cpu_seconds(os.getpid(), server_pid, worker_pids)
         import resource
 
         maxrss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        worker_pids = set(client.run(os.getpid).values())
-        client.close()
-        cluster.close()
+        close_client(client)
     ok = query(out, "SELECT count(*) AS n FROM media WHERE status = 'ok' AND pdq IS NOT NULL AND md5 IS NOT NULL").to_pylist()[0]["n"]
     stage = t_done - t_ready
     return {"images_ok": ok, "counters": counters, "stage_seconds": stage, "total_seconds": t_done - t_start,
             "cluster_start_seconds": t_ready - t_start,  # start and module imports in the workers
             "images_per_s": ok / stage, "images_per_s_with_cluster_start": ok / (t_done - t_start),
+            # CPU time per image during the stage, by process: where the time goes
+            "cpu_ms_per_image": {k: round((cpu1[k] - cpu0[k]) / max(1, ok) * 1e3, 3) for k in cpu1},
+            "cpu_busy_fraction": round(sum(cpu1[k] - cpu0[k] for k in cpu1) / (stage * (os.cpu_count() or 1)), 3),
             "worker_peak_rss_mb": sorted(round(v / 2 ** 20) for v in maxrss.values()),
             "main_peak_rss_mb": round(mem.peaks.get(os.getpid(), ("", 0))[1] / 2 ** 20),  # client+scheduler+nannies
             "worker_peak_rss_sampled_mb": sorted(round(rss / 2 ** 20) for pid, (_, rss) in mem.peaks.items()
@@ -171,8 +194,10 @@ def run_ours(port: int, files: list[Path], work: Path, max_side: int, threads: i
 
 
 # --------------------------------------------------------------------------------------------- img2dataset
-def run_img2dataset(i2d_python: str, port: int, files: list[Path], work: Path, max_side: int,
+def run_img2dataset(i2d_python: str, port: int, server_pid: int, files: list[Path], work: Path, max_side: int,
                     samples_per_shard: int = 1000) -> dict:
+    import psutil
+
     out = work / "i2d"
     shutil.rmtree(out, ignore_errors=True)
     urls = work / "urls.txt"
@@ -192,8 +217,10 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     proc = subprocess.Popen([i2d_python, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
+    server_cpu0 = sum(psutil.Process(server_pid).cpu_times()[:2])
     with MemoryWatch(proc.pid) as mem:
         output, _ = proc.communicate()
+    server_cpu = sum(psutil.Process(server_pid).cpu_times()[:2]) - server_cpu0
     total = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"img2dataset failed:\n{output[-3000:]}")
@@ -205,7 +232,10 @@ if __name__ == "__main__":
     return {"images_ok": ok, "seconds": inner, "total_seconds": total, "images_per_s": ok / inner,
             "images_per_s_with_start": ok / total,
             "main_peak_rss_mb": round(mem.peaks.get(proc.pid, ("", 0))[1] / 2 ** 20),
-            "worker_peak_rss_mb": sorted(round(r / 2 ** 20) for r in children)}
+            "worker_peak_rss_mb": sorted(round(r / 2 ** 20) for r in children),
+            # whole run incl. start-up (sampled every 200 ms: the last 200 ms of a process may be missed)
+            "cpu_ms_per_image": {"img2dataset_processes": round(sum(mem.cpu.values()) / max(1, ok) * 1e3, 3),
+                                 "server": round(server_cpu / max(1, ok) * 1e3, 3)}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -236,11 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
         server, port = start_server(Path(args.images))
         try:
             if "ours" not in skip:
-                results["tol_builder"].append(run_ours(port, files, work, args.max_side, args.threads,
+                results["tol_builder"].append(run_ours(port, server.pid, files, work, args.max_side, args.threads,
                                                        args.partition, args.resize_filter))
                 print(f"round {r} tol_builder:", json.dumps(results["tol_builder"][-1]), flush=True)
             if "i2d" not in skip:
-                results["img2dataset"].append(run_img2dataset(args.i2d_python, port, files, work, args.max_side,
+                results["img2dataset"].append(run_img2dataset(args.i2d_python, port, server.pid, files, work, args.max_side,
                                                               args.i2d_samples_per_shard))
                 print(f"round {r} img2dataset:", json.dumps(results["img2dataset"][-1]), flush=True)
         finally:

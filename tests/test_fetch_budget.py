@@ -32,8 +32,9 @@ def fetch_on_worker(urls: list[str], cfg: dict, workers: int) -> dict:
 
     rows = []
     items = [{"uid": str(i), "source": "t", "media_uri": u, "media_member": None} for i, u in enumerate(urls)]
-    fetch_items(items, fetch_config(cfg), rows.append, pass_no=0, threads=1, workers=workers)
-    return {"ok": sum(r["status"] == "ok" for r in rows), "n": len(rows), "cluster": in_cluster()}
+    stats = fetch_items(items, fetch_config(cfg), rows.append, pass_no=0, threads=1, workers=workers)
+    return {"ok": sum(r["status"] == "ok" for r in rows), "n": len(rows), "cluster": in_cluster(),
+            "budget_calls": stats["budget_calls"]}
 
 
 def _cfg(**kw) -> dict:
@@ -54,7 +55,7 @@ def test_in_flight_limit_is_shared_by_every_worker(cluster, server):
     futures = [client.submit(fetch_on_worker, [f"{server.url}/img/a?delay=0.1&t={t}&i={i}" for i in range(15)],
                              cfg, 2, workers=[workers[t % 2]], pure=False) for t in range(4)]
     results = client.gather(futures)
-    assert all(r == {"ok": 15, "n": 15, "cluster": True} for r in results)
+    assert all({k: r[k] for k in ("ok", "n", "cluster")} == {"ok": 15, "n": 15, "cluster": True} for r in results)
     assert server.max_in_flight <= 3  # one budget of 3 for the cluster (two per-worker budgets would allow 6)
     assert server.max_in_flight >= 2
 
@@ -94,6 +95,17 @@ def test_retry_after_pauses_the_host_for_other_workers(cluster, server):
     assert client.gather([first, second]) == [{"ok": 1, "n": 1, "cluster": True}, {"ok": 3, "n": 3, "cluster": True}]
     others = [t for t, p, _ in server.log if p.startswith("/img/")]
     assert min(others) - t429 >= 2.9  # the other worker waited out the pause the first one was told
+
+
+def test_a_task_takes_its_share_of_leases_in_a_few_scheduler_calls(cluster, server):
+    # a worker's loop thread is often busy decoding: one lease per scheduler call starved it of requests
+    client, workers = cluster
+    cfg = _cfg(per_host_concurrency=16, task_concurrency=16)
+    urls = [f"{server.url}/img/a?delay=0.05&i={i}" for i in range(48)]
+    r = client.submit(fetch_on_worker, urls, cfg, 2, workers=[workers[0]], pure=False).result()
+    assert r["ok"] == 48 and r["cluster"]
+    assert r["budget_calls"] <= 5  # take the share of 8 at once, read the pause, give the leases back
+    assert 4 <= server.max_in_flight <= 8  # the task's fair share of the cluster's 16
 
 
 def test_without_a_cluster_the_budget_is_local():

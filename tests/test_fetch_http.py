@@ -23,10 +23,10 @@ def _cfg(**kw) -> FetchConfig:
     return FetchConfig(**base)
 
 
-def _run(urls: list[str], cfg: FetchConfig) -> dict[str, dict]:
+def _run(urls: list[str], cfg: FetchConfig, threads: int = 2) -> dict[str, dict]:
     rows = {}
     items = [{"uid": f"u{i:03d}", "source": "t", "media_uri": u, "media_member": None} for i, u in enumerate(urls)]
-    fetch_items(items, cfg, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0, threads=2)
+    fetch_items(items, cfg, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0, threads=threads)
     assert len(rows) == len(urls)
     return rows
 
@@ -42,7 +42,8 @@ def served(fault_server, tmp_path):
     return fault_server, img, local
 
 
-def test_every_fault_has_its_outcome_class(served, tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])  # 1: decoded by the loop's thread in batches; 2: by a pool
+def test_every_fault_has_its_outcome_class(served, tmp_path, threads):
     s, _, local = served
     u = s.url
     expect = {
@@ -67,7 +68,7 @@ def test_every_fault_has_its_outcome_class(served, tmp_path):
         local.as_uri(): ("ok", None, None),
         str(tmp_path / "absent.jpg"): ("failed", "file_not_found", None),
     }
-    rows = _run(list(expect), _cfg())
+    rows = _run(list(expect), _cfg(), threads)
     got = {url: (r["status"], r.get("error_class"), r.get("http_status")) for url, r in rows.items()}
     assert got == expect
     for url, r in rows.items():
@@ -178,3 +179,43 @@ def test_fetcher_reuses_one_session_for_many_requests(served):
 
     first, last, results = asyncio.run(main())
     assert first is last and all(r.ok for r in results)
+
+
+def test_decode_batch_waits_for_a_batch_or_a_moment():
+    from tol_builder.fetch import tasks
+    from tol_builder.fetch.http import FetchResult
+
+    async def main() -> list[list[str]]:
+        seen: list[str] = []
+        snapshots = []
+        batch = tasks.DecodeBatch(asyncio.get_running_loop(), lambda it, res: seen.append(it["uid"]))
+        for i in range(3):
+            batch.add({"uid": f"a{i}"}, FetchResult("ok", data=b""))
+        snapshots.append(list(seen))  # 3 < DECODE_BATCH: waiting
+        await asyncio.sleep(tasks.DECODE_WAIT * 3)
+        snapshots.append(list(seen))  # the moment passed: decoded
+        for i in range(tasks.DECODE_BATCH):
+            batch.add({"uid": f"b{i}"}, FetchResult("ok", data=b""))
+        snapshots.append(list(seen))  # a full batch: decoded at once, in arrival order
+        return snapshots
+
+    first, later, full = asyncio.run(main())
+    assert first == [] and later == ["a0", "a1", "a2"]
+    assert full == later + [f"b{i}" for i in range(tasks.DECODE_BATCH)]
+
+
+def test_an_error_in_a_timer_started_decode_reaches_the_task():
+    from tol_builder.fetch import tasks
+    from tol_builder.fetch.http import FetchResult
+
+    def fail(it, res):
+        raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        batch = tasks.DecodeBatch(asyncio.get_running_loop(), fail)
+        batch.add({"uid": "x"}, FetchResult("ok", data=b""))
+        await asyncio.sleep(tasks.DECODE_WAIT * 3)  # the timer's drain failed inside the loop
+        batch.drain()
+
+    with pytest.raises(OSError, match="No space left"):
+        asyncio.run(main())

@@ -40,10 +40,19 @@ def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None
         kwargs["dashboard_address"] = cfg.dashboard_address
     else:
         kwargs["dashboard_address"] = None
-    cluster = LocalCluster(**kwargs)
+    with worker_settings(cfg):
+        cluster = LocalCluster(**kwargs)
     client = Client(cluster)
     client._tol_owns_cluster = True  # closed together with the client by close_client
     return client
+
+
+def worker_settings(cfg: ClusterConfig):
+    """Dask settings for the workers of a LocalCluster tol starts (its nannies hand them the config of this
+    moment). Joined clusters and batch jobs keep their own Dask configuration."""
+    import dask
+
+    return dask.config.set({"distributed.worker.profile.enabled": bool(cfg.worker_profiler)})
 
 
 JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}

@@ -35,6 +35,9 @@ class ClusterConfig:
     memory_limit: str = "auto"  # per worker, Dask syntax ("8GB") or "auto"
     processes: bool = True
     dashboard_address: str = ":0"  # ":0" = any free port; "" = no dashboard
+    # Dask's statistical profiler samples every worker thread's stack every 10 ms (the dashboard's Profile
+    # page); off by default in the LocalCluster tol starts: it cost the fetch stage 2-3% of its CPU
+    worker_profiler: bool = False
     # Batch schedulers through dask-jobqueue (pip install 'tol_builder[cluster]'): "slurm", "pbs", "sge", "lsf"
     jobqueue: Literal["", "slurm", "pbs", "sge", "lsf"] = ""
     jobs: int = 1  # jobs to submit

@@ -210,15 +210,16 @@ class ClusterBudget(Budget):
                         h.in_use += 1
                         break
                     if h.held < self.share and not h.acquiring:
+                        # one trip to a pool thread takes every free lease of our share at once: the loop's
+                        # thread may be busy decoding for tens of ms, so one lease per trip would starve it
                         h.acquiring = True
                         h.cond.release()
                         try:
-                            got = await self._call(h.conc.acquire, timeout=ACQUIRE_WAIT)
+                            got = await self._call(_acquire_many, h.conc, self.share - h.held)
                         finally:
                             await h.cond.acquire()
                             h.acquiring = False
-                        if got:
-                            h.held += 1
+                        h.held += got
                         h.cond.notify_all()
                         continue
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -342,8 +343,8 @@ class ClusterBudget(Budget):
                 if h.held > h.in_use and (final or (not h.waiting and now - h.idle_since >= IDLE_RELEASE)):
                     surplus = h.held - h.in_use
                     h.held -= surplus
-            for _ in range(surplus):
-                await self._call(_quiet_release, h.conc)
+            if surplus:
+                await self._call(_release_many, h.conc, surplus)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -365,6 +366,21 @@ class ClusterBudget(Budget):
                 if callback is not None:
                     callback.stop()
         self._pool.shutdown(wait=False)
+
+
+def _acquire_many(sem, want: int) -> int:
+    """Take up to `want` leases: every one free right now, or else (waiting up to ACQUIRE_WAIT) one."""
+    got = 0
+    while got < want and sem.acquire(timeout=0):
+        got += 1
+    if not got and sem.acquire(timeout=ACQUIRE_WAIT):
+        got = 1
+    return got
+
+
+def _release_many(sem, n: int) -> None:
+    for _ in range(n):
+        _quiet_release(sem)
 
 
 def _quiet_release(sem) -> None:
