@@ -118,3 +118,38 @@ def test_cluster_budget_share_and_lease_sizes():
     b = ClusterBudget(concurrency=1, rps=0.5, workers=4)
     assert b.share == 1 and b.k == 1 and b.spacing == pytest.approx(4.0)
     FetchConfig()  # defaults construct
+
+
+def close_while_giving_back(host: str) -> dict:
+    """A task: its budget's give-back has counted idle leases as returned when the task closes the budget."""
+    import asyncio
+
+    from distributed import get_worker
+
+    async def main() -> dict:
+        b = ClusterBudget(concurrency=6, rps=0.0, workers=2)
+        for _ in range(3):
+            await b.acquire(host)
+        for _ in range(3):
+            await b.release(host)
+        h = b._hosts[host]
+        held = h.held
+        h.idle_since = 0.0  # idle long enough: the next round of the give-back returns them
+        while h.held:
+            await asyncio.sleep(0)  # the give-back has taken them off the books and asked a thread to return them
+        await b.aclose()
+        return {"held": held}
+
+    out = asyncio.run(main())
+    scheduler_leases = get_worker().client.run_on_scheduler(
+        lambda dask_scheduler: sum(len(v) for v in dask_scheduler.extensions["semaphores"].leases.values()))
+    return {**out, "scheduler_leases": scheduler_leases}
+
+
+def test_closing_a_budget_during_a_give_back_returns_every_lease(cluster):
+    # a give-back cancelled by the close lost its leases until the scheduler's lease timeout (30 s and more
+    # of every task of the cluster waiting for the host)
+    client, workers = cluster
+    for i in range(5):
+        r = client.submit(close_while_giving_back, f"close-{i}.example", workers=[workers[i % 2]], pure=False).result()
+        assert r == {"held": 3, "scheduler_leases": 0}

@@ -220,6 +220,7 @@ class ClusterBudget(Budget):
                             await h.cond.acquire()
                             h.acquiring = False
                         h.held += got
+                        h.idle_since = time.time()  # not idle since the epoch: the give-back would take them
                         h.cond.notify_all()
                         continue
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -326,8 +327,10 @@ class ClusterBudget(Budget):
 
     # -- giving leases back
     async def _maintain(self) -> None:
-        while not self._closed:
+        while True:
             await asyncio.sleep(0.05)
+            if self._closed:
+                return
             await self._give_back(final=False)
 
     async def _give_back(self, final: bool) -> None:
@@ -351,8 +354,10 @@ class ClusterBudget(Budget):
             return
         self._closed = True
         if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            # let it finish its round, never cancel it: a give-back cancelled between counting leases as
+            # returned and returning them left them taken on the scheduler until its lease timeout (30 s
+            # and more of every task of the cluster waiting for a host)
+            with contextlib.suppress(Exception):
                 await self._maintenance
         # hold each rate lease until its spacing has passed, so the next holder keeps the bound
         wait = max([s.last + self.spacing - time.time() for h in self._hosts.values() for s in h.streams
