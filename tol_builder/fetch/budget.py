@@ -39,6 +39,7 @@ LEASE_SECONDS = 1.0  # about how long one rate lease lasts
 IDLE_RELEASE = 0.25  # seconds a concurrency lease may stay idle before it goes back to the cluster
 PAUSE_POLL = 1.0  # seconds between reads of a host's cluster-wide pause
 ACQUIRE_WAIT = 0.5  # seconds one blocking lease request waits on the scheduler before it is re-issued
+LEASES_PER_TRIP = 8  # concurrency leases one trip to the scheduler takes at most (each is one call)
 
 
 def host_of(url_or_host: str) -> str:
@@ -169,6 +170,7 @@ class ClusterBudget(Budget):
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="tol-budget")
         self._maintenance: asyncio.Task | None = None
         self._closed = False
+        self._giving_back = False  # the maintenance task is inside a give-back (must not be cancelled)
         self.stats = {"lease_calls": 0}
 
     # -- plumbing: distributed's sync API is called from threads, never from this event loop
@@ -195,6 +197,9 @@ class ClusterBudget(Budget):
                 name = self._name("rate", host, self.rps, RATE_LEASES)
                 h.streams = [_RateStream(Semaphore(max_leases=RATE_LEASES, name=name)) for _ in range(RATE_LEASES)]
             self._hosts[host] = h
+            # the first read of the host's cluster-wide pause runs while the first leases are being taken
+            h.pause_read = time.time()
+            h.first_read = asyncio.get_running_loop().create_task(self._refresh_pause(h, host))
             if self._maintenance is None:
                 self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
         return h
@@ -311,11 +316,8 @@ class ClusterBudget(Budget):
 
     async def _wait_pause(self, h: _ClusterHost, host: str) -> None:
         now = time.time()
-        if h.first_read is None:
-            # every request to a host waits for the first read of its pause, not only the one that asked
-            # (concurrent first requests would otherwise go out before a published pause is known)
-            h.pause_read = now
-            h.first_read = asyncio.get_running_loop().create_task(self._refresh_pause(h, host))
+        # every request to a host waits for the first read of its pause (started by _host), not only the
+        # one that asked (concurrent first requests would otherwise go out before a published pause is known)
         if not h.first_read.done():
             await asyncio.shield(h.first_read)
         elif now - h.pause_read > PAUSE_POLL:  # later reads run behind the requests
@@ -328,10 +330,17 @@ class ClusterBudget(Budget):
     # -- giving leases back
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:  # closing, and no give-back under way: nothing to finish
+                return
             if self._closed:
                 return
-            await self._give_back(final=False)
+            self._giving_back = True
+            try:
+                await self._give_back(final=False)
+            finally:
+                self._giving_back = False
 
     async def _give_back(self, final: bool) -> None:
         now = time.time()
@@ -354,10 +363,12 @@ class ClusterBudget(Budget):
             return
         self._closed = True
         if self._maintenance is not None:
-            # let it finish its round, never cancel it: a give-back cancelled between counting leases as
-            # returned and returning them left them taken on the scheduler until its lease timeout (30 s
-            # and more of every task of the cluster waiting for a host)
-            with contextlib.suppress(Exception):
+            # a give-back under way is let finish, never cancelled: cancelled between counting leases as
+            # returned and returning them, it left them taken on the scheduler until its lease timeout (30 s
+            # and more of every task of the cluster waiting for a host). Asleep, it is woken at once.
+            if not self._giving_back:
+                self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._maintenance
         # hold each rate lease until its spacing has passed, so the next holder keeps the bound
         wait = max([s.last + self.spacing - time.time() for h in self._hosts.values() for s in h.streams
@@ -365,6 +376,12 @@ class ClusterBudget(Budget):
         if wait > 0:
             await asyncio.sleep(wait)
         await self._give_back(final=True)
+        for h in self._hosts.values():  # reads of pauses nobody waits for any more
+            for t in [h.first_read, *h.background]:
+                if t is not None and not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
         for h in self._hosts.values():
             for sem in [h.conc] + [s.sem for s in h.streams]:
                 callback = getattr(sem, "refresh_callback", None)
@@ -374,9 +391,10 @@ class ClusterBudget(Budget):
 
 
 def _acquire_many(sem, want: int) -> int:
-    """Take up to `want` leases: every one free right now, or else (waiting up to ACQUIRE_WAIT) one."""
+    """Take up to `want` leases (at most LEASES_PER_TRIP, so that the first requests need not wait for a
+    whole share): those free right now, or else (waiting up to ACQUIRE_WAIT) one."""
     got = 0
-    while got < want and sem.acquire(timeout=0):
+    while got < min(want, LEASES_PER_TRIP) and sem.acquire(timeout=0):
         got += 1
     if not got and sem.acquire(timeout=ACQUIRE_WAIT):
         got = 1
