@@ -7,8 +7,11 @@ images resized to 256 px on the longer side (never enlarged), JPEG quality 95:
 * tol_builder: the `fetch` stage (`tol_builder.fetch.run`) on a LocalCluster of 2 worker processes x 1
   thread, through runner.Runner, writing `media` parquet; it also computes sha256, md5 and PDQ.
 * img2dataset 1.47.0 in its own virtualenv (`--i2d-python`): processes_count=2, resize_mode
-  keep_ratio_largest, resize_only_if_bigger, webdataset output, shards of 1000 (so both processes work),
-  other options at their defaults (sha256 on, 256 threads per process).
+  keep_ratio_largest, resize_only_if_bigger, webdataset output, other options at their defaults (sha256 on,
+  256 threads per process); measured twice per round: shards of 1000 (both processes work: the ratio the
+  summary calls `ratio_vs_img2dataset`) and its default shards of 10,000 (10,000 images are one shard, so
+  one of its 2 processes works: `ratio_vs_img2dataset_shards_10000`, the configuration of the issue's
+  "about 330 images/s").
 * ceiling: `imaging.process` (decode + sha256 + md5 + PDQ + resize + encode, exactly the stage's work per
   image) in a tight loop over the files on disk, 2 processes.
 
@@ -249,8 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tol_builder's filter for the stored copy; box = area, img2dataset's default downscale")
     ap.add_argument("--threads", type=int, default=1, help="threads per tol_builder worker")
     ap.add_argument("--partition", type=int, default=500, help="records per tol_builder fetch task")
-    ap.add_argument("--i2d-samples-per-shard", type=int, default=1000,
-                    help="img2dataset shard size; its default, 10000, puts 10,000 images in one shard: one process")
+    ap.add_argument("--i2d-samples-per-shard", default="1000,10000",
+                    help="img2dataset shard sizes to measure (comma list). 1000: both of its processes work; its "
+                         "default, 10000, puts 10,000 images in one shard, so one of its 2 processes does the work "
+                         "(this is the ~330 images/s the issue measured)")
     ap.add_argument("--rounds", type=int, default=2, help="alternate the three measurements this many times")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: ours, i2d, ceiling")
     args = ap.parse_args(argv)
@@ -260,8 +265,11 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+    shard_sizes = [int(x) for x in str(args.i2d_samples_per_shard).split(",") if x.strip()]
     results: dict = {"images": len(files), "cores": os.cpu_count(), "args": vars(args),
                      "tol_builder": [], "img2dataset": [], "ceiling": []}
+    for shard in shard_sizes[1:]:
+        results[f"img2dataset_shards_{shard}"] = []
     for r in range(args.rounds):  # alternated, so that load from elsewhere on the machine hits all three alike
         server, port = start_server(Path(args.images))
         try:
@@ -270,20 +278,29 @@ def main(argv: list[str] | None = None) -> dict:
                                                        args.partition, args.resize_filter))
                 print(f"round {r} tol_builder:", json.dumps(results["tol_builder"][-1]), flush=True)
             if "i2d" not in skip:
-                results["img2dataset"].append(run_img2dataset(args.i2d_python, port, server.pid, files, work, args.max_side,
-                                                              args.i2d_samples_per_shard))
-                print(f"round {r} img2dataset:", json.dumps(results["img2dataset"][-1]), flush=True)
+                for shard in shard_sizes:
+                    res = run_img2dataset(args.i2d_python, port, server.pid, files, work, args.max_side, shard)
+                    res["samples_per_shard"] = shard
+                    results["img2dataset" if shard == shard_sizes[0] else f"img2dataset_shards_{shard}"].append(res)
+                    print(f"round {r} img2dataset (shards of {shard}):", json.dumps(res), flush=True)
         finally:
             server.terminate()
             server.wait()
         if "ceiling" not in skip:
             results["ceiling"].append(run_ceiling(files, args.max_side, args.resize_filter))
             print(f"round {r} ceiling:", json.dumps(results["ceiling"][-1]), flush=True)
-    best = {k: max(results[k], key=lambda x: x["images_per_s"]) for k in ("tol_builder", "img2dataset", "ceiling")
-            if results[k]}
+    parts = ["tol_builder", "img2dataset", "ceiling"] + [f"img2dataset_shards_{s}" for s in shard_sizes[1:]]
+    best = {k: max(results[k], key=lambda x: x["images_per_s"]) for k in parts if results.get(k)}
     summary = {k: round(v["images_per_s"], 1) for k, v in best.items()}
+    if "img2dataset" in best:
+        summary["img2dataset_samples_per_shard"] = shard_sizes[0]
     if "tol_builder" in best and "img2dataset" in best:
         summary["ratio_vs_img2dataset"] = round(best["tol_builder"]["images_per_s"] / best["img2dataset"]["images_per_s"], 2)
+        for shard in shard_sizes[1:]:
+            other = best.get(f"img2dataset_shards_{shard}")
+            if other:
+                summary[f"ratio_vs_img2dataset_shards_{shard}"] = round(
+                    best["tol_builder"]["images_per_s"] / other["images_per_s"], 2)
         summary["ratio_vs_img2dataset_with_start"] = round(
             best["tol_builder"]["images_per_s_with_cluster_start"] / best["img2dataset"]["images_per_s_with_start"], 2)
     if "tol_builder" in best and "ceiling" in best:

@@ -166,3 +166,19 @@ def test_sigkill_part_way_then_resume_gives_exactly_the_uninterrupted_records(co
     assert not list(build.rglob(".tmp-*"))
     for p in (build / "records" / "counting").glob("*.parquet"):
         pq.read_metadata(p)  # every file is whole
+
+
+@pytest.mark.parametrize("profiler", [False, True])
+def test_local_cluster_workers_get_the_profiler_setting(profiler):
+    # Dask's sampling profiler costs the fetch stage 2-3% of its CPU: off unless the workflow asks for it
+    from tol_builder.cluster import close_client, get_client
+    from tol_builder.config import ClusterConfig
+
+    assert ClusterConfig().worker_profiler is False
+    client = get_client(ClusterConfig(n_workers=1, threads_per_worker=1, dashboard_address="",
+                                      worker_profiler=profiler))
+    try:
+        seen = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        assert list(seen.values()) == [profiler]
+    finally:
+        close_client(client)

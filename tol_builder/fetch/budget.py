@@ -8,8 +8,9 @@ Cluster design (all state on the scheduler, in Dask's own primitives, so a dead 
 lease timeout and nothing lives on a worker that could die):
 
 * Concurrency: one `distributed.Semaphore` per host with `per_host_concurrency` leases. Leases are not
-  taken per request: a task takes leases lazily, up to its fair share ceil(concurrency / workers), keeps
-  reusing them while it has requests for that host, and gives back leases idle for `IDLE_RELEASE` seconds.
+  taken per request: a task takes leases lazily, up to its fair share ceil(concurrency / workers) and up to
+  LEASES_PER_TRIP in one trip to the scheduler, keeps reusing them while it has requests for that host, and
+  gives back leases idle for `IDLE_RELEASE` seconds (a give-back under way is finished, never cancelled).
   So the number of requests in flight to a host never exceeds the lease count, across every worker, while
   the scheduler sees a few calls per task rather than two per image.
 * Rate: a second semaphore per host with `RATE_LEASES` (L) leases. A lease is a stream of k requests spaced
