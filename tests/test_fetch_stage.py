@@ -339,3 +339,23 @@ def test_fetch_settings_are_checked_and_named(tmp_path):
                                       '[fetch]\nresize_filter = "nearest"\n')
     with pytest.raises(ConfigError, match="fetch.resize_filter"):
         load_workflow(tmp_path / "wf.toml")
+
+
+def test_a_task_reads_only_the_row_groups_of_its_slice_and_gets_the_same_rows(tmp_path):
+    import pyarrow as pa
+
+    from tol_builder.fetch.tasks import ITEM_COLUMNS, read_slice
+
+    n = 30
+    t = pa.table({"uid": [f"u{i:02d}" for i in range(n)], "source": ["s"] * n,
+                  "media_uri": ["x.tar" if i % 4 == 0 else f"http://h/{i}" for i in range(n)],
+                  "media_member": [f"m{i}" if i % 4 == 0 else None for i in range(n)]})
+    path = tmp_path / "r.parquet"
+    pq.write_table(t, path, row_group_size=7)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 5
+    rows = t.select(ITEM_COLUMNS).to_pylist()
+    for start, count in [(0, 7), (3, 5), (5, 9), (14, 7), (28, 10), (30, 5), (0, 100)]:
+        assert read_slice(str(path), [], start, count) == rows[start:start + count]
+    # with a tar excluded, slices are positions among the remaining rows
+    kept = [r for r in rows if r["media_uri"] != "x.tar"]
+    assert read_slice(str(path), ["x.tar"], 4, 6) == kept[4:10]

@@ -135,13 +135,16 @@ def run(ctx: BuildContext) -> dict[str, int]:
     workers = _workers(ctx)
     common = dict(out=str(out), cfg=cfg_plain, threads=max(1, ctx.threads))
     tasks: list[Task] = []
-    slices = con.execute(f"""SELECT filename, count(*) AS n,
-            list(DISTINCT media_uri) FILTER (WHERE media_member IS NOT NULL) AS archives
-        FROM {src}
-        WHERE NOT (media_member IS NOT NULL AND list_contains(?::VARCHAR[], media_uri))
-        GROUP BY filename ORDER BY filename""", [tars]).fetchall()
+    slices = con.execute(f"""SELECT filename,
+            count(*) FILTER (WHERE NOT in_tar) AS n,
+            list(DISTINCT media_uri) FILTER (WHERE media_member IS NOT NULL AND NOT in_tar) AS archives,
+            bool_or(in_tar) AS has_tar
+        FROM (SELECT filename, media_uri, media_member,
+                     coalesce(media_member IS NOT NULL AND list_contains(?::VARCHAR[], media_uri), false) AS in_tar
+              FROM {src})
+        GROUP BY filename HAVING count(*) FILTER (WHERE NOT in_tar) > 0 ORDER BY filename""", [tars]).fetchall()
     skipped_files = 0
-    for filename, n, used in slices:
+    for filename, n, used, has_tar in slices:
         used = [u for u in (used or []) if u is not None]
         if any(u in broken for u in used):
             skipped_files += 1
@@ -151,7 +154,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
         for i in range(math.ceil(n / cfg.partition_size)):
             tasks.append(Task(f"{source}.{path.stem}.{i:05d}", records_task, dict(
                 common, source=source, task_key=f"{source}.{path.stem}.{i:05d}", records_file=filename,
-                start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars,
+                start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars if has_tar else [],
                 zip_infos={u: zips[u] for u in used if u in zips}, workers=workers)))
     for uri in tars:
         sources = [r[0] for r in con.execute(f"SELECT DISTINCT source FROM {src} WHERE media_uri = ? "

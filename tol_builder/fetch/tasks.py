@@ -313,7 +313,22 @@ def prepare_archive_task(out: str, uri: str, md5: str = "", sha256: str = "", si
 
 
 def read_slice(records_file: str, exclude_uris: list[str], start: int, count: int) -> list[dict]:
-    """Rows [start, start+count) of a records file, leaving out members of the excluded (tar) archives."""
+    """Rows [start, start+count) of a records file, leaving out members of the excluded (tar) archives.
+
+    Without exclusions only the row groups holding those rows are read (a BIOSCAN-1M records file has 1.1M
+    rows and is cut into ~113 tasks: each reading all of it cost about a second and 150 MB)."""
+    if not exclude_uris:
+        pf = pq.ParquetFile(records_file)
+        groups, first, offset = [], None, 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if offset + n > start and offset < start + count:
+                groups.append(g)
+                first = offset if first is None else first
+            offset += n
+        if not groups:
+            return []
+        return pf.read_row_groups(groups, columns=ITEM_COLUMNS).slice(start - first, count).to_pylist()
     t = pq.read_table(records_file, columns=ITEM_COLUMNS)
     if exclude_uris:
         in_tar = pc.and_(pc.is_valid(t.column("media_member")),
