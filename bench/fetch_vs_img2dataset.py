@@ -40,6 +40,15 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 
+def process_cpu(pid_or_process) -> float:
+    """User + system CPU seconds a process has used so far."""
+    import psutil
+
+    p = pid_or_process if isinstance(pid_or_process, psutil.Process) else psutil.Process(pid_or_process)
+    t = p.cpu_times()
+    return t.user + t.system
+
+
 class MemoryWatch:
     """Samples the resident set size of a process tree; keeps the peak of every process seen."""
 
@@ -64,8 +73,7 @@ class MemoryWatch:
             for p in procs:
                 try:
                     rss = p.memory_info().rss
-                    t = p.cpu_times()
-                    self.cpu[p.pid] = t.user + t.system
+                    self.cpu[p.pid] = process_cpu(p)
                     if p.pid not in self.peaks:
                         self.peaks[p.pid] = (" ".join(p.cmdline()[:3])[:80], 0)
                 except psutil.Error:
@@ -88,14 +96,10 @@ def cpu_seconds(main_pid: int, server_pid: int, worker_pids: set[int]) -> dict[s
     scheduler, nannies' threads)."""
     import psutil
 
-    def cpu(pid: int) -> float:
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
-
-    main = psutil.Process(main_pid)
-    nannies = sum(cpu(p.pid) for p in main.children() if p.pid not in worker_pids and p.pid != server_pid)
-    return {"server": cpu(server_pid), "workers": sum(cpu(p) for p in worker_pids), "main": cpu(main_pid),
-            "other_children": nannies}
+    others = sum(process_cpu(p) for p in psutil.Process(main_pid).children()
+                 if p.pid not in worker_pids and p.pid != server_pid)
+    return {"server": process_cpu(server_pid), "workers": sum(process_cpu(p) for p in worker_pids),
+            "main": process_cpu(main_pid), "other_children": others}
 
 
 def start_server(images: Path) -> tuple[subprocess.Popen, int]:
@@ -199,8 +203,6 @@ def run_ours(port: int, server_pid: int, files: list[Path], work: Path, max_side
 # --------------------------------------------------------------------------------------------- img2dataset
 def run_img2dataset(i2d_python: str, port: int, server_pid: int, files: list[Path], work: Path, max_side: int,
                     samples_per_shard: int = 1000) -> dict:
-    import psutil
-
     out = work / "i2d"
     shutil.rmtree(out, ignore_errors=True)
     urls = work / "urls.txt"
@@ -220,10 +222,10 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     proc = subprocess.Popen([i2d_python, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
-    server_cpu0 = sum(psutil.Process(server_pid).cpu_times()[:2])
+    server_cpu0 = process_cpu(server_pid)
     with MemoryWatch(proc.pid) as mem:
         output, _ = proc.communicate()
-    server_cpu = sum(psutil.Process(server_pid).cpu_times()[:2]) - server_cpu0
+    server_cpu = process_cpu(server_pid) - server_cpu0
     total = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"img2dataset failed:\n{output[-3000:]}")

@@ -216,8 +216,8 @@ class ClusterBudget(Budget):
                         h.in_use += 1
                         break
                     if h.held < self.share and not h.acquiring:
-                        # one trip to a pool thread takes every free lease of our share at once: the loop's
-                        # thread may be busy decoding for tens of ms, so one lease per trip would starve it
+                        # one trip to a pool thread takes several free leases of our share (LEASES_PER_TRIP):
+                        # the loop's thread may be busy decoding for tens of ms, one lease a trip starved it
                         h.acquiring = True
                         h.cond.release()
                         try:

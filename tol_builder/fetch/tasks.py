@@ -12,9 +12,9 @@ media.ChunkWriter, so a killed task keeps its finished chunks and its re-run ski
 Inside a task: an asyncio loop in the task's thread does the network I/O (one aiohttp session, up to
 `task_concurrency` requests in flight). With one thread per worker (the default) that same thread decodes
 the images, DECODE_BATCH at a time, while the other requests keep arriving into their sockets' buffers:
-measured, this costs 0.3-0.4 ms less CPU per image than handing each image to another thread. With more threads per
-worker, a pool of that many threads does the CPU work (Pillow and hashlib release the GIL). A tar task
-inflates the stream in its own thread and decodes in a pool.
+measured, this costs 0.3-0.4 ms less CPU per image than handing each image to another thread. With more
+threads per worker, a pool of that many threads does the CPU work (Pillow and hashlib release the GIL). A
+tar task inflates the stream in its own thread and decodes in a pool.
 """
 
 from __future__ import annotations
@@ -315,8 +315,8 @@ def prepare_archive_task(out: str, uri: str, md5: str = "", sha256: str = "", si
 def read_slice(records_file: str, exclude_uris: list[str], start: int, count: int) -> list[dict]:
     """Rows [start, start+count) of a records file, leaving out members of the excluded (tar) archives.
 
-    Without exclusions only the row groups holding those rows are read (a BIOSCAN-1M records file has 1.1M
-    rows and is cut into ~113 tasks: each reading all of it cost about a second and 150 MB)."""
+    Without exclusions only the row groups holding those rows are read (a full-size BIOSCAN-1M records file,
+    1.1M rows cut into ~113 tasks: 0.04 s and 164 MB peak per task instead of 0.36 s and 437 MB)."""
     if not exclude_uris:
         pf = pq.ParquetFile(records_file)
         groups, first, offset = [], None, 0
@@ -329,11 +329,10 @@ def read_slice(records_file: str, exclude_uris: list[str], start: int, count: in
         if not groups:
             return []
         return pf.read_row_groups(groups, columns=ITEM_COLUMNS).slice(start - first, count).to_pylist()
-    t = pq.read_table(records_file, columns=ITEM_COLUMNS)
-    if exclude_uris:
-        in_tar = pc.and_(pc.is_valid(t.column("media_member")),
-                         pc.is_in(t.column("media_uri"), value_set=pa.array(exclude_uris, pa.string())))
-        t = t.filter(pc.invert(pc.fill_null(in_tar, False)))
+    t = pq.read_table(records_file, columns=ITEM_COLUMNS)  # positions count the rows left after the exclusion
+    in_tar = pc.and_(pc.is_valid(t.column("media_member")),
+                     pc.is_in(t.column("media_uri"), value_set=pa.array(exclude_uris, pa.string())))
+    t = t.filter(pc.invert(pc.fill_null(in_tar, False)))
     return t.slice(start, count).to_pylist()
 
 
