@@ -146,12 +146,38 @@ class DedupConfig:
 
 @dataclass
 class ShardsConfig:
-    image_size: int = 224
-    resize_mode: Literal["squash", "keep_ratio", "center_crop"] = "squash"
+    """The shards stage (issue 9, tol_builder/shards/): which images, which split, which shard, at what size.
+
+    Selection settings apply in the order the dataset card lists them; every image left out gets its reason
+    in the catalog table `unselected`. Taxa are written "rank:Name" ("class:Aves", "species:Pica hudsonia");
+    licence patterns match the normalised `licence_id` (shards/licences.py) with shell wildcards."""
+
+    # what a sample's image is
+    image_size: int = 224  # square side of every .jpg
+    resize_mode: Literal["squash", "keep_ratio", "center_crop"] = "squash"  # squash as BioCLIP
+    resize_filter: Literal["bicubic", "bilinear", "box", "lanczos"] = "bicubic"  # BioCLIP: bicubic
+    jpeg_quality: int = 95  # fixed encoder settings (baseline, 4:2:0, no optimisation) for byte-identical shards
+    pad_colour: list[int] = field(default_factory=lambda: [0, 0, 0])  # keep_ratio's padding, RGB
+    # splits and layout
     samples_per_shard: int = 10_000
     val_fraction: float = 0.05
-    train_small_fraction: float = 0.10
+    train_small_fraction: float = 0.10  # of train
     default_text: str = "taxon_com"  # written as .txt so unmodified open_clip trains on the shards
+    # selection
+    include_sources: list[str] = field(default_factory=list)  # [] = every source
+    exclude_sources: list[str] = field(default_factory=list)
+    include_taxa: list[str] = field(default_factory=list)  # "rank:Name"; [] = every taxon
+    exclude_taxa: list[str] = field(default_factory=list)
+    include_licences: list[str] = field(default_factory=list)  # licence_id patterns, e.g. "CC-BY*", "CC0-1.0"
+    exclude_licences: list[str] = field(default_factory=list)  # e.g. ["CC-BY-NC*"]: no non-commercial images
+    min_rank: Literal["", "kingdom", "phylum", "class", "order", "family", "genus", "species"] = ""  # "" = any
+    max_per_species: int = 0  # cap of images per taxon (0 = no cap); which ones stay is seeded
+    min_per_species: int = 0  # floor: a taxon with fewer selected images is dropped or kept whole ...
+    below_min_per_species: Literal["drop", "keep"] = "drop"  # ... as this says
+    include_list: str = ""  # CSV (source,source_id or the TreeOfLife-10M catalog.csv), relative to the workflow
+    # work
+    bucket_rows: int = 50_000  # images one first-pass task routes to the shards' buckets
+    keep_buckets: bool = False  # keep the first pass's buckets (BUILD/cache/shards) after the shards are written
 
 
 STAGES = ("ingest", "fetch", "taxonomy", "dedup", "shards")
