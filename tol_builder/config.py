@@ -176,7 +176,7 @@ class ShardsConfig:
     below_min_per_species: Literal["drop", "keep"] = "drop"  # ... as this says
     include_list: str = ""  # CSV (source,source_id or the TreeOfLife-10M catalog.csv), relative to the workflow
     # work
-    bucket_rows: int = 50_000  # images one first-pass task routes to the shards' buckets
+    bucket_rows: int = 50_000  # at most this many samples per first-pass task (fewer for small builds; shards/plan.py)
     keep_buckets: bool = False  # keep the first pass's buckets (BUILD/cache/shards) after the shards are written
 
 

@@ -7,7 +7,8 @@ every stored JPEG is already an upright RGB JPEG). Modes:
 * `keep_ratio`: resize the longer side to size, pad the rest with `pad_colour`, the image centred;
 * `center_crop`: resize the shorter side to size, cut the centre square.
 
-Determinism: the same bytes in give the same bytes out: Pillow's resize with a fixed filter, then one JPEG
+Determinism: the same bytes in give the same bytes out: a JPEG decoded at a fixed DCT reduction (the largest
+that keeps both sides >= image_size), Pillow's resize with a fixed filter, then one JPEG
 encoder call with every setting fixed (quality, 4:2:0 subsampling, baseline, no optimisation, no EXIF/ICC).
 A stored JPEG that is already size x size (squash / crop) is written as it is: re-encoding it would only lose
 quality, and it is what lets the writer keep up when fetch already stored the training size (bench).
@@ -51,12 +52,16 @@ def training_jpeg(data: bytes, size: int, mode: str = "squash", resize_filter: s
         w, h = img.size
         if (w, h) == (size, size) and img.format == "JPEG" and img.mode == "RGB":
             return data  # already the training image: kept byte for byte
+        if img.format == "JPEG":
+            # decode at the largest DCT reduction (1/2, 1/4, 1/8) that keeps both sides >= size, which every
+            # mode needs; the filter then does the rest. A 720 x 540 stored copy to 224: 7.5 -> 4.9 ms
+            img.draft("RGB", (size, size))
         img.load()
     except Exception as e:
         raise ShardImageError(f"{type(e).__name__}: {e}") from None
     if img.mode != "RGB":
         img = img.convert("RGB")
-    resized, crop, paste = _geometry(w, h, size, mode)
+    resized, crop, paste = _geometry(*img.size, size, mode)  # a reduced decode keeps the aspect ratio
     if resized != img.size:
         img = img.resize(resized, STORE_FILTERS[resize_filter], reducing_gap=STORE_REDUCING_GAP)
     if crop is not None:

@@ -335,9 +335,10 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1) -> dict[str, 
         _write_grouped(con.sql(f"""SELECT uid, split, shard, position, {meta} FROM planned
                                        ORDER BY {split_order}, shard, position""").to_arrow_reader(65536),
                        dest / "samples.parquet", ("split", "shard"))
-        # first pass: media files in name order, cut into buckets of about bucket_rows routed samples
+        # first pass: media files in name order, cut into buckets of about `per_bucket` routed samples
+        per_bucket = bucket_size(sum(v["samples"] for v in counts["splits"].values()), cfg.bucket_rows)
         con.execute(f"""CREATE TEMP TABLE files AS
-            SELECT media_file, n, ((sum(n) OVER (ORDER BY media_file) - n) // {cfg.bucket_rows})::INTEGER AS bucket
+            SELECT media_file, n, ((sum(n) OVER (ORDER BY media_file) - n) // {per_bucket})::INTEGER AS bucket
             FROM (SELECT media_file, count(*) AS n FROM planned GROUP BY media_file)""")
         buckets = con.execute("SELECT bucket, sum(n)::BIGINT FROM files GROUP BY bucket ORDER BY bucket").fetchall()
         # renumber buckets 0..k-1 (a cut can skip numbers when one file holds more than bucket_rows samples)
@@ -362,6 +363,17 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1) -> dict[str, 
         return counts
     finally:
         con.close()
+
+
+MIN_BUCKET_ROWS = 1_000  # below this a bucket task is mostly start-up, and its bucket files are tiny
+TARGET_BUCKETS = 64  # enough first-pass tasks to keep a mid-size cluster busy
+
+
+def bucket_size(samples: int, bucket_rows: int) -> int:
+    """Samples per first-pass task: at most shards.bucket_rows, and small enough for TARGET_BUCKETS tasks
+    as long as each keeps MIN_BUCKET_ROWS (100,000 samples: 64 tasks of 1,563; 10.4M: 50,000 each). Which
+    task routes which sample never changes a byte of the shards (each record carries its position)."""
+    return max(1, min(bucket_rows, max(MIN_BUCKET_ROWS, -(-samples // TARGET_BUCKETS))))
 
 
 def _q(s: str) -> str:
