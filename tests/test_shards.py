@@ -36,17 +36,23 @@ SPLITS = ("train", "val", "train_small")
 SHARD_OUTPUTS = ("shards", "selection", "README.md", "coverage.png")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards") / "demo"
+def tol_demo(root: Path) -> Path:
+    """`tol demo` into root/demo (every stage, shards included); the other shards test modules use it too."""
+    out = root / "demo"
     r = run_cli("demo", "--out", str(out), "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr
     return out
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return tol_demo(tmp_path_factory.mktemp("shards"))
+
+
 def variant(demo: Path, tmp_path: Path, name: str, **sections) -> tuple[Path, Path]:
     """A copy of the demo build without shard outputs (mtimes kept: earlier stages stay complete) and a
-    workflow beside the demo's with `sections` merged in, e.g. shards={"seed": ...}. Returns (build, workflow)."""
+    workflow beside the demo's with `sections` merged in (shards={...}, cluster={...}, seed=3).
+    Returns (build, workflow)."""
     build = tmp_path / name / "build"
 
     def ignore(folder, names):

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tomllib
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tomli_w
 
 from conftest import run_cli
+from test_shards import tol_demo, variant
 from tol_builder.catalog import query
 from tol_builder.records import RANKS
 from tol_builder.text import taxon_texts, text_keys
@@ -47,15 +45,12 @@ def _seed_with_a_nameless_start(usable: list[dict]) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("clients")
-    demo = root / "demo"
-    r = run_cli("demo", "--out", str(demo), "--quiet", timeout=600)
-    assert r.returncode == 0, r.stderr
-    build = root / "build"
-    shutil.copytree(demo / "build", build, ignore=lambda d, names: {n for n in names if n in (
-        "shards", "selection", "README.md", "coverage.png") and Path(d) == demo / "build"})
-    usable = query(build, "SELECT i.uid, i.common_name FROM images i JOIN media m USING (uid) "
-                          "WHERE m.status = 'ok' AND i.taxon_id IS NOT NULL ORDER BY uid").to_pylist()
+    demo = tol_demo(root)
+    usable = query(demo / "build", "SELECT i.uid, i.common_name FROM images i JOIN media m USING (uid) "
+                                   "WHERE m.status = 'ok' AND i.taxon_id IS NOT NULL ORDER BY uid").to_pylist()
     seed, nameless = _seed_with_a_nameless_start(usable)
+    build, wf = variant(demo, root, "clients", seed=seed, shards={"samples_per_shard": PER_SHARD},
+                        text={"languages": list(LANGUAGES)})
     names_file = build / "taxonomy" / "common_names.parquet"
     names = pq.read_table(names_file)
     taxa = {t["scientific_name"]: t["taxon_id"] for t in query(build, "SELECT * FROM taxa").to_pylist()}
@@ -63,12 +58,6 @@ def sharded(tmp_path_factory) -> dict:
                       "name": list(SPANISH.values()), "source": ["test"] * len(SPANISH),
                       "preferred": [True] * len(SPANISH)}).cast(names.schema)
     pq.write_table(pa.concat_tables([names, extra]), names_file)
-    doc = tomllib.loads((demo / "workflow.toml").read_text())
-    doc.update(seed=seed, out=str(build))
-    doc["shards"]["samples_per_shard"] = PER_SHARD
-    doc["text"] = {"languages": list(LANGUAGES)}
-    wf = demo / "workflow-clients.toml"
-    wf.write_text(tomli_w.dumps(doc))
     r = run_cli("build", str(wf), "--stages", "shards", "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr
     plan = {(x["uid"], x["split"]): x for x in pq.read_table(build / "selection" / "samples.parquet").to_pylist()}

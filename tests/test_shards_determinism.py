@@ -5,18 +5,16 @@ gives the same sha256 for every shard, sizes.json and licenses.csv."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from conftest import run_cli
+from test_shards import tol_demo, variant
 from tol_builder.fileio import file_digest
 from tol_builder.runner import read_markers
 
@@ -26,25 +24,13 @@ KILL_AFTER = 5  # shard files written when the build is killed
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("determinism") / "demo"
-    r = run_cli("demo", "--out", str(out), "--quiet", timeout=600)
-    assert r.returncode == 0, r.stderr
-    return out
+    return tol_demo(tmp_path_factory.mktemp("determinism"))
 
 
 def _variant(demo: Path, root: Path, name: str, workers: int, bucket_rows: int) -> tuple[Path, Path]:
-    """The demo build without its shard outputs (mtimes kept), and a workflow with 8 samples per shard."""
-    build = root / name
-    shutil.copytree(demo / "build", build, ignore=lambda d, names: {n for n in names if n in (
-        "shards", "selection", "README.md", "coverage.png") and Path(d) == demo / "build"} | (
-        {n for n in names if n.startswith("shards")} if Path(d).name == "_markers" else set()))
-    doc = tomllib.loads((demo / "workflow.toml").read_text())
-    doc["out"] = str(build)
-    doc["cluster"]["n_workers"] = workers
-    doc["shards"].update(samples_per_shard=8, bucket_rows=bucket_rows)
-    wf = demo / f"workflow-{name}.toml"
-    wf.write_text(tomli_w.dumps(doc))
-    return build, wf
+    """The demo build without its shard outputs, and a workflow with 8 samples per shard."""
+    return variant(demo, root, name, cluster={"n_workers": workers},
+                   shards={"samples_per_shard": 8, "bucket_rows": bucket_rows})
 
 
 def _digests(build: Path) -> dict[str, str]:

@@ -76,6 +76,16 @@ def read_markers(out: Path, stage: str) -> dict[str, dict]:
     return found
 
 
+def drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
+    """Remove the stage's markers other than `keep`: markers of tasks keyed on earlier inputs (other
+    fingerprints) would double the stage's counters in `stats`."""
+    d = marker_dir(out, stage)
+    if d.exists():
+        for p in d.glob("*.json"):
+            if not p.name.startswith("_") and p.stem not in keep:
+                p.unlink(missing_ok=True)
+
+
 def read_plan(out: Path, stage: str) -> list[str] | None:
     p = marker_dir(out, stage) / "_plan.json"
     if not p.exists():

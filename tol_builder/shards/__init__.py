@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import catalog
 from ..context import BuildContext
-from ..runner import Task, marker_dir, marker_path, read_markers
+from ..runner import Task, drop_stale_markers, marker_path, read_markers
 from . import plan as planning
 from .buckets import bucket_task
 from .plan import SPLITS, fingerprint, read_plan, selection_dir, shard_row_group, validate
@@ -62,15 +62,6 @@ def plan_task(out: str, workflow, threads: int = 1) -> dict[str, int]:
     return counters
 
 
-def _drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
-    """Markers of an earlier plan's tasks would double the counters in `stats`."""
-    d = marker_dir(out, stage)
-    if d.exists():
-        for p in d.glob("*.json"):
-            if not p.name.startswith("_") and p.stem not in keep:
-                p.unlink(missing_ok=True)
-
-
 def _remove_stale_shards(out: Path, doc: dict) -> None:
     """Shards and indexes of an earlier plan beyond the current plan's counts."""
     for split in SPLITS:
@@ -103,7 +94,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
     existing = read_plan(out)
     if existing is None or existing.get("fingerprint") != fp:
         marker_path(out, PLAN_STAGE, key).unlink(missing_ok=True)
-    _drop_stale_markers(out, PLAN_STAGE, {key})
+    drop_stale_markers(out, PLAN_STAGE, {key})
     ctx.runner.run(PLAN_STAGE, [Task(key, plan_task, dict(out=str(out), workflow=wf, threads=ctx.threads))])
     doc = read_plan(out)
     pfp = doc["fingerprint"][:16]
@@ -118,7 +109,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
 
     # 2. the buckets, needed only for the shards still to write (a finished build keeps none)
     writes = shard_tasks(out, doc, bucket_dirs, wf.shards.default_text)
-    _drop_stale_markers(out, STAGE, {t.key for t in writes})
+    drop_stale_markers(out, STAGE, {t.key for t in writes})
     done = read_markers(out, STAGE)
     for t in writes:
         split, shard = t.kwargs["split"], t.kwargs["shard"]
@@ -130,7 +121,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
     buckets = [Task(f"bucket.{b:06d}.{pfp}", bucket_task, dict(out=str(out), selection=str(selection_dir(out)),
                                                               bucket=b, bucket_dir=bucket_dirs[b], image=image))
                for b in range(doc["counts"]["buckets"])]
-    _drop_stale_markers(out, BUCKET_STAGE, {t.key for t in buckets})
+    drop_stale_markers(out, BUCKET_STAGE, {t.key for t in buckets})
     if todo:
         for t in buckets:
             if not Path(t.kwargs["bucket_dir"]).is_dir():
@@ -143,7 +134,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
 
     # 4. what users expect next to the shards
     pub_key = f"publish.{pfp}"
-    _drop_stale_markers(out, PUBLISH_STAGE, {pub_key})
+    drop_stale_markers(out, PUBLISH_STAGE, {pub_key})
     if not (out / "README.md").is_file() or not (out / SHARDS / "licenses.csv").is_file():
         marker_path(out, PUBLISH_STAGE, pub_key).unlink(missing_ok=True)
     ctx.runner.run(PUBLISH_STAGE, [Task(pub_key, publish_task, dict(out=str(out), workflow=wf))])

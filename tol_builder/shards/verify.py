@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import TolError
 from ..text import text_keys
 from .plan import SPLITS, build_workflow, languages, read_plan, selection_dir
-from .write import INDEX, SAMPLE_JSON_FIELDS, SHARDS, index_path, shard_name
+from .write import SAMPLE_JSON_FIELDS, SHARDS, index_path, shard_name
 
 
 @dataclass(frozen=True)
@@ -189,4 +189,4 @@ def _planned(out: Path) -> dict[tuple[str, int], int]:
     return {(sp, sh): n for sp, sh, n in zip(*(g[c].to_pylist() for c in ("split", "shard", "count_all")))}
 
 
-__all__ = ["verify", "check_shard", "Problem", "expected_keys", "INDEX"]
+__all__ = ["verify", "check_shard", "Problem", "expected_keys"]
