@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import shutil
+import sys
 import tarfile
 import tomllib
 from pathlib import Path
@@ -152,6 +153,13 @@ def test_near_copies_share_a_split_and_excluded_images_never_enter(demo, tmp_pat
     assert doc["counts"]["clusters_split"] == 0
     assert doc["counts"]["unselected"] == {"excluded_exact_duplicate": 1, "excluded_near_duplicate": 1,
                                            "excluded_species_hold": 1}
+    r = run_cli("build", str(wf), "--stages", "shards", "--quiet", timeout=600)
+    assert r.returncode == 0, r.stderr
+    in_tars = {m.split(".")[0] for t in build.glob("shards/*/*.tar") for m, _ in tar_members(t)}
+    assert len(in_tars) == 364 - 3 and not set(excluded) & in_tars  # an excluded uid never enters a shard
+    card = (build / "README.md").read_text()
+    assert "| demo_eval | pdq | near_duplicate | 1 |" in card and "| demo_eval | taxon | species_hold | 1 |" in card
+    assert "Within-pool duplicate clusters: from `dedup/pool_duplicates.parquet`." in card
 
 
 def test_selection_settings_and_tol_shards_plan(demo, tmp_path):
@@ -370,6 +378,16 @@ def _files(build: Path) -> dict[Path, tuple]:
     # the runner's per-stage list of task keys (_plan.json, rewritten by every stage run)
     return {p: (p.stat().st_mtime_ns, file_digest(p, "sha256") if p.suffix == ".tar" else "")
             for p in build.rglob("*") if p.is_file() and p.name not in ("catalog.duckdb", "workflow.json", "_plan.json")}
+
+
+def test_card_says_how_to_count_tokens_without_open_clip(demo, monkeypatch):
+    from tol_builder.shards.card import token_counts
+
+    rows, note = token_counts(demo / "build", ["en"])
+    assert [r[0] for r in rows] == text_keys() and all(r[1] == 364 for r in rows)
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if open_clip_torch were not installed
+    rows, note = token_counts(demo / "build", ["en"])
+    assert rows == [] and "were not counted" in note and "pip install 'tol_builder[train]'" in note
 
 
 def test_tol_build_on_the_demo_workflow_does_nothing_and_verify_passes(demo):
