@@ -5,6 +5,7 @@ loaders and the real stage, on fixtures in the authorities' formats (tests/test_
 
 from __future__ import annotations
 
+import json
 import random
 import textwrap
 from pathlib import Path
@@ -13,7 +14,7 @@ import duckdb
 import pytest
 
 from test_taxonomy_fixtures import (DH_PAGES, DH_PATHS, GBIF_PATHS, GBIF_SYNONYMS, INAT_MAPPING, ITIS_SPECIES,
-                                    PROVIDER_ROWS, run_stage)
+                                    PROVIDER_ROWS, run_stage, write_manifests)
 from tol_builder import catalog
 from tol_builder.config import load_workflow
 from tol_builder.errors import ConfigError
@@ -36,12 +37,11 @@ GBIF_NAMES = [("Asian bush mosquito", "en"), ("Japanische Buschmücke", "de"), (
               ("Asiatische Buschmücke", "de"), ("moustique japonais", "FR"), ("Asian rock pool mosquito", ""),
               ("mosquito x", "qaa"), ("mosquito y", HOSTILE)]
 # EOL: ISO 639-2 both French forms, a region subtag, empty, unknown; `True` = preferred by EOL
-EOL_NAMES = [("328672", "Panthera leo", "lion", "eng", True), ("328672", "Panthera leo", "African lion", "eng", False),
-             ("328672", "Panthera leo", "león", "spa", True), ("328672", "Panthera leo", "león africano", "spa", False),
-             ("328672", "Panthera leo", "lion", "fre", True), ("328672", "Panthera leo", "leão", "pt-BR", True),
-             ("328672", "Panthera leo", "lion d'Afrique", "", False), ("328672", "Panthera leo", "liun", "xyz", False),
-             ("45511123", "Pica hudsonia", "pie d'Amérique", "fra", True),
-             ("45511123", "Pica hudsonia", "urraca de pico negro", "spa", True)]
+LEO, PICA = ("328672", "Panthera leo"), ("45511123", "Pica hudsonia")
+EOL_NAMES = [(*LEO, "lion", "eng", True), (*LEO, "African lion", "eng", False), (*LEO, "león", "spa", True),
+             (*LEO, "león africano", "spa", False), (*LEO, "lion", "fre", True), (*LEO, "leão", "pt-BR", True),
+             (*LEO, "lion d'Afrique", "", False), (*LEO, "liun", "xyz", False),
+             (*PICA, "pie d'Amérique", "fra", True), (*PICA, "urraca de pico negro", "spa", True)]
 
 
 def write_multilingual(dest: Path, shuffle_seed: int | None = None) -> Path:
@@ -68,18 +68,8 @@ def write_multilingual(dest: Path, shuffle_seed: int | None = None) -> Path:
          "resource_name": "test", "is_preferred_by_resource": flag[pref], "is_preferred_by_eol": flag[pref]}
         for page, sci, name, lang, pref in EOL_NAMES))
     writers.write_provider_ids(d / "files" / "provider_ids.csv.gz", PROVIDER_ROWS)
-    (d / "files" / "common-names-mapping.json").write_text(__import__("json").dumps(INAT_MAPPING))
-    writers.write_manifest(d / "itis.toml", "itis", "itis_chains",
-                           [{"role": "chains", "path": "files/species_level_taxonomy_chains.csv"}])
-    writers.write_manifest(d / "gbif.toml", "gbif", "gbif_dwca",
-                           [{"role": "taxon", "path": "files/backbone.zip", "member": "Taxon.tsv"},
-                            {"role": "vernacular", "path": "files/backbone.zip", "member": "VernacularName.tsv"}])
-    writers.write_manifest(d / "eol.toml", "eol", "eol_dh",
-                           [{"role": "taxon", "path": "files/taxon.tab"},
-                            {"role": "vernacular", "path": "files/vernacularnames.csv"},
-                            {"role": "provider_ids", "path": "files/provider_ids.csv.gz"}])
-    writers.write_manifest(d / "inaturalist.toml", "inaturalist", "inat_common_names",
-                           [{"role": "common_names", "path": "files/common-names-mapping.json"}])
+    (d / "files" / "common-names-mapping.json").write_text(json.dumps(INAT_MAPPING))
+    write_manifests(d)
     return d
 
 
@@ -238,8 +228,6 @@ def test_same_tables_whatever_the_input_row_order(multi, tmp_path):
 
 
 def test_common_names_documented_in_the_catalog(multi):
-    import json
-
     _, out, _ = multi
     docs = {r["name"]: r for r in catalog.query(out, "SELECT * FROM tables").to_pylist()}
     cols = json.loads(docs["common_names"]["columns"])
@@ -261,7 +249,8 @@ def test_demo_build_has_names_in_several_languages(tmp_path):
     for r in catalog.query(out, """SELECT t.scientific_name, c.language, c.name, c.source FROM common_names c
                                    JOIN taxa t USING (taxon_id) WHERE c.preferred""").to_pylist():
         by.setdefault(r["scientific_name"], {})[r["language"]] = (r["name"], r["source"])
-    assert by["Panthera leo"]["de"] == ("Löwe", "eol_preferred") and by["Panthera leo"]["fr"] == ("lion", "eol_preferred")
+    assert by["Panthera leo"]["de"] == ("Löwe", "eol_preferred")
+    assert by["Panthera leo"]["fr"] == ("lion", "eol_preferred")
     assert by["Coccinella septempunctata"]["es"] == ("mariquita de siete puntos", "itis")
     assert by["Coleomegilla maculata"] == {"fr": ("coccinelle maculée", "gbif"), "und": ("pink lady beetle", "gbif")}
     assert set(by["Marmota flaviventris"]) == {"en"}  # some taxa have no name in another language
