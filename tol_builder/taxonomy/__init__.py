@@ -164,7 +164,9 @@ def run(ctx: BuildContext) -> dict[str, int]:
     counters = dict(loaded.counters)
     counters.update(result.counters)
     ctx.log(f"taxonomy: {counters.get('lineages_resolved', 0):,} of {counters.get('lineages', 0):,} raw lineages "
-            f"resolved to {counters.get('taxa', 0):,} taxa; {counters.get('conflicts', 0):,} conflicts")
+            f"resolved to {counters.get('taxa', 0):,} taxa; {counters.get('conflicts', 0):,} conflicts; "
+            f"{counters.get('common_names_rows', 0):,} common names in {counters.get('common_names_languages', 0)} "
+            "languages")
     return counters
 
 

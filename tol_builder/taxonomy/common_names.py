@@ -120,8 +120,9 @@ def assign_common_names(con, s) -> dict[str, int]:
         WHERE best = 1""")
     con.execute(f"""UPDATE taxa SET common_name = c.name, common_name_source = c.source FROM common_names c
                     WHERE taxa.taxon_id = c.taxon_id AND c.language = '{ENGLISH}' AND c.preferred""")
-    counters = {f"common_names_{src}": n for src, n in con.execute(
-        f"SELECT source, count(*) FROM common_names WHERE language = '{ENGLISH}' AND preferred GROUP BY ALL").fetchall()}
+    english = con.execute(f"""SELECT source, count(*) FROM common_names WHERE language = '{ENGLISH}' AND preferred
+                               GROUP BY ALL""").fetchall()
+    counters = {f"common_names_{src}": n for src, n in english}
     per_language = con.execute("""SELECT language, count(*) AS taxa FROM common_names WHERE preferred
                                   GROUP BY ALL ORDER BY taxa DESC, language""").fetchall()
     for language, n in per_language[:COUNTED_LANGUAGES]:
