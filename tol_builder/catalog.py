@@ -118,10 +118,11 @@ def document(name: str, description: str, columns: dict[str, str]) -> None:
     TABLE_DOCS[name] = (description, columns)
 
 
-def query(out: Path, sql: str) -> pa.Table:
+def query(out: Path, sql: str, params: dict | list | None = None) -> pa.Table:
+    """Run `sql` on a read-only connection; values go in `params` ($name or ?), never pasted into `sql`."""
     con = connect(out, read_only=True)
     try:
-        rel = con.sql(sql)  # None for statements that return nothing
+        rel = con.sql(sql, params=params) if params is not None else con.sql(sql)  # None: nothing returned
         return pa.table({}) if rel is None else arrow_of(rel)
     finally:
         con.close()

@@ -124,11 +124,20 @@ class TaxonomyConfig:
 
 @dataclass
 class DedupConfig:
-    """Removal of evaluation-set images from the pool."""
+    """The dedup stage (tol_builder/dedup/): evaluation sets held out of the pool, duplicates inside the pool.
+
+    Evaluation sets are manifests like sources' (manifests/evalsets/*.toml) with an [evalset] table saying what
+    they hold out. Matching: exact (sha256, md5, normalised URL, source id) first, then PDQ Hamming distance."""
 
     evalsets: list[str] = field(default_factory=list)  # manifests/evalsets/*.toml, relative to the workflow
-    pdq_max_distance: int = 10  # TreeOfLife-200M setting
-    cross_source_exact: bool = True  # drop exact duplicates across sources (EOL re-hosts iNat photos)
+    pdq_max_distance: int = 10  # near duplicate: PDQ Hamming distance <= this (the TreeOfLife-200M setting)
+    # PDQ's own quality (0..100) below which a hash is not trusted for near matches (PDQ's authors: < 50 is too
+    # featureless); such images still match exactly (sha256, md5, URL) and are counted as pdq_untrusted
+    min_pdq_quality: int = 50
+    drop_pool_exact: bool = True  # byte-exact copies inside the pool: keep one (rule in dedup/pool.py)
+    drop_pool_near: bool = False  # near copies inside the pool: keep one too (else they stay, in one split)
+    match_rows: int = 1_000_000  # pool media rows per matching task
+    report_max_pairs: int = 500  # near matches shown by `tol dedup report` (the page says how many it left out)
 
 
 @dataclass

@@ -96,6 +96,18 @@ def local_path(uri: str, base: Path | None = None) -> Path | None:
     return None
 
 
+def files_fingerprint(root: str | os.PathLike, *globs: str) -> str:
+    """A digest of which files match `globs` under `root`, with their sizes and modification times: changes
+    when any of them is added, removed or rewritten (cheap: nothing is read)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for glob in globs:
+        for p in sorted(root.glob(glob)):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{int(st.st_mtime_ns)}".encode())
+    return h.hexdigest()
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = 1 << 22) -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:

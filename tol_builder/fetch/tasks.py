@@ -338,10 +338,10 @@ def read_slice(records_file: str, exclude_uris: list[str], start: int, count: in
 
 def records_task(out: str, source: str, task_key: str, records_file: str, start: int, count: int,
                  exclude_uris: list[str], zip_infos: dict[str, dict], cfg: dict, threads: int = 1,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, media_root: str = "media") -> dict:
     c = fetch_config(cfg)
     items = read_slice(records_file, exclude_uris, start, count)
-    directory = media.media_dir(out, source)
+    directory = media.media_dir(out, source, media_root)
     done = media.done_uids(media.chunk_files(directory, task_key))
     todo = [it for it in items if it["uid"] not in done]
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
@@ -369,10 +369,10 @@ def _member_key(name: str) -> int:
 
 
 def tar_task(out: str, source: str, task_key: str, archive: dict, records_files: list[str], bucket: int,
-             buckets: int, cfg: dict, threads: int = 1) -> dict:
+             buckets: int, cfg: dict, threads: int = 1, media_root: str = "media") -> dict:
     """Stream one tar archive and process the members that this bucket's records ask for."""
     c = fetch_config(cfg)
-    directory = media.media_dir(out, source)
+    directory = media.media_dir(out, source, media_root)
     done = media.done_uids(media.chunk_files(directory, task_key))
     rows = _bucket_rows(records_files, archive["uri"], bucket, buckets)
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)

@@ -27,7 +27,8 @@ from .. import catalog
 from ..config import Workflow
 from ..context import BuildContext
 from ..errors import ConfigError
-from ..runner import Task, marker_dir
+from ..fileio import files_fingerprint
+from ..runner import Task, drop_stale_markers, marker_dir
 from . import authorities as auth
 from . import curation
 from .common_names import COMMON_NAME_AUTHORITIES
@@ -117,23 +118,6 @@ def plan(wf: Workflow) -> tuple[dict[str, Path], Settings]:
     return needed, settings
 
 
-def _records_fingerprint(out: Path, glob: str) -> str:
-    h = hashlib.sha256()
-    for p in sorted(out.glob(glob)):
-        st = p.stat()
-        h.update(f"{p.relative_to(out)}:{st.st_size}:{int(st.st_mtime_ns)}".encode())
-    return h.hexdigest()
-
-
-def _drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
-    """Markers of this stage's earlier inputs (other fingerprints) would double its counters in `stats`."""
-    d = marker_dir(out, stage)
-    if d.exists():
-        for p in d.glob("*.json"):
-            if not p.name.startswith("_") and p.stem not in keep:
-                p.unlink(missing_ok=True)
-
-
 def run(ctx: BuildContext) -> dict[str, int]:
     wf, out = ctx.workflow, Path(ctx.out).resolve()
     needed, settings = plan(wf)
@@ -149,16 +133,16 @@ def run(ctx: BuildContext) -> dict[str, int]:
         load_tasks.append(Task(key, auth.load_task, dict(
             out=str(out), name=name, manifest_path=str(manifest), kingdom_synonyms=settings.kingdom_synonyms,
             threads=settings.threads or max(1, ctx.threads), memory_limit=settings.memory_limit)))
-    _drop_stale_markers(out, LOAD_STAGE, {t.key for t in load_tasks})
+    drop_stale_markers(out, LOAD_STAGE, {t.key for t in load_tasks})
     loaded = ctx.runner.run(LOAD_STAGE, load_tasks, outputs=(cache,))
     sd = settings_dict(settings)
     fp = hashlib.sha256(json.dumps({"settings": sd, "authorities": fps,
-                                    "records": _records_fingerprint(out, settings.records_glob),
+                                    "records": files_fingerprint(out, settings.records_glob),
                                     "version": auth.LOADER_VERSION}, sort_keys=True, default=str).encode())
     key = f"reconcile.{fp.hexdigest()[:16]}"
     if not all((out / "taxonomy" / f"{n}.parquet").exists() for n in OUTPUTS):
         (marker_dir(out, STAGE) / f"{key}.json").unlink(missing_ok=True)
-    _drop_stale_markers(out, STAGE, {key})
+    drop_stale_markers(out, STAGE, {key})
     result = ctx.runner.run(STAGE, [Task(key, reconcile_task, dict(out=str(out), settings=sd))],
                             outputs=(out / "taxonomy",))
     register(out, settings.page_sources, wf.taxonomy.min_images)

@@ -87,6 +87,7 @@ class Settings:
     threads: int = 0  # 0 = all cores
     memory_limit: str = "4GB"
     records_glob: str = "records/*/*.parquet"
+    output_dir: str = "taxonomy"  # relative to the build; evaluation sets reconcile into evalsets/taxonomy
 
 
 def _sql_list(values) -> str:
@@ -155,7 +156,7 @@ def reconcile_task(out: str, settings: dict) -> dict[str, int]:
         cn = assign_common_names(con, s)
         conflicts(con, s)
         timings["finish"] = time.time() - t
-        counters = write_outputs(con, out_p)
+        counters = write_outputs(con, out_p / s.output_dir)
         counters.update(cn)
         counters.update({f"ms_{k}": int(v * 1000) for k, v in timings.items()})
         return counters
@@ -573,8 +574,7 @@ CONFLICT_COLUMNS = {
 }
 
 
-def write_outputs(con, out: Path) -> dict[str, int]:
-    d = out / "taxonomy"
+def write_outputs(con, d: Path) -> dict[str, int]:
     raw_cols = ", ".join(f'r."{c}" AS raw_{c}' for c in RANKS)
     queries = {
         "lineage_map": f"""SELECT f.source, f.lineage_key, f.taxon_id, f.authority, f.rule, f.authority_id,
