@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tol_builder: rebuild, extend and train on TreeOfLife-scale image-text datasets.")
 shards_app = typer.Typer(no_args_is_help=True, help="Webdataset shards: check what a build wrote.")
 app.add_typer(shards_app, name="shards")
+dedup_app = typer.Typer(no_args_is_help=True, help="Evaluation-set dedup: audit what the dedup stage excluded.")
+app.add_typer(dedup_app, name="dedup")
 
 console = Console(stderr=True)
 
@@ -93,6 +95,32 @@ def status(out: Path = typer.Argument(..., help="Build directory.")) -> None:
         table.add_row(r["stage"], f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
                       ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
     Console().print(table)
+    from .catalog import catalog_path, query as run_query
+
+    if catalog_path(out).exists():
+        try:
+            summary = run_query(out, "SELECT * FROM dedup_summary")
+        except Exception:  # no dedup stage run yet
+            return
+        console.print("dedup exclusions (tol dedup report DIR shows the near matches):")
+        write_table(summary, "table")
+
+
+@dedup_app.command("report")
+def dedup_report(out: Path = typer.Argument(..., help="Build directory."),
+                 report: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write "
+                                                       "(default: DIR/dedup/report.html)."),
+                 max_pairs: int = typer.Option(500, help="Pairs shown per section, nearest first.")) -> None:
+    """Write one self-contained HTML page: each near match beside its evaluation image, with its distance."""
+    from .dedup.report import write_report
+
+    try:
+        path, shown = write_report(out, report, max_pairs)
+    except TolError as e:
+        _fail(e)
+    console.print(f"wrote {path}: {shown['near_shown']:,} near matches shown ({shown['near_left_out']:,} left out), "
+                  f"{shown['pool_shown']:,} near copies inside the pool ({shown['pool_left_out']:,} left out)",
+                  soft_wrap=True)
 
 
 @app.command()
