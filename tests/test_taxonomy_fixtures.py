@@ -116,6 +116,12 @@ def write_authorities(dest: Path, dh_authority_column: bool = True) -> Path:
     writers.write_eol_vernaculars(d / "files" / "vernacularnames.csv", EOL_VERNACULARS)
     writers.write_provider_ids(d / "files" / "provider_ids.csv.gz", PROVIDER_ROWS)
     (d / "files" / "common-names-mapping.json").write_text(json.dumps(INAT_MAPPING))
+    write_manifests(d)
+    return d
+
+
+def write_manifests(d: Path) -> None:
+    """The four manifests of the fixture authorities' files in `d/files` (sizes and sha256 of the files)."""
     writers.write_manifest(d / "itis.toml", "itis", "itis_chains",
                            [{"role": "chains", "path": "files/species_level_taxonomy_chains.csv"}])
     writers.write_manifest(d / "gbif.toml", "gbif", "gbif_dwca",
@@ -127,7 +133,6 @@ def write_authorities(dest: Path, dh_authority_column: bool = True) -> Path:
                             {"role": "provider_ids", "path": "files/provider_ids.csv.gz"}])
     writers.write_manifest(d / "inaturalist.toml", "inaturalist", "inat_common_names",
                            [{"role": "common_names", "path": "files/common-names-mapping.json"}])
-    return d
 
 
 def seven(k=None, p=None, c=None, o=None, f=None, g=None, s=None) -> dict:

@@ -123,6 +123,19 @@ class TaxonomyConfig:
 
 
 @dataclass
+class TextConfig:
+    """The texts of the samples (issue 8): which languages get common-name text keys in the shards.
+
+    English is implied: it is BioCLIP's `common_name`, `com`, `sci_com` ... and always there, so
+    `languages = ["es"]` means English and Spanish (listing "en" is allowed; it is put first). Each other
+    language L adds the `_L` twins of text.LANGUAGE_TYPES (`com_es`, `taxon_com_es`). Codes are those of
+    taxonomy/languages.csv's `code` column (ISO 639-1 where the language has one: es, fr, de, zh); checked
+    at load. This only selects text keys: the catalog's `common_names` table keeps every language."""
+
+    languages: list[str] = field(default_factory=lambda: ["en"])
+
+
+@dataclass
 class DedupConfig:
     """The dedup stage (tol_builder/dedup/): evaluation sets held out of the pool, duplicates inside the pool.
 
@@ -165,6 +178,7 @@ class Workflow:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     path: Path = field(default=Path("."), metadata={"toml": False})  # the TOML it came from
@@ -287,7 +301,34 @@ def load_workflow(path: str | Path) -> Workflow:
                               str(wf.source_manifest_path(s)))
     if wf.cluster.scheduler and wf.cluster.scheduler_file:
         raise ConfigError(path, "cluster", "scheduler or scheduler_file, not both", "both set")
+    wf.text.languages = _text_languages(path, wf.text.languages)
     return wf
+
+
+def _text_languages(path: Path, given: list[str]) -> list[str]:
+    """[text] languages checked against taxonomy/languages.csv: "en" first (implied), then the others in
+    the order given, each once; no code that names no language (und, mul, mis, zxx)."""
+    for i, code in enumerate(given):
+        if code in given[:i]:
+            raise ConfigError(path, f"text.languages[{i}]", "each language once", code)
+    extra = [code for code in given if code != "en"]
+    if not extra:
+        return ["en"]
+    from .taxonomy.languages import NOT_A_LANGUAGE, default_path, read_languages
+
+    table = default_path()
+    if not table.exists():
+        raise ConfigError(path, "text.languages", f"the language table {table} (the project's taxonomy/ folder "
+                          "is missing)", given)
+    langs = read_languages(table)
+    for i, code in enumerate(given):
+        key = f"text.languages[{i}]"
+        if code not in langs.names or code in NOT_A_LANGUAGE:
+            meant = langs.suggest(code)
+            hint = f" (did you mean '{meant}'?)" if meant and meant not in NOT_A_LANGUAGE else ""
+            raise ConfigError(path, key, "a code of the `code` column of taxonomy/languages.csv (es, fr, de ...; "
+                              f"not und, mul, mis or zxx){hint}", code)
+    return ["en", *extra]
 
 
 def to_dict(obj: Any) -> Any:

@@ -164,7 +164,7 @@ def prepare(ctx: BuildContext, sets: list[LoadedEvalSet]) -> dict[str, int]:
 
 def reconcile(ctx: BuildContext, sets: list[LoadedEvalSet]) -> dict[str, int]:
     """The sets' lineages through the pool's reconciliation: same settings, same loaded authorities."""
-    from ..taxonomy import plan as taxonomy_plan
+    from ..taxonomy import OUTPUTS as TAXONOMY_OUTPUTS, plan as taxonomy_plan
     from ..taxonomy.authorities import LOADER_VERSION, authority_db
     from ..taxonomy.reconcile import reconcile_task, settings_dict
 
@@ -185,7 +185,7 @@ def reconcile(ctx: BuildContext, sets: list[LoadedEvalSet]) -> dict[str, int]:
                                    sort_keys=True, default=str).encode()).hexdigest()
     key = f"reconcile.{fp[:16]}"
     stage = f"{STAGE}.taxonomy"
-    if not all((out / TAXONOMY / f"{n}.parquet").exists() for n in ("lineage_map", "taxa", "conflicts")):
+    if not all((out / TAXONOMY / f"{n}.parquet").exists() for n in TAXONOMY_OUTPUTS):
         (marker_dir(out, stage) / f"{key}.json").unlink(missing_ok=True)
     drop_stale_markers(out, stage, {key})
     return ctx.runner.run(stage, [Task(key, reconcile_task, dict(out=str(out), settings=sd))],
@@ -206,7 +206,9 @@ def register(out: Path) -> None:
         return
     catalog.register_parquet(out, "eval_records", f"{RECORDS}/*/*.parquet")
     if have["taxonomy"]:
-        for name in ("lineage_map", "taxa", "conflicts"):
+        from ..taxonomy import OUTPUTS as TAXONOMY_OUTPUTS
+
+        for name in TAXONOMY_OUTPUTS:  # eval_lineage_map, eval_taxa, eval_conflicts, eval_common_names
             catalog.register_parquet(out, f"eval_{name}", f"{TAXONOMY}/{name}.parquet")
     con = catalog.connect(out, read_only=False)
     try:

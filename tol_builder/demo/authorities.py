@@ -4,12 +4,15 @@
 
 * `itis.toml` — ITIS chains (`species_level_taxonomy_chains.csv`): every species the iNat21 and BIOSCAN-1M
   miniatures name, and the EOL species whose Dynamic Hierarchy lineage differs from the expected one (the
-  DH calls the orchids' phylum Streptophyta: ITIS supplies Tracheophyta);
+  DH calls the orchids' phylum Streptophyta: ITIS supplies Tracheophyta), with the names of
+  demo.taxa.OTHER_LANGUAGE_NAMES (one chain with names in several languages);
 * `gbif.toml` — GBIF backbone (`backbone.zip`: Taxon.tsv, VernacularName.tsv, meta.xml): the BIOSCAN-1M
   lineages down to the ranks they give (family-only, genus-only samples) and both readings of each
-  cross-kingdom homonym of demo.taxa.HOMONYMS (Laelia the orchid and Laelia the moth);
+  cross-kingdom homonym of demo.taxa.HOMONYMS (Laelia the orchid and Laelia the moth); VernacularName.tsv
+  holds the GBIF names of OTHER_LANGUAGE_NAMES;
 * `eol.toml` — EOL Dynamic Hierarchy 2.1 (`taxon.tab` with eolIDs), `provider_ids.csv.gz` and
-  `vernacularnames.csv` (the EOL-preferred English names) of the EOL pages;
+  `vernacularnames.csv` (the EOL-preferred English names of the EOL pages, and their names in other
+  languages from OTHER_LANGUAGE_NAMES);
 * `inaturalist.toml` — BioCLIP's iNat21 common-name mapping (`common-names-mapping.json`).
 
 Point a workflow's `[taxonomy] authorities_dir` at `dest_dir`. The taxonomy stage then arrives at each
@@ -22,7 +25,7 @@ import json
 from pathlib import Path
 
 from ..taxonomy import writers
-from .taxa import HOMONYMS, RANKS, DemoTaxon
+from .taxa import HOMONYMS, OTHER_LANGUAGE_NAMES, RANKS, DemoTaxon
 
 ITIS_RANK_NAMES = ("Kingdom", "Phylum", "Class", "Order", "Family", "Genus", "Species")
 # DH kingdom names as kingdom_synonyms.csv maps them (the demo must not depend on reading that file)
@@ -60,14 +63,21 @@ def _dh_seven(t: DemoTaxon) -> dict:
     return got
 
 
+def _other_names(t: DemoTaxon, authority: str) -> list[tuple[str, str, bool]]:
+    """(language as the authority writes it, name, preferred) of a taxon's names in other languages."""
+    return [(lang, name, pref) for a, lang, name, pref in OTHER_LANGUAGE_NAMES.get(t.key, []) if a == authority]
+
+
 def write_demo_authorities(taxa: list[DemoTaxon], dest_dir: str | Path) -> dict[str, Path]:
     """Write the miniature authorities for `taxa` into `dest_dir`; {authority name: manifest path}."""
     d = Path(dest_dir)
     files = d / "files"
     files.mkdir(parents=True, exist_ok=True)
     # ITIS: species-level chains
-    chains, seen = [], set()
+    chains, seen, itis_names = [], set(), {}
     for t in taxa:
+        if _other_names(t, "itis"):
+            itis_names[_binomial(t.resolved)] = [(name, lang) for lang, name, _ in _other_names(t, "itis")]
         r = t.resolved
         if not _binomial(r):
             continue
@@ -77,7 +87,7 @@ def write_demo_authorities(taxa: list[DemoTaxon], dest_dir: str | Path) -> dict[
         if len(path) == 7 and path not in seen:
             seen.add(path)
             chains.append(path)
-    writers.write_itis_chains(files / "species_level_taxonomy_chains.csv", chains)
+    writers.write_itis_chains(files / "species_level_taxonomy_chains.csv", chains, itis_names)
     # GBIF: BIOSCAN lineages to the rank they give, and both readings of each homonym
     gbif_paths = []
     for t in taxa:
@@ -87,7 +97,10 @@ def write_demo_authorities(taxa: list[DemoTaxon], dest_dir: str | Path) -> dict[
         for r in readings:
             gbif_paths.append(_resolved_path(r))
     rows = writers.gbif_rows(sorted(set(gbif_paths)))
-    writers.write_gbif_backbone(files / "backbone.zip", rows)
+    gbif_ids = {r["canonicalName"]: r["taxonID"] for r in rows}
+    writers.write_gbif_backbone(files / "backbone.zip", rows, [
+        {"taxonID": gbif_ids[_binomial(t.resolved)], "vernacularName": name, "language": lang, "source": "tol demo"}
+        for t in taxa for lang, name, _ in _other_names(t, "gbif")])
     # EOL: the DH paths of the pages, their provider ids and EOL-preferred names
     eol = [t for t in taxa if t.source == "eol" and t.dh_lineage]
     pages = {tuple(n for n, _ in t.dh_lineage): int(t.ids["page_id"]) for t in eol}
@@ -98,11 +111,15 @@ def write_demo_authorities(taxa: list[DemoTaxon], dest_dir: str | Path) -> dict[
         {"node_id": str(40_000_000 + i), "resource_pk": by_page[str(p)]["taxonID"], "resource_id": DH_RESOURCE_ID,
          "page_id": str(p), "preferred_canonical_for_page": by_page[str(p)]["canonicalName"]}
         for i, p in enumerate(sorted(pages.values()))])
-    writers.write_eol_vernaculars(files / "vernacularnames.csv", [
-        {"page_id": str(t.ids["page_id"]), "canonical_form": f"<i>{t.scientific_name}</i>",
-         "vernacular_string": t.vernacular["eol_preferred"], "language_code": "eng", "resource_name": "tol demo",
-         "is_preferred_by_resource": "preferred", "is_preferred_by_eol": "preferred"}
-        for t in eol if t.vernacular.get("eol_preferred")])
+    vernaculars = []
+    for t in eol:
+        names = [("eng", t.vernacular["eol_preferred"], True)] if t.vernacular.get("eol_preferred") else []
+        for lang, name, preferred in names + _other_names(t, "eol"):
+            flag = "preferred" if preferred else ""
+            vernaculars.append({"page_id": str(t.ids["page_id"]), "canonical_form": f"<i>{t.scientific_name}</i>",
+                                "vernacular_string": name, "language_code": lang, "resource_name": "tol demo",
+                                "is_preferred_by_resource": flag, "is_preferred_by_eol": flag})
+    writers.write_eol_vernaculars(files / "vernacularnames.csv", vernaculars)
     # BioCLIP's iNat21 common-name mapping
     mapping = {str(int(t.ids["category_id"])): t.vernacular["bioclip_inat21_mapping"] for t in taxa
                if t.source == "inat21" and t.vernacular.get("bioclip_inat21_mapping")}

@@ -13,6 +13,9 @@ vernacular names): each taxon carries
   names come from the Dynamic Hierarchy, see `dh_lineage`);
 * `resolved`: the seven ranks in BioCLIP's convention that the taxonomy stage should arrive at (species is
   the epithet; "" where the rank is unknown);
+* `vernacular`: English common names by authority; `OTHER_LANGUAGE_NAMES` (below) adds names in other
+  languages, written as each authority writes its language (EOL `spa`, GBIF `fr`, ITIS `German`), so that
+  the catalog's `common_names` table of a demo build holds several languages;
 * `dh_lineage`: for EOL pages, the Dynamic Hierarchy 2.1 path from "Life" down to the page's taxon as
   (canonical name, DH taxonRank) pairs. DH names its kingdoms Metazoa / Archaeplastida / Fungi and puts
   intermediate ranks (clade, subphylum, infraorder ...) between the seven. The paths are modelled on DH 2.1
@@ -245,6 +248,29 @@ HOMONYMS = {
 
 TAXA: list[DemoTaxon] = INAT21 + BIOSCAN1M + EOL
 
+# Common names in other languages: taxon key -> [(authority, language as that authority writes it, name,
+# preferred by the authority)]. None is English, so the English choice (taxa.common_name) is what it is
+# without them. Some taxa have none. Real names, but demo data: not transcribed from the authorities' files.
+OTHER_LANGUAGE_NAMES: dict[str, list[tuple[str, str, str, bool]]] = {
+    # EOL vernacularnames.csv: ISO 639-2 codes, both forms of French (fre, fra); one preferred per language
+    "eol:328672": [("eol", "spa", "león", True), ("eol", "spa", "león africano", False),
+                   ("eol", "fre", "lion", True), ("eol", "ger", "Löwe", True)],
+    "eol:45511123": [("eol", "spa", "urraca de pico negro", True), ("eol", "fra", "pie d'Amérique", True)],
+    "eol:1009706": [("eol", "ger", "Fliegenpilz", True), ("eol", "fre", "amanite tue-mouches", True),
+                    ("eol", "spa", "matamoscas", True)],
+    "eol:174532": [("eol", "spa", "mariposa monarca", True), ("eol", "fre", "monarque", True),
+                   ("eol", "ger", "Monarchfalter", True)],
+    # ITIS chain: names and their languages' English names, comma-separated; two Spanish names (the first
+    # is the one preferred)
+    "inat21:00310": [("itis", "French", "coccinelle à sept points", True),
+                     ("itis", "German", "Siebenpunkt-Marienkäfer", True),
+                     ("itis", "Spanish", "mariquita de siete puntos", True),
+                     ("itis", "Spanish", "catarina de siete puntos", False)],
+    # GBIF VernacularName.tsv: ISO 639-1 codes, and a name without a language (recorded as 'und')
+    "bioscan1m:BOLD:AAD7604": [("gbif", "fr", "coccinelle maculée", True), ("gbif", "", "pink lady beetle", True)],
+    "bioscan1m:BOLD:ADK8172": [("gbif", "es", "barrenillo ferruginoso", True)],
+}
+
 
 def taxa_of(source: str) -> list[DemoTaxon]:
     return [t for t in TAXA if t.source == source]
@@ -265,6 +291,8 @@ def _check() -> None:
     assert len(set(backgrounds)) == len(backgrounds), "two styles share a background"
     for t in TAXA:
         assert set(t.ranks) == set(RANKS) and set(t.resolved) == set(RANKS), t.key
+    for key, names in OTHER_LANGUAGE_NAMES.items():
+        assert key in keys and all(a in ("eol", "itis", "gbif") for a, *_ in names), key
 
 
 _check()
