@@ -134,10 +134,11 @@ def evaluation_benchmark(n_eval: int, n_pool: int, seed: int, per_distance: int 
 
 
 def pool_with_duplicates(n: int, seed: int, exact_fraction: float = 0.03, blank: int = 20_000,
-                         near_blank: int = 5_000) -> np.ndarray:
+                         near_blank: int = 5_000, return_blank: bool = False):
     """A pool for the within-pool search: background families, plus `exact_fraction` of byte-identical
     hashes (re-hosted copies), `blank` identical hashes of one blank picture and `near_blank` hashes
-    within 1..3 bits of it (a dense bucket of near-identical codes)."""
+    within 1..3 bits of it (a dense bucket of near-identical codes). With return_blank: (codes, the blank
+    hash as a (1, 32) array)."""
     rng = np.random.default_rng([seed, 3])
     n_exact = int(n * exact_fraction)
     n_bg = n - n_exact - blank - near_blank
@@ -147,7 +148,8 @@ def pool_with_duplicates(n: int, seed: int, exact_fraction: float = 0.03, blank:
     blank_code = random_codes(1, rng)
     codes[n_bg + n_exact:n_bg + n_exact + blank] = blank_code
     codes[n - near_blank:] = flip_exact(np.repeat(blank_code, near_blank, 0), rng.integers(1, 4, near_blank), rng)
-    return codes[rng.permutation(n)]
+    codes = codes[rng.permutation(n)]
+    return (codes, blank_code) if return_blank else codes
 
 
 def _popcount_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -259,6 +259,12 @@ def test_near_pairs_cover_a_dense_cluster_by_leaders():
     for i, j in zip(got.i.tolist(), got.j.tolist()):
         parent[find(i)] = find(j)
     assert len({find(int(x)) for x in np.flatnonzero(in_cluster)}) == 1
+    # the blank hash, copied most, leads: every near-blank code is paired with it (so with all its copies)
+    blank_rows = np.flatnonzero(code_distances(codes, np.repeat(blank, len(codes), 0)) == 0)
+    pairs = expanded(got)
+    for x in np.flatnonzero(in_cluster & ~np.isin(np.arange(len(codes)), blank_rows)).tolist():
+        d = int(code_distances(codes[[x]], blank)[0])
+        assert all((min(x, b), max(x, b), d) in pairs for b in blank_rows.tolist())
     # the codes outside the dense cluster keep all their pairs
     outside = {(i, j, d) for i, j, d in truth if not in_cluster[i] and not in_cluster[j]}
     assert outside and outside <= expanded(got)

@@ -340,8 +340,8 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
        again by the same method on its other 233 bits (exact: its pairs agree on the run's bits, so all
        their differences lie in the others). A run still over `max_bucket` there shares ~44 bits:
        near-identical codes (a dense cluster, e.g. noisy blank frames) whose all-pairs output would be
-       quadratic. It is covered by leaders instead: in code order, the first code not yet covered becomes
-       a leader and is paired with every uncovered code within max_distance of it. Every code of such a
+       quadratic. It is covered by leaders instead: the first code not yet covered (most copied first, then
+       in code order) becomes a leader and is paired with every uncovered code within max_distance of it. Every code of such a
        bucket is then paired with a leader within max_distance (so clusters built from the pairs stay
        connected), but two non-leaders are not paired with each other unless a small run elsewhere pairs
        them. `dense_codes` says how many codes were handled so; 0 means the result is exactly all pairs.
@@ -371,13 +371,14 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
     dup_rows = rows[order[~new]]
     exact_i, exact_j = rep[dup_rows], dup_rows
     distinct = sw[new]
+    copies = np.bincount(group)  # rows per distinct code: the most copied code of a dense bucket leads
     del sw, order, new, group, dup_rows
     # 2.-3. near pairs among the distinct codes
     spans = substrings(max_distance)
     results = [_Found([], [], []) for _ in spans]
 
     def search(t: int) -> None:
-        _join(distinct, None, spans[t], spans[:t], max_distance, max_bucket, chunk_pairs, 0, results[t])
+        _join(distinct, None, spans[t], spans[:t], copies, max_distance, max_bucket, chunk_pairs, 0, results[t])
 
     if threads > 1 and len(spans) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -439,9 +440,9 @@ def _shares_any(xor: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
 
 
 def _join(words: np.ndarray, members: np.ndarray | None, span: tuple[int, int], before: list[tuple[int, int]],
-          r: int, max_bucket: int, chunk_pairs: int, depth: int, out: _Found) -> None:
+          copies: np.ndarray, r: int, max_bucket: int, chunk_pairs: int, depth: int, out: _Found) -> None:
     """Pairs of `members` (indices into words; None = all) that agree on `span` and on none of `before`
-    (those are found under that earlier substring), within r bits."""
+    (those are found under that earlier substring), within r bits. `copies`: rows per code."""
     keys = substring_keys(words if members is None else words[members], span).astype(np.uint32)
     order = np.argsort(keys)  # quicksort: the order inside a run does not matter
     sk = keys[order]
@@ -467,9 +468,9 @@ def _join(words: np.ndarray, members: np.ndarray | None, span: tuple[int, int], 
         if depth == 0:  # same method on the bits this bucket does not share (see near_pairs, step 3)
             subs = substrings(r, skip=span)
             for u, sub in enumerate(subs):
-                _join(words, bucket, sub, before + subs[:u], r, max_bucket, chunk_pairs, depth + 1, out)
+                _join(words, bucket, sub, before + subs[:u], copies, r, max_bucket, chunk_pairs, depth + 1, out)
         else:
-            _leaders(words, np.sort(bucket), r, out)
+            _leaders(words, bucket[np.lexsort((bucket, -copies[bucket]))], r, out)
 
 
 def _verify_runs(words: np.ndarray, ids: np.ndarray, pos: np.ndarray, after: np.ndarray,
@@ -498,7 +499,8 @@ def _verify_runs(words: np.ndarray, ids: np.ndarray, pos: np.ndarray, after: np.
 
 
 def _leaders(words: np.ndarray, bucket: np.ndarray, r: int, out: _Found) -> None:
-    """Cover a dense bucket by leaders (see near_pairs, step 3); `bucket` sorted: a deterministic order."""
+    """Cover a dense bucket by leaders (see near_pairs, step 3), taken in the order of `bucket`: most copied
+    code first (a blank hash repeated thousands of times is the natural representative), then code order."""
     out.dense.append(bucket)
     left = bucket
     while left.size:
