@@ -115,7 +115,7 @@ def match_task(out: str, work: str, key: str, media_files: list[str], holds: dic
     out_p, work_p = Path(out), Path(work)
     con = _con(out_p, threads)
     pool = arrow_of(con.sql("""SELECT uid, source, sha256, md5, pdq, pdq_quality, media_uri, final_url
-        FROM read_parquet(?, union_by_name=true) WHERE status = 'ok' ORDER BY uid""", params=[media_files]))
+        FROM read_parquet(?, union_by_name=true) WHERE status = 'ok'""", params=[media_files]))
     con.register("pool", pool.drop_columns(["pdq"]))
     con.execute("CREATE TEMP TABLE ek AS SELECT * FROM read_parquet(?)", [str(work_p / "eval_keys.parquet")])
     con.execute("CREATE TEMP TABLE eu AS SELECT * FROM read_parquet(?)", [str(work_p / "eval_urls.parquet")])

@@ -39,22 +39,21 @@ POOL_DUPLICATE_SCHEMA = pa.schema([("uid", pa.string()), ("cluster_id", pa.strin
 
 
 def _read_pool(con, files: list[str], settings: dict) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """uids of every fetched pool image (sorted), their PDQ codes and the trusted mask, read in batches."""
-    n = con.execute("SELECT count(*) FROM read_parquet(?) WHERE status = 'ok'", [files]).fetchall()[0][0]
-    codes = np.zeros((n, 32), dtype=np.uint8)
-    trusted = np.zeros(n, dtype=bool)
-    uids = []
-    at = 0
-    reader = con.sql("""SELECT uid, pdq, pdq_quality FROM read_parquet(?) WHERE status = 'ok'
-                        ORDER BY uid""", params=[files]).to_arrow_reader(1_000_000)
-    for batch in reader:
-        t = pa.Table.from_batches([batch])
+    """uids of every fetched pool image (sorted), their PDQ codes and the trusted mask.
+
+    Read a file at a time (no 10M-row sort in DuckDB: ~1 GB less at full size), then sorted by uid in Arrow."""
+    codes, trusted, uids = [], [], []
+    for f in files:
+        t = arrow_of(con.sql("SELECT uid, pdq, pdq_quality FROM read_parquet(?) WHERE status = 'ok'", params=[f]))
         c, ok = _trusted_codes(t, settings)
-        codes[at:at + t.num_rows], trusted[at:at + t.num_rows] = c, ok
+        codes.append(c)
+        trusted.append(ok)
         uids.append(t.column("uid").combine_chunks())
-        at += t.num_rows
-    uid_arr = pa.concat_arrays(uids) if uids else pa.array([], pa.string())
-    return uid_arr, codes, trusted
+    if not uids:
+        return pa.array([], pa.string()), np.zeros((0, 32), np.uint8), np.zeros(0, bool)
+    uid_arr = pa.concat_arrays(uids)
+    order = pc.sort_indices(uid_arr).to_numpy()
+    return uid_arr.take(pa.array(order)), np.concatenate(codes)[order], np.concatenate(trusted)[order]
 
 
 def _survivors(con, members: pa.Table, out: Path, sources: list[str], page_sources: list[str]) -> pa.Table:
