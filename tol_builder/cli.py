@@ -24,7 +24,7 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    console.print(f"[bold red]error:[/] {e}", soft_wrap=True)  # one line, whatever the terminal width
     raise typer.Exit(1)
 
 
@@ -158,6 +158,17 @@ def query(out: Path = typer.Argument(..., help="Build directory."),
     write_table(result, format)
 
 
+def _cell(value) -> str:
+    """A table cell: BLOBs as their kind and size (`<jpeg 23,114 bytes>`), never escaped bytes."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "blob"
+        return f"<{kind} {len(data):,} bytes>"
+    return str(value)
+
+
 def write_table(result, format: str) -> None:
     if format == "csv":
         import csv
@@ -173,7 +184,7 @@ def write_table(result, format: str) -> None:
         for c in result.column_names:
             table.add_column(c)
         for row in result.to_pylist():
-            table.add_row(*["" if row[c] is None else str(row[c]) for c in result.column_names])
+            table.add_row(*[_cell(row[c]) for c in result.column_names])
         Console(width=max(120, Console().width)).print(table)
 
 

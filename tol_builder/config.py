@@ -23,6 +23,15 @@ else:  # pragma: no cover
 from .errors import ConfigError
 
 
+class FieldValueError(ValueError):
+    """Raised by a config dataclass's __post_init__ for a value its type allows but its meaning does not;
+    `from_dict` turns it into a ConfigError naming the file and the dotted key."""
+
+    def __init__(self, field: str, expected: str, got: object):
+        super().__init__(f"{field}: expected {expected}, got {got!r}")
+        self.field, self.expected, self.got = field, expected, got
+
+
 # --------------------------------------------------------------------------------------------- sections
 @dataclass
 class ClusterConfig:
@@ -120,6 +129,12 @@ class TaxonomyConfig:
     resolve_synonyms: bool = True  # a synonym resolves to its accepted taxon (recorded in conflicts)
     threads: int = 0  # DuckDB threads per taxonomy task; 0 = reconcile on all cores, loads on the worker's threads
     memory_limit: str = "4GB"  # DuckDB memory limit per taxonomy task (spills to cache/taxonomy/tmp)
+
+    def __post_init__(self) -> None:
+        from .sql import MEMORY_LIMIT
+
+        if not MEMORY_LIMIT.match(self.memory_limit):  # it reaches DuckDB's SET memory_limit
+            raise FieldValueError("memory_limit", "a size such as 4GB, 512MB or 1.5GiB", self.memory_limit)
 
 
 @dataclass
@@ -270,7 +285,10 @@ def from_dict(cls: type, data: dict, file: Any, prefix: str = "") -> Any:
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             dotted = f"{prefix}.{name}" if prefix else name
             raise ConfigError(file, dotted, f"{_type_name(hints[name])} (required)", "missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldValueError as e:  # a dataclass's own check of a value (its __post_init__)
+        raise ConfigError(file, f"{prefix}.{e.field}" if prefix else e.field, e.expected, e.got) from None
 
 
 def read_toml(path: str | Path) -> dict:

@@ -205,6 +205,9 @@ def register(out: Path) -> None:
     if not have["records"]:
         return
     catalog.register_parquet(out, "eval_records", f"{RECORDS}/*/*.parquet")
+    if have["media"]:
+        catalog.register_parquet(out, "eval_media", f"{MEDIA}/*/*.parquet",
+                                 select="uid, source AS eval_set, * EXCLUDE (uid, source)")
     if have["taxonomy"]:
         from ..taxonomy import OUTPUTS as TAXONOMY_OUTPUTS
 
@@ -212,9 +215,6 @@ def register(out: Path) -> None:
             catalog.register_parquet(out, f"eval_{name}", f"{TAXONOMY}/{name}.parquet")
     con = catalog.connect(out, read_only=False)
     try:
-        if have["media"]:
-            con.execute(f"""CREATE OR REPLACE VIEW eval_media AS SELECT uid, source AS eval_set, * EXCLUDE (uid, source)
-                FROM read_parquet('{MEDIA}/*/*.parquet', union_by_name=true)""")
         if have["taxonomy"]:
             pages = [r[0] for r in con.execute("SELECT DISTINCT source FROM eval_lineage_map WHERE taxon_ref IS NOT NULL")
                      .fetchall()]

@@ -28,6 +28,7 @@ from ..config import FetchConfig, Workflow
 from ..context import BuildContext
 from ..errors import ConfigError
 from ..runner import StageError, Task
+from ..sql import literal_list
 from . import media  # noqa: F401  (documents the media table in the catalog)
 from .archives import archive_id
 from .http import local_file
@@ -79,10 +80,6 @@ def manifest_checksums(wf: Workflow) -> dict[str, dict]:
     return found
 
 
-def _sql_list(items: list[str]) -> str:
-    return "[" + ", ".join("'" + str(x).replace("'", "''") + "'" for x in items) + "]"
-
-
 def _workers(ctx: BuildContext) -> int:
     client = ctx.runner.client
     if client is None:
@@ -119,7 +116,7 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
     out = Path(ctx.out)
     cfg_plain = dataclasses.asdict(cfg)
     con = duckdb_connection(ctx.threads)
-    src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+    src = f"read_parquet({literal_list(files)}, filename=true, union_by_name=true)"
 
     # 1. archives
     referenced = con.execute(f"""SELECT DISTINCT media_uri FROM {src}
@@ -220,7 +217,7 @@ def _chunks_with_transient(con, out: Path, media_root: str) -> list[str]:
     files = media_files(out, media_root)
     if not files:
         return []
-    rows = con.execute(f"""SELECT filename FROM read_parquet({_sql_list(files)}, filename=true)
+    rows = con.execute(f"""SELECT filename FROM read_parquet({literal_list(files)}, filename=true)
         WHERE status = 'transient' GROUP BY filename ORDER BY filename""").fetchall()
     return [r[0] for r in rows]
 
@@ -231,11 +228,11 @@ def summarize(con, out: Path, record_files: list[str], media_root: str = "media"
     counters: dict[str, int] = {}
     if files:
         for status, error_class, n in con.execute(f"""SELECT status, error_class, count(*)
-                FROM read_parquet({_sql_list(files)}) GROUP BY ALL ORDER BY ALL""").fetchall():
+                FROM read_parquet({literal_list(files)}) GROUP BY ALL ORDER BY ALL""").fetchall():
             counters[f"media_{status}"] = counters.get(f"media_{status}", 0) + n
             if error_class:
                 counters[f"{status}_{error_class}"] = n
-    total = con.execute(f"SELECT count(*) FROM read_parquet({_sql_list(record_files)})").fetchone()[0]
+    total = con.execute(f"SELECT count(*) FROM read_parquet({literal_list(record_files)})").fetchone()[0]
     have = sum(v for k, v in counters.items() if k.startswith("media_"))
     counters["records"] = total
     if total > have:

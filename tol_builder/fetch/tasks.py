@@ -354,12 +354,11 @@ def _bucket_rows(records_files: list[str], uri: str, bucket: int, buckets: int) 
     from ..records import arrow_of, duckdb_connection
 
     con = duckdb_connection(1)
-    files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in records_files) + "]"
     return arrow_of(con.sql(
-        f"""SELECT uid, source, media_uri, media_member FROM read_parquet({files}, union_by_name=true)
+        """SELECT uid, source, media_uri, media_member FROM read_parquet(?, union_by_name=true)
             WHERE media_uri = ? AND media_member IS NOT NULL
               AND ('0x' || substr(uid, 1, 8))::UBIGINT % ? = ?
-            ORDER BY uid""", params=[uri, buckets, bucket]))
+            ORDER BY uid""", params=[records_files, uri, buckets, bucket]))
 
 
 def _member_key(name: str) -> int:

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..errors import TolError
 from ..records import RANKS
+from ..sql import ident, literal
 
 RANK_SQL = "['kingdom','phylum','class','order','family','genus','species']"
 
@@ -118,8 +119,8 @@ def coverage_table(out: Path, rank: str = "class", top: int | None = None) -> pa
     out = Path(out)
     sources = [r["source"] for r in _query(out, "SELECT DISTINCT source FROM lineage_map ORDER BY source").to_pylist()]
     name = "t.genus || ' ' || t.species" if rank == "species" else f't."{rank}"'
-    per_source = ", ".join(f"sum(CASE WHEN m.source = '{s.replace(chr(39), chr(39) * 2)}' THEN m.images ELSE 0 END)"
-                           f"::BIGINT AS \"{s}\"" for s in sources)
+    per_source = ", ".join(f"sum(CASE WHEN m.source = {literal(s)} THEN m.images ELSE 0 END)::BIGINT AS {ident(s)}"
+                           for s in sources)
     limit = f"LIMIT {int(top)}" if top else ""
     sql = f"""SELECT CASE WHEN m.taxon_id IS NULL THEN '(unresolved)' ELSE coalesce({name}, '(no {rank})') END
                      AS "{rank}", {per_source + ',' if per_source else ''} sum(m.images)::BIGINT AS images,

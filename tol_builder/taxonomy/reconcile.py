@@ -57,6 +57,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..fileio import atomic_path
 from ..records import RANKS
+from ..sql import in_list as _in, literal, literal_list
 from . import authorities as auth
 from . import names as gn
 
@@ -90,18 +91,6 @@ class Settings:
     output_dir: str = "taxonomy"  # relative to the build; evaluation sets reconcile into evalsets/taxonomy
 
 
-def _sql_list(values) -> str:
-    vals = [v for v in values]
-    if not vals:
-        return "NULL"
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in vals)
-
-
-def _in(expr: str, values) -> str:
-    vals = list(values)
-    return f"({expr} IN ({_sql_list(vals)}))" if vals else "false"
-
-
 def lineage_key_sql(page_sources: list[str], alias: str = "", ref: str | None = None) -> str:
     """SQL of a record's raw lineage key (over RECORD_SCHEMA columns). The `images` view uses it too.
     `ref`: an expression already holding the EOL page id (NULL for other sources), instead of
@@ -122,10 +111,10 @@ def _connect(out: Path, s: Settings):
     tmp = out / "cache" / "taxonomy" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET threads={s.threads or os.cpu_count() or 1}")
-    con.execute(f"SET memory_limit='{s.memory_limit}'")
-    con.execute(f"SET temp_directory='{auth._q(str(tmp))}'")
+    con.execute("SET memory_limit = ?", [s.memory_limit])  # validated at load (sql.MEMORY_LIMIT)
+    con.execute("SET temp_directory = ?", [str(tmp)])
     con.execute("SET preserve_insertion_order=false")
-    con.execute(f"SET file_search_path='{auth._q(str(out))}'")
+    con.execute("SET file_search_path = ?", [str(out)])
     return con
 
 
@@ -405,7 +394,7 @@ def _score(con, s: Settings) -> None:
     complete = " + ".join(f"(c.anchor >= {i} AND c.{A[i]} IS NOT NULL)::INT" for i in range(7))
     lin = "concat_ws('|', " + ", ".join(
         f"CASE WHEN c.anchor >= {i} THEN coalesce(c.{A[i]}, '') ELSE '' END" for i in range(7)) + ")"
-    kpri = f"coalesce(list_position([{_sql_list(s.kingdom_priority)}], c.a0), 999)" if s.kingdom_priority else "999"
+    kpri = f"coalesce(list_position({literal_list(s.kingdom_priority)}, c.a0), 999)" if s.kingdom_priority else "999"
     synonyms_ok = "true" if s.resolve_synonyms else "status <> 'synonym'"
     con.execute(f"""CREATE TABLE scored AS
         SELECT c.*, {" + ".join(g_contra)} AS g_contra, {" + ".join(g_agree)} AS g_agree,
@@ -589,7 +578,7 @@ def write_outputs(con, d: Path) -> dict[str, int]:
     }
     for name, q in queries.items():
         with atomic_path(d / f"{name}.parquet") as tmp:
-            con.execute(f"COPY ({q}) TO '{auth._q(str(tmp))}' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({q}) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
     c: dict[str, int] = {}
     row = con.execute("""SELECT count(*), count(taxon_id), sum(images), sum(CASE WHEN taxon_id IS NOT NULL THEN images END)
                      FROM final""").fetchall()[0]
