@@ -175,6 +175,15 @@ def _app(s: FaultServer) -> web.Application:
     async def missing(request):
         return web.Response(status=404, text="not here")
 
+    async def robots(request):  # an image with X-Robots-Tag headers: one per `tag` query value
+        resp = image(request.match_info["name"])
+        for tag in request.query.getall("tag", []):
+            resp.headers.add("X-Robots-Tag", tag)
+        return resp
+
+    async def to(request):  # a redirect to whatever `location` says
+        raise web.HTTPFound(request.query["location"])
+
     async def big(request):
         return web.Response(body=b"\xff" * 300_000, content_type="image/jpeg")
 
@@ -216,6 +225,7 @@ def _app(s: FaultServer) -> web.Application:
         web.get("/ctype/{name}", ctype), web.get("/html", html), web.get("/bomb.png", bomb),
         web.get("/loop/a", loop_a), web.get("/loop/b", loop_b), web.get("/redirect/{name}", redirect),
         web.get("/missing", missing), web.get("/big", big), web.get("/file/{name}", file),
+        web.get("/robots/{name}", robots), web.get("/to", to),
     ])
     return app
 

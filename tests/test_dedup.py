@@ -27,6 +27,7 @@ from tol_builder import fetch, taxonomy
 from tol_builder.context import BuildContext
 from tol_builder.dedup.evalsets import load_evalsets
 from tol_builder.dedup.match import url_key_sql
+from tol_builder.demo.server import serve_directory
 from tol_builder.errors import ConfigError
 from tol_builder.records import RECORD_SCHEMA, duckdb_connection, make_uid
 from tol_builder.runner import Runner, read_markers
@@ -77,8 +78,10 @@ def pool_images(near_copy: bool = False) -> list[tuple]:
     return rows
 
 
-def write_pool(out: Path, images: Path, order_seed: int = 0, near_copy: bool = False) -> dict[str, str]:
-    """records/<source>/part-0.parquet with local image files; returns {source:source_id: uid}."""
+def write_pool(out: Path, images: Path, order_seed: int = 0, near_copy: bool = False,
+               base_url: str = "") -> dict[str, str]:
+    """records/<source>/part-0.parquet with images served from `base_url` (the pool's sources are web sources:
+    their local paths would not be read); returns {source:source_id: uid}."""
     import random
 
     rows = pool_images(near_copy)
@@ -91,7 +94,8 @@ def write_pool(out: Path, images: Path, order_seed: int = 0, near_copy: bool = F
         uid = make_uid(source, sid)
         uids[f"{source}:{sid}"] = uid
         by_source.setdefault(source, []).append({
-            "uid": uid, "source": source, "source_id": sid, "media_uri": str(path), "media_member": None, **ranks,
+            "uid": uid, "source": source, "source_id": sid, "media_uri": f"{base_url}/{source}/{sid}.jpg",
+            "media_member": None, **ranks,
             "scientific_name": sci, "common_name": None, "source_taxon_id": tid, "licence": "cc-by",
             "rights_holder": None, "source_url": url, "source_split": "train"})
     for source, recs in by_source.items():
@@ -147,7 +151,8 @@ def write_evalsets(tmp: Path) -> list[str]:
     (tab / "u0.jpg").write_bytes(_img(960))
     (tab / "urls.csv").write_text("id,file,url,species_name\nu0,u0.jpg,http://inaturalist.org/photos/111/,x\n")
     m3 = _manifest(tmp / "manifests" / "evalsets" / "urls.toml", "table",
-                   {"name": "urls", "options": {"columns": {"source_id": "id", "media_uri": "file",
+                   {"name": "urls", "options": {"local_media": True,
+                                                "columns": {"source_id": "id", "media_uri": "file",
                                                             "source_url": "url", "scientific_name": "species_name"}}},
                    [{"name": "urls.csv", "role": "metadata", "url": "../../eval/urls/urls.csv"}])
     return [str(m.relative_to(tmp)) for m in (m1, m2, m3)]
@@ -157,7 +162,13 @@ def build(tmp: Path, order_seed: int = 0, evalsets: list[str] | None = None, nea
           **dedup) -> tuple[Path, dict, dict]:
     """records (written) -> fetch -> taxonomy -> dedup, in this process (the runner without a cluster)."""
     out = tmp / "build"
-    uids = write_pool(out, tmp / "images", order_seed, near_copy)
+    (tmp / "images").mkdir(parents=True, exist_ok=True)
+    with serve_directory(tmp / "images") as base_url:
+        return _build(tmp, out, base_url, order_seed, evalsets, near_copy, **dedup)
+
+
+def _build(tmp: Path, out: Path, base_url: str, order_seed: int, evalsets, near_copy: bool, **dedup):
+    uids = write_pool(out, tmp / "images", order_seed, near_copy, base_url)
     authorities = tmp / "authorities" if (tmp / "authorities").exists() else write_authorities(tmp)
     wf = make_workflow(tmp, authorities, tuple(SOURCES))
     for s in wf.sources:

@@ -159,3 +159,144 @@ def test_kingdom_priority_and_source_ids_are_quoted_values(tmp_path):
     assert not target.exists()
     with pytest.raises(ValueError):
         literal("a\x00b")
+
+
+# ------------------------------------------------------------------------------- per-record attacks
+from conftest_fetch import fault_server, jpeg_bytes, noise_image  # noqa: E402,F401  (fixture)
+
+
+def _fetch(urls: list[str], local_media: bool = False, **cfg) -> dict[str, dict]:
+    from tol_builder.config import FetchConfig
+    from tol_builder.fetch.tasks import fetch_items
+
+    c = FetchConfig(**{"attempts": 1, "backoff_base": 0.01, "max_side": 64, "max_redirects": 3,
+                       "user_agent": "tol_builder/0.1 (tests)", **cfg})
+    rows: dict[str, dict] = {}
+    items = [{"uid": f"u{i}", "source": "t", "media_uri": u, "media_member": None} for i, u in enumerate(urls)]
+    fetch_items(items, c, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0, local_media=local_media)
+    return rows
+
+
+def _nothing_of(row: dict, secret: bytes) -> None:
+    """Nothing of the file a record pointed at is stored: no bytes, no hash, nothing in the message."""
+    assert row["status"] == "failed" and row.get("jpeg") is None
+    assert row.get("sha256") is None and row.get("md5") is None and row.get("pdq") is None
+    assert secret.decode() not in (row.get("error_message") or "")
+
+
+def test_local_paths_in_third_party_metadata_are_not_read(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:TOPSECRET")
+    urls = [str(secret), secret.as_uri(), "file://localhost" + str(secret), "/etc/passwd", "file://otherhost/etc/passwd"]
+    rows = _fetch(urls)
+    for u in urls:
+        assert rows[u]["error_class"] in ("local_path_refused", "unsupported_scheme"), (u, rows[u])
+        _nothing_of(rows[u], b"TOPSECRET")
+    # a source that declares local media reads them: a file that is not an image leaves nothing behind
+    rows = _fetch([str(secret)], local_media=True)
+    assert rows[str(secret)]["error_class"] == "not_image"
+    _nothing_of(rows[str(secret)], b"TOPSECRET")
+    assert "root:" not in rows[str(secret)]["error_message"]
+
+
+def test_redirects_stay_on_the_web_and_off_private_addresses(fault_server):
+    from tol_builder.urlpolicy import host_is_private, is_private_address, redirect_problem
+
+    img = jpeg_bytes(noise_image(200, 150, seed=3))
+    fault_server.images["a"] = img
+    u = fault_server.url
+    rows = _fetch([f"{u}/to?location=file:///etc/passwd", f"{u}/to?location=ftp://example.org/x",
+                   f"{u}/to?location={u}/img/a"])
+    assert rows[f"{u}/to?location=file:///etc/passwd"]["error_class"] == "bad_redirect"
+    assert rows[f"{u}/to?location=ftp://example.org/x"]["error_class"] == "bad_redirect"
+    assert rows[f"{u}/to?location={u}/img/a"]["status"] == "ok"  # loopback to loopback: the first host was one
+    for address in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "224.0.0.1",
+                    "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1"):
+        assert is_private_address(address), address
+    for address in ("93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946"):
+        assert not is_private_address(address), address
+    assert host_is_private("localhost") and host_is_private("127.0.0.1")
+    # a public page redirecting to the cloud metadata address, to loopback, to a private LAN: refused
+    for target in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8080/admin", "http://10.0.0.5/"):
+        problem = redirect_problem("https://images.example.org/a.jpg", target, original_private=False,
+                                   target_private=True, allow_private=False)
+        assert problem is not None and problem[0] == "private_redirect"
+        assert redirect_problem("https://images.example.org/a.jpg", target, original_private=False,
+                                target_private=True, allow_private=True) is None
+
+
+def test_creators_opt_out_is_honoured(fault_server):
+    img = jpeg_bytes(noise_image(200, 150, seed=4))
+    fault_server.images["a"] = img
+    u = fault_server.url
+    opted = [f"{u}/robots/a?tag=noai", f"{u}/robots/a?tag=noimageai,%20nofollow", f"{u}/robots/a?tag=NOINDEX",
+             f"{u}/robots/a?tag=tol_builder:%20noai", f"{u}/robots/a?tag=nofollow&tag=noimageindex"]
+    kept = [f"{u}/robots/a?tag=otherbot:%20noai", f"{u}/robots/a?tag=nofollow", f"{u}/robots/a"]
+    rows = _fetch(opted + kept)
+    for url in opted:
+        assert (rows[url]["status"], rows[url]["error_class"]) == ("failed", "opted_out"), url
+        _nothing_of(rows[url], b"NOTHING")
+    for url in kept:
+        assert rows[url]["status"] == "ok", url
+    rows = _fetch(opted[:1], disallowed_directives=[])  # the setting turns it off
+    assert rows[opted[0]]["status"] == "ok"
+
+
+def _bz2_bomb_zip(path: Path, lie: bool) -> dict:
+    """A zip whose bzip2 member inflates to 400 MB; with `lie`, its central directory says 1,000 bytes."""
+    import zipfile
+
+    from tol_builder.fetch import archives
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("bomb.jpg"), b"\0" * (400 << 20), compress_type=zipfile.ZIP_BZIP2)
+    entry = next(r for b in archives.zip_index(path) for r in pa.Table.from_batches([b]).to_pylist())
+    if lie:
+        entry["size"] = 1000
+    return entry
+
+
+def test_zip_members_inflate_under_the_cap(tmp_path):
+    """A bzip2 member is inflated a bounded piece at a time: a lying central directory does not help a bomb
+    (measured in a fresh process: its peak memory stays near the cap, not near 400 MB)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tol_builder.fetch import archives
+
+    entry = _bz2_bomb_zip(tmp_path / "b.zip", lie=True)
+    with archives.ZipReader(tmp_path / "b.zip") as r:
+        with pytest.raises(archives.MemberError) as e:
+            r.read(entry, 5_000_000)
+    assert e.value.error_class == "too_large"
+    code = textwrap.dedent(f"""
+        import resource, sys, zipfile
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_security import _bz2_bomb_zip
+        from tol_builder.fetch import archives
+        entry = _bz2_bomb_zip(Path({str(tmp_path / 'c.zip')!r}), lie=True)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            archives.ZipReader(Path({str(tmp_path / 'c.zip')!r})).read(entry, 5_000_000)
+        except archives.MemberError as e:
+            print(e.error_class, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    kind, grew_mb = out.stdout.split()
+    assert kind == "too_large" and int(grew_mb) < 60, out.stdout + out.stderr
+
+
+def test_unknown_zip_methods_are_refused_by_name(tmp_path):
+    import zipfile
+
+    from tol_builder.fetch import archives
+
+    with zipfile.ZipFile(tmp_path / "l.zip", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("x.jpg"), b"abc" * 100, compress_type=zipfile.ZIP_LZMA)
+    entry = next(r for b in archives.zip_index(tmp_path / "l.zip") for r in pa.Table.from_batches([b]).to_pylist())
+    with archives.ZipReader(tmp_path / "l.zip") as r:
+        with pytest.raises(archives.MemberError, match="LZMA") as e:
+            r.read(entry, 1_000_000)
+    assert e.value.error_class == "unsupported_compression"

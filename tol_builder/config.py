@@ -90,6 +90,13 @@ class FetchConfig:
     read_timeout: float = 30.0  # longest wait for the next bytes (headers or body)
     total_timeout: float = 120.0  # longest time one request may take in all
     max_redirects: int = 5
+    # a redirect never leads to a loopback / private / link-local address unless the first URL's host was one,
+    # or this is on (tol_builder/urlpolicy.py)
+    allow_private_redirects: bool = False
+    # the creators' opt-out: a response whose X-Robots-Tag carries one of these (for all agents or for ours)
+    # is not stored (status failed, error class opted_out), as img2dataset; [] turns this off
+    disallowed_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai", "noindex",
+                                                                       "noimageindex"])
     attempts: int = 3  # tries of one URL within a pass (exponential backoff with jitter between them)
     backoff_base: float = 1.0  # seconds; the n-th retry waits a random time up to base * 2**n
     backoff_max: float = 60.0

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ChecksumError, InputError
+from .urlpolicy import local_path
 
 TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".partial"
@@ -81,19 +82,6 @@ def safe_member_name(name: str | None) -> str | None:
     if not parts or any(p == ".." for p in parts):
         return None
     return "/".join(parts)
-
-
-def local_path(uri: str, base: Path | None = None) -> Path | None:
-    """The local path a URI names (a plain path or file://), else None. Relative paths resolve against base."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(urllib.parse.unquote(parsed.path))
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
-        p = Path(uri)
-        if not p.is_absolute() and base is not None:
-            p = base / p
-        return p
-    return None
 
 
 def files_fingerprint(root: str | os.PathLike, *globs: str) -> str:

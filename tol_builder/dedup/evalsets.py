@@ -135,7 +135,7 @@ def remove_stale(out: Path, sets: list[LoadedEvalSet], say) -> None:
 
 def prepare(ctx: BuildContext, sets: list[LoadedEvalSet]) -> dict[str, int]:
     """Ingest, fetch and reconcile every evaluation set (sub-stages of dedup). Returns counters."""
-    from ..fetch import fetch_records
+    from ..fetch import fetch_records, local_media_sources
     from ..ingest import partitions_file, plan_task, read_task
 
     out, wf = Path(ctx.out).resolve(), ctx.workflow
@@ -155,7 +155,8 @@ def prepare(ctx: BuildContext, sets: list[LoadedEvalSet]) -> dict[str, int]:
     r = ctx.runner.run(f"{STAGE}.ingest", tasks, outputs=(out / RECORDS, out / REJECTS))
     counters.update({f"eval_{k}": v for k, v in r.counters.items()})
     files = sorted(str(p) for e in sets for p in (out / RECORDS / e.name).glob("*.parquet"))
-    fetched = fetch_records(ctx, files, media_root=MEDIA, stage=f"{STAGE}.fetch", archives_stage=f"{STAGE}.archives")
+    fetched = fetch_records(ctx, files, media_root=MEDIA, stage=f"{STAGE}.fetch", archives_stage=f"{STAGE}.archives",
+                            local_media=local_media_sources([SourceConfig(**e.source_config()) for e in sets]))
     counters.update({f"eval_{k}": v for k, v in fetched.items()})
     counters.update({f"eval_{k}": v for k, v in reconcile(ctx, sets).items()})
     register(out)

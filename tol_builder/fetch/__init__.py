@@ -31,7 +31,7 @@ from ..runner import StageError, Task
 from ..sql import literal_list
 from . import media  # noqa: F401  (documents the media table in the catalog)
 from .archives import archive_id
-from .http import local_file
+from ..urlpolicy import local_path as local_file
 from .tasks import (archive_info_path, prepare_archive_task, records_task, retry_task, tar_task)
 
 STAGE = "fetch"
@@ -91,19 +91,38 @@ def _workers(ctx: BuildContext) -> int:
 
 
 def run(ctx: BuildContext) -> dict[str, int]:
-    out = Path(ctx.out)
+    wf, out = ctx.workflow, Path(ctx.out)
     files = sorted(str(p) for p in (out / "records").glob("*/*.parquet"))
     if not files:
         ctx.log("fetch: no records to fetch (run ingest first)")
         return {}
     try:
-        return fetch_records(ctx, files, media_root="media", stage=STAGE, archives_stage=ARCHIVES_STAGE)
+        return fetch_records(ctx, files, media_root="media", stage=STAGE, archives_stage=ARCHIVES_STAGE,
+                             local_media=local_media_sources(wf.sources))
     finally:  # what was fetched is queryable even when a task or an archive failed
         catalog.register_parquet(out, "media", "media/*/*.parquet")
 
 
+def local_media_sources(sources: list) -> dict[str, bool]:
+    """{source id: whether its reader declares local media} (urlpolicy: per-image local paths are read only
+    for those). `sources`: SourceConfig-like objects (name, id, options)."""
+    from ..config import from_dict
+    from ..sources import get_source_class
+
+    from ..errors import TolError
+
+    found = {}
+    for s in sources:
+        try:
+            cls = get_source_class(s.name)
+            found[s.id] = cls.declares_local_media(from_dict(cls.Options, dict(s.options), "(workflow)"))
+        except TolError:  # a reader this installation lacks (ingest names it): its local paths are not read
+            found[s.id] = False
+    return found
+
+
 def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage: str,
-                  archives_stage: str) -> dict[str, int]:
+                  archives_stage: str, local_media: dict[str, bool] | None = None) -> dict[str, int]:
     """Fetch every record of `files` into `<out>/<media_root>/<source>/`: archives first (stage
     `archives_stage`), then the main pass (`stage`), then the retry passes (`<stage>.retry<n>`).
 
@@ -167,7 +186,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
             tasks.append(Task(f"{source}.{path.stem}.{i:05d}", records_task, dict(
                 common, source=source, task_key=f"{source}.{path.stem}.{i:05d}", records_file=filename,
                 start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars if has_tar else [],
-                zip_infos={u: zips[u] for u in used if u in zips}, workers=workers, media_root=media_root)))
+                zip_infos={u: zips[u] for u in used if u in zips}, workers=workers, media_root=media_root,
+                local_media=(local_media or {}).get(source, False))))
     for uri in tars:
         sources = [r[0] for r in con.execute(f"SELECT DISTINCT source FROM {src} WHERE media_uri = ? "
                                              "AND media_member IS NOT NULL ORDER BY 1", [uri]).fetchall()]
@@ -190,7 +210,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
         chunks = _chunks_with_transient(con, out, media_root)
         if not chunks:
             break
-        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers))
+        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers,
+                                                      local_media=(local_media or {}).get(Path(c).parent.name, False)))
                  for c in chunks]
         try:
             ctx.runner.run(f"{stage}.retry{p}", retry, outputs=(out / media_root,))

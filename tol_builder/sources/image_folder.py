@@ -19,7 +19,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from ..errors import InputError
-from ..fetch.http import local_file
+from ..urlpolicy import local_path as local_file
 from ..fileio import retrieve
 from ..records import RAW_COLUMNS, RejectLog, arrow_of, duckdb_connection
 from .base import Partition, Source, raw_table
@@ -40,6 +40,7 @@ class ImageFolderSource(Source):
     name = "image_folder"
     Options = ImageFolderOptions
     description = "a folder of images with one sub-folder per class (folder name = scientific name, or a labels CSV)"
+    local_media = True
 
     def plan(self) -> list[Partition]:
         root = local_file(media_root(self))

@@ -42,6 +42,7 @@ def media_root(source: Source) -> str:
 class RareSpeciesSource(Source):
     name = "rare_species"
     description = "BioCLIP's Rare Species benchmark: metadata.csv (seven ranks, filepath) + a folder of EOL images"
+    local_media = True  # the images are a downloaded folder
 
     def plan(self) -> list[Partition]:
         parts = []

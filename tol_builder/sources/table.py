@@ -9,8 +9,8 @@ columns; a column not mapped and not named like a records column stays null:
     manifest = "manifests/herbarium.toml"
     options = { columns = { source_id = "catalogNumber", media_uri = "image_url", species = "epithet" } }
 
-Media are per-image URLs (http, https, file or paths relative to the table), or archive members when a
-`media_member` column is mapped.
+Media are per-image URLs (http or https; local paths, relative to the table, only with
+`options.local_media = true`), or archive members when a `media_member` column is mapped.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class TableOptions:
     columns: dict = field(default_factory=dict)  # records column -> column of the table
     format: str = "auto"  # csv, tsv, parquet or auto (by file name or the manifest's format)
     delimiter: str = ""  # for csv; "" = auto-detect
+    local_media: bool = False  # media_uri may be a local path or file:// URL (a collection on this machine)
 
     def __post_init__(self) -> None:
         from ..config import FieldValueError
