@@ -300,3 +300,45 @@ def test_unknown_zip_methods_are_refused_by_name(tmp_path):
         with pytest.raises(archives.MemberError, match="LZMA") as e:
             r.read(entry, 1_000_000)
     assert e.value.error_class == "unsupported_compression"
+
+
+def test_the_guards_already_in_place_still_hold(fault_server, tmp_path):
+    """Escaping and link members, bombs by pixels and by bytes, oversize responses, redirect loops."""
+    import io
+    import tarfile
+    import zipfile
+
+    from tol_builder.fetch import archives
+
+    u = fault_server.url
+    rows = _fetch([f"{u}/bomb.png", f"{u}/big", f"{u}/loop/a"], max_bytes=200_000)
+    assert rows[f"{u}/bomb.png"]["error_class"] == "too_many_pixels"
+    assert rows[f"{u}/big"]["error_class"] == "too_large"
+    assert rows[f"{u}/loop/a"]["error_class"] == "too_many_redirects"
+    # tar: '..', absolute and link members are refused, never read
+    tpath = tmp_path / "t.tar"
+    with tarfile.open(tpath, "w") as tf:
+        for name in ("../evil.jpg", "/etc/evil.jpg", "ok/fine.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+        link = tarfile.TarInfo("ok/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    refused = []
+    got = {m.raw_name: (data, err and err.error_class) for m, data, err in archives.iter_tar(
+        tpath, lambda m: True, 1000, on_refused=lambda m, why: refused.append(m.raw_name))}
+    assert got["ok/fine.jpg"] == (b"abc", None)
+    assert all(got[n] == (None, "unsafe_member") for n in ("../evil.jpg", "/etc/evil.jpg", "ok/link.jpg"))
+    assert sorted(refused) == sorted(["../evil.jpg", "/etc/evil.jpg", "ok/link.jpg"])
+    # zip: an escaping member path is refused; a member over the cap by its declared size too
+    zpath = tmp_path / "z.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("../../evil.jpg", b"abc")
+        zf.writestr("big.jpg", b"x" * 5000, compress_type=zipfile.ZIP_DEFLATED)
+    entries = {r["raw_name"]: r for b in archives.zip_index(zpath) for r in pa.Table.from_batches([b]).to_pylist()}
+    with archives.ZipReader(zpath) as r:
+        for name, kind in (("../../evil.jpg", "unsafe_member"), ("big.jpg", "too_large")):
+            with pytest.raises(archives.MemberError) as e:
+                r.read(entries[name], 1000)
+            assert e.value.error_class == kind, name
