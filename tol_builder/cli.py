@@ -193,9 +193,10 @@ def coverage(out: Path = typer.Argument(..., help="Build directory."),
              rank: str = typer.Option("class", help="Rank to count by."),
              plot: Optional[Path] = typer.Option(None, help="Write a PNG picture of coverage.")) -> None:
     """Taxonomic coverage: images and taxa per rank and source, and a picture of it (needs the taxonomy stage)."""
-    from .taxonomy.coverage import coverage_table, plot_coverage, rank_summary
+    from .taxonomy.coverage import check_rank, coverage_table, plot_coverage, rank_summary
 
     try:
+        check_rank(rank)  # before anything is printed
         write_table(rank_summary(out), "table")
         write_table(coverage_table(out, rank, top=30), "table")
         if plot is not None:

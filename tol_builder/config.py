@@ -8,6 +8,7 @@ validated by the source's own `Options` dataclass with the same machinery (`from
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -186,6 +187,7 @@ class ShardsConfig:
 
 
 STAGES = ("ingest", "fetch", "taxonomy", "dedup", "shards")
+SOURCE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -318,6 +320,9 @@ def load_workflow(path: str | Path) -> Workflow:
             raise ConfigError(path, f"stages[{i}]", "one of " + ", ".join(STAGES), stage)
     seen: set[str] = set()
     for i, s in enumerate(wf.sources):
+        if not SOURCE_ID.match(s.id):  # it names folders, task keys and catalog rows
+            raise ConfigError(path, f"sources[{i}].id", "an identifier: letters, digits and _, not starting "
+                              "with a digit", s.id)
         if s.id in seen:
             raise ConfigError(path, f"sources[{i}].id", "a source id not used before (set `id`)", s.id)
         seen.add(s.id)

@@ -30,6 +30,7 @@ import pyarrow as pa
 from ..errors import ChecksumError, InputError
 from ..fileio import safe_member_name, verify_checksums
 from ..urlpolicy import local_path as local_file
+from .http import parse_retry_after
 
 
 
@@ -130,7 +131,7 @@ def download_resumable(uri: str, part: Path, *, cfg: Any = None, log: Callable[[
             validator = meta.get("etag") or meta.get("last_modified")
             if validator:
                 headers["If-Range"] = validator
-        problem = None
+        problem, wait = None, None
         try:
             with _get_following(uri, headers, timeouts, cfg) as r:
                 if r.status_code == 416 and have:
@@ -159,7 +160,8 @@ def download_resumable(uri: str, part: Path, *, cfg: Any = None, log: Callable[[
                         log(f"{uri}: server sent the whole file; restarting the download")
                 elif r.status_code in (408, 425, 429) or 500 <= r.status_code <= 599:
                     problem = f"HTTP {r.status_code}"
-                    raise _Retry(problem)
+                    raise _Retry(parse_retry_after(r.headers.get("Retry-After"))
+                                 if r.status_code in (429, 503) else None)
                 else:
                     raise InputError(uri, f"HTTP {r.status_code} {r.reason or ''}".strip())
                 meta_path.write_text(json.dumps(meta))
@@ -172,8 +174,8 @@ def download_resumable(uri: str, part: Path, *, cfg: Any = None, log: Callable[[
                     meta_path.write_text(json.dumps(meta))
                     return part
                 problem = f"connection ended at {got} of {meta['total']} bytes"
-        except _Retry:
-            pass
+        except _Retry as e:  # the server said how long to wait (Retry-After): wait that, up to max_retry_after
+            wait = e.wait
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError, urllib3.exceptions.HTTPError, OSError) as e:
             problem = f"{type(e).__name__}: {e}"
@@ -182,11 +184,16 @@ def download_resumable(uri: str, part: Path, *, cfg: Any = None, log: Callable[[
             raise InputError(uri, f"download incomplete after {attempts} resumed attempts: {problem}")
         if log:
             log(f"{uri}: {problem}; resuming from byte {part.stat().st_size if part.exists() else 0}")
-        time.sleep(random.uniform(0, min(cap, base * 2 ** min(failures - 1, 16))))
+        if wait is not None:
+            time.sleep(min(wait, getattr(cfg, "max_retry_after", 120.0)))
+        else:
+            time.sleep(random.uniform(0, min(cap, base * 2 ** min(failures - 1, 16))))
 
 
 class _Retry(Exception):
-    pass
+    def __init__(self, wait: float | None = None):
+        super().__init__(wait)
+        self.wait = wait
 
 
 def _get_following(uri: str, headers: dict, timeouts: tuple, cfg: Any):

@@ -99,6 +99,25 @@ def opted_out(values: list[str], user_agent: str, disallowed: set[str]) -> str |
     return None
 
 
+def decode_body(data: bytes, encoding: str, max_bytes: int) -> bytes:
+    """A gzip- or deflate-encoded body decoded under the size cap (never more than max_bytes + 1 out)."""
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise _Outcome(FAILED, "bad_encoding", f"Content-Encoding {encoding!r} (gzip and deflate are decoded)")
+    import zlib
+
+    # wbits 47: gzip or zlib header, detected; a raw deflate stream (some servers send it as "deflate"): -15
+    for wbits in ((47,) if encoding != "deflate" else (47, -15)):
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(data, max_bytes + 1)
+        except zlib.error:
+            continue
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise _Outcome(FAILED, "too_large", f"{encoding} body inflates past max_bytes {max_bytes}")
+        return out + d.flush()
+    raise _Outcome(FAILED, "decode_error", f"body is not valid {encoding}")
+
+
 class Fetcher:
     """`async with Fetcher(cfg, budget) as f: result = await f.fetch(url)`; cfg is a FetchConfig.
 
@@ -121,8 +140,11 @@ class Fetcher:
                                         sock_read=cfg.read_timeout)
         connector = aiohttp.TCPConnector(limit=max(1, cfg.task_concurrency), ttl_dns_cache=300,
                                          enable_cleanup_closed=True)
+        # bodies are decoded here, not by aiohttp, so that the size cap holds while inflating (a gzip bomb);
+        # only the encodings decoded here are advertised
         self.session = aiohttp.ClientSession(
-            timeout=timeout, connector=connector, headers={"User-Agent": cfg.user_agent},
+            timeout=timeout, connector=connector,
+            headers={"User-Agent": cfg.user_agent, "Accept-Encoding": "gzip, deflate"},
             auto_decompress=False, trust_env=False, raise_for_status=False)
         return self
 
@@ -237,6 +259,9 @@ class Fetcher:
                             raise _Outcome(FAILED, "too_large", f"body is over max_bytes {cfg.max_bytes}", http_status=code)
                     data = bytes(buf)
                 self.bytes_downloaded += len(data)
+                encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+                if encoding not in ("identity", ""):
+                    data = decode_body(data, encoding, cfg.max_bytes)
                 return code, None, data
         except _Outcome:
             raise
