@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import synth_pdq  # noqa: E402
-from tol_builder.dedup.index import (PDQIndex, code_distances, hamming, near_pairs, pdq_codes,  # noqa: E402
-                                     substring_keys, substrings, _words)
+from tol_builder.dedup.index import (PDQIndex, clusters, code_distances, hamming, near_pairs,  # noqa: E402
+                                     pdq_codes, substring_keys, substrings, _words)
 
 MAX_DISTANCE = 10
 
@@ -233,6 +233,12 @@ def part_within(args) -> dict:
                candidates_per_distinct_code=pairs.candidates / max(1, pairs.distinct),
                dense_codes=pairs.dense_codes, dense_buckets=pairs.dense_buckets,
                near_distance_histogram=np.bincount(pairs.distance[~exact], minlength=11)[1:].tolist())
+    t = time.perf_counter()
+    label = clusters(pairs)
+    res["clusters_s"] = time.perf_counter() - t
+    sizes = np.bincount(label)
+    sizes = sizes[sizes > 1]
+    res.update(clusters_with_copies=int(sizes.size), rows_in_clusters=int(sizes.sum()), largest_cluster=int(sizes.max()))
     res["reported_distances_correct"] = bool((code_distances(codes[pairs.i], codes[pairs.j]) == pairs.distance).all())
     # exactness on a random sample: all pairs among the sample rows by brute force must be implied
     rng = np.random.default_rng(args.seed + 1)
@@ -341,6 +347,9 @@ def print_table(report: dict) -> None:
         w = report["within"]
         print(f"\n## within pool: {w['codes']:,} hashes, {w['threads']} threads")
         for k, v in [("near_pairs time", f"{w['search_s']:.1f} s"), ("peak RSS (part process)", f"{w['peak_rss_mb']} MB"),
+                     ("clusters (connected components)", f"{w['clusters_s']:.1f} s: {w['clusters_with_copies']:,} "
+                                                         f"clusters of >1 row holding {w['rows_in_clusters']:,} rows, "
+                                                         f"largest {w['largest_cluster']:,}"),
                      ("distinct codes", f"{w['distinct']:,}"),
                      ("pairs: exact (vs group's first row) / near", f"{w['exact_pairs']:,} / {w['near_pairs']:,}"),
                      ("candidates per distinct code", f"{w['candidates_per_distinct_code']:.2f}"),

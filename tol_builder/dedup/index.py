@@ -359,11 +359,8 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
         return NearPairs(z, z, np.zeros(0, np.uint8), rep, 0, 0, 0, 0)
     # 1. identical codes: grouped by a stable sort on a 64-bit mix of the four words (one sort instead of
     # np.lexsort's four, 6x faster), each group in row order, its first row first
-    w = words[rows]
+    order, sw = _identical_order(words if rows.size == n else words[rows])
     del words
-    order = _identical_order(w)
-    sw = w[order]
-    del w
     new = np.r_[True, (sw[1:] != sw[:-1]).any(axis=1)]
     group = np.cumsum(new) - 1
     first_row = rows[order[new]]  # the smallest row of each group (rows ascend within a group)
@@ -412,8 +409,9 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64)
 
 
-def _identical_order(w: np.ndarray) -> np.ndarray:
-    """A permutation of the rows of w (n, 4) that puts identical rows next to each other, in row order.
+def _identical_order(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A permutation of the rows of w (n, 4) that puts identical rows next to each other, in row order,
+    and the rows so ordered.
 
     Sorted by a multiplicative mix of the words; two different codes with the same mix (a 64-bit
     collision) could interleave, so runs of equal mixes holding different codes are re-sorted exactly."""
@@ -428,7 +426,8 @@ def _identical_order(w: np.ndarray) -> np.ndarray:
         sub = order[bad]
         ws = w[sub]
         order[bad] = sub[np.lexsort((sub, ws[:, 3], ws[:, 2], ws[:, 1], ws[:, 0], sh[bad]))]
-    return order
+        sw = w[order]
+    return order, sw
 
 
 def _shares_any(xor: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
@@ -510,3 +509,30 @@ def _leaders(words: np.ndarray, bucket: np.ndarray, r: int, out: _Found) -> None
         out.add(np.full(int(near.sum()), leader, np.int64), rest[near], d[near])
         out.candidates += int(rest.size)
         left = rest[~near]
+
+
+def clusters(pairs: NearPairs) -> np.ndarray:
+    """Connected components of the pairs: per input row, the smallest row of its cluster (a row in no pair
+    is its own cluster; -1 for rows that took no part). Deterministic: the same rows give the same ids.
+
+    Vectorised hook-and-compress (Shiloach-Vishkin style): every pair hooks the larger of its two roots
+    under the smaller, then pointers jump until each row points at its root; repeat until no pair joins
+    two roots. A component's smallest row is never hooked (no smaller root reaches it), so it ends as the
+    root of all of them."""
+    n = pairs.rep.size
+    parent = np.arange(n, dtype=np.int64)
+    i, j = pairs.i, pairs.j
+    while i.size:
+        ri, rj = parent[i], parent[j]
+        joined = ri != rj
+        if not joined.any():
+            break
+        i, j, ri, rj = i[joined], j[joined], ri[joined], rj[joined]  # pairs already inside one root are done
+        np.minimum.at(parent, np.maximum(ri, rj), np.minimum(ri, rj))
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    parent[pairs.rep < 0] = -1
+    return parent
