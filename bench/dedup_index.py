@@ -12,8 +12,9 @@ numpy use threads, so that is the process tree's peak).
   decode the pool's 10M hex strings from an Arrow array (`pdq_codes`), range-search the pool in 1M-row
   partitions; recall of planted duplicates, decoys and hard negatives matched, every reported distance
   re-computed; then a vectorised numpy brute force (XOR + np.bitwise_count, the hardware popcount: a
-  stronger baseline than a lookup table; each query against all codes held as word columns) on a subset holding every planted and decoy row, which must give
-  exactly the index's pairs on those rows; the speed ratio per query.
+  stronger baseline than a lookup table; each query against all codes held as word columns) on a subset
+  holding every planted and decoy row, which must give exactly the index's pairs on those rows; the
+  speed ratio per query.
 * design: on a 1M-row slice of the same pool, faiss IndexBinaryMultiHash with other substring layouts,
   and multi-index hashing of our own in numpy (sorted keys + searchsorted), to justify the choice.
 * within: `near_pairs` over 10.4M hashes (pool_with_duplicates: 3% exact copies, a blank hash repeated
@@ -236,9 +237,10 @@ def part_within(args) -> dict:
     t = time.perf_counter()
     label = clusters(pairs)
     res["clusters_s"] = time.perf_counter() - t
-    sizes = np.bincount(label)
+    sizes = np.bincount(label[label >= 0])
     sizes = sizes[sizes > 1]
-    res.update(clusters_with_copies=int(sizes.size), rows_in_clusters=int(sizes.sum()), largest_cluster=int(sizes.max()))
+    res.update(clusters_with_copies=int(sizes.size), rows_in_clusters=int(sizes.sum()),
+               largest_cluster=int(sizes.max(initial=0)))
     res["reported_distances_correct"] = bool((code_distances(codes[pairs.i], codes[pairs.j]) == pairs.distance).all())
     # exactness on a random sample: all pairs among the sample rows by brute force must be implied
     rng = np.random.default_rng(args.seed + 1)
@@ -346,7 +348,8 @@ def print_table(report: dict) -> None:
     if "within" in report:
         w = report["within"]
         print(f"\n## within pool: {w['codes']:,} hashes, {w['threads']} threads")
-        for k, v in [("near_pairs time", f"{w['search_s']:.1f} s"), ("peak RSS (part process)", f"{w['peak_rss_mb']} MB"),
+        for k, v in [("near_pairs time", f"{w['search_s']:.1f} s"),
+                     ("peak RSS (part process)", f"{w['peak_rss_mb']} MB"),
                      ("clusters (connected components)", f"{w['clusters_s']:.1f} s: {w['clusters_with_copies']:,} "
                                                          f"clusters of >1 row holding {w['rows_in_clusters']:,} rows, "
                                                          f"largest {w['largest_cluster']:,}"),

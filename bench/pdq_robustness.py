@@ -30,7 +30,6 @@ and the same restricted to hashes of PDQ quality >= 50 (Meta's recommended floor
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import sys
@@ -48,7 +47,7 @@ from fetch_images import _texture  # noqa: E402
 from tol_builder.demo import images as demo_images  # noqa: E402
 from tol_builder.demo.sources import EOL_SIZES, INAT_SIZES  # noqa: E402
 from tol_builder.demo.taxa import STYLES  # noqa: E402
-from tol_builder.fetch.imaging import hamming, pdq_of_bytes  # noqa: E402
+from tol_builder.fetch.imaging import decode as imaging_decode, encode_jpeg, hamming, pdq_of_bytes  # noqa: E402
 
 MATCH = 10
 QUALITY_FLOOR = 50
@@ -58,13 +57,11 @@ THRESHOLDS = (10, 16, 20, 24, 31)  # 10: TreeOfLife-200M's; 31: Meta's suggested
 
 
 def jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_jpeg(img, quality)
 
 
 def decode(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return imaging_decode(data)[0]
 
 
 def centre_crop(img: Image.Image, fraction: float) -> Image.Image:
@@ -276,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
                 pan = abs(offsets[j] - offsets[i])
                 by_pan.setdefault(f"{int(pan // 5) * 5}-{int(pan // 5) * 5 + 5}%", []).append(dist)
     negatives["demo_burst_panned"] = summary(d_all, ok_all)
-    negatives["demo_burst_panned"]["by_pan"] = {k: summary(v) for k, v in sorted(by_pan.items(),
-                                                                                key=lambda kv: float(kv[0].split("-")[0]))}
+    pans = sorted(by_pan.items(), key=lambda kv: float(kv[0].split("-")[0]))
+    negatives["demo_burst_panned"]["by_pan"] = {k: summary(v) for k, v in pans}
     rng = np.random.default_rng([args.seed, 8])
     d_all, ok_all, by_move = [], [], {}
     for _ in range(args.photo_scenes):

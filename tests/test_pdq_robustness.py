@@ -15,7 +15,6 @@ and 17,080 hard-negative pairs:
 
 from __future__ import annotations
 
-import io
 import itertools
 
 import numpy as np
@@ -24,7 +23,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from tol_builder.demo import images as demo_images
 from tol_builder.demo.taxa import STYLES
-from tol_builder.fetch.imaging import hamming, pdq_of_bytes
+from tol_builder.fetch.imaging import decode as imaging_decode, encode_jpeg, hamming, pdq_of_bytes
 
 MATCH = 10
 QUALITY_FLOOR = 50
@@ -32,13 +31,11 @@ ALIASING_STYLE = "zigzag"  # the demo shape family PDQ cannot follow (see the mo
 
 
 def encode(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_jpeg(img, quality)
 
 
 def decoded(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return imaging_decode(data)[0]
 
 
 def photo_like(rng: np.random.Generator, w: int = 512, h: int = 384) -> Image.Image:

@@ -330,8 +330,9 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
                max_bucket: int = 1024, chunk_pairs: int = 1 << 20) -> NearPairs:
     """All pairs among `codes` within `max_distance` bits (inclusive), in bounded memory.
 
-    1. Identical codes collapse (one sort on a 64-bit mix of the code, collisions handled): a group of k identical codes costs k - 1
-       pairs against its first row, never k^2 (e.g. thousands of blank images with one hash).
+    1. Identical codes collapse (one sort on a 64-bit mix of the code, collisions handled): a group of k
+       identical codes costs k - 1 pairs against its first row, never k^2 (e.g. thousands of blank images
+       with one hash).
     2. Multi-index hashing over the distinct codes: for each of the max_distance + 1 substrings, the codes
        are sorted by it and every pair inside a run of equal keys is verified on all 256 bits, at most
        `chunk_pairs` pairs at a time. A pair is kept only under the first substring it agrees on (the
@@ -340,11 +341,11 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
        again by the same method on its other 233 bits (exact: its pairs agree on the run's bits, so all
        their differences lie in the others). A run still over `max_bucket` there shares ~44 bits:
        near-identical codes (a dense cluster, e.g. noisy blank frames) whose all-pairs output would be
-       quadratic. It is covered by leaders instead: the first code not yet covered (most copied first, then
-       in code order) becomes a leader and is paired with every uncovered code within max_distance of it. Every code of such a
-       bucket is then paired with a leader within max_distance (so clusters built from the pairs stay
-       connected), but two non-leaders are not paired with each other unless a small run elsewhere pairs
-       them. `dense_codes` says how many codes were handled so; 0 means the result is exactly all pairs.
+       quadratic. It is covered by leaders instead: the first code not yet covered (most copied first,
+       then in code order) becomes a leader and is paired with every uncovered code within max_distance
+       of it. Every code of such a bucket is then paired with a leader within max_distance (so clusters
+       built from the pairs stay connected), but two non-leaders are not paired with each other unless a
+       small run elsewhere pairs them. `dense_codes` says how many codes were handled so; 0 means the result is exactly all pairs.
     `threads`: substrings searched in parallel (numpy releases the GIL in its sorts and array arithmetic);
     each thread holds its own sort arrays (~30 bytes per distinct code)."""
     words = _words(codes)
