@@ -345,7 +345,8 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
        then in code order) becomes a leader and is paired with every uncovered code within max_distance
        of it. Every code of such a bucket is then paired with a leader within max_distance (so clusters
        built from the pairs stay connected), but two non-leaders are not paired with each other unless a
-       small run elsewhere pairs them. `dense_codes` says how many codes were handled so; 0 means the result is exactly all pairs.
+       small run elsewhere pairs them. `dense_codes` says how many codes were handled so; 0 means the
+       result is exactly all pairs.
     `threads`: substrings searched in parallel (numpy releases the GIL in its sorts and array arithmetic);
     each thread holds its own sort arrays (~30 bytes per distinct code)."""
     words = _words(codes)
