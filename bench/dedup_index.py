@@ -189,40 +189,62 @@ def part_match(args) -> dict:
 
 
 def part_design(args) -> dict:
-    """faiss layouts and numpy multi-index hashing, on a slice of the same pool."""
+    """faiss layouts and numpy multi-index hashing, on a slice of the same pool. The two m = 11 contenders
+    (faiss, numpy) run in alternation for `--design-rounds` rounds and the best round of each counts (other
+    work on a shared machine slows them unevenly); the other layouts, several times slower, run once."""
     import faiss
 
     b = synth_pdq.evaluation_benchmark(args.eval, args.pool, args.seed, per_distance=args.per_distance,
                                        hard_negatives=args.hard_negatives)
     ev, pool = b["eval"], b["pool"][:args.design_queries]
-    rows = []
-    layouts = [(11, 23, 0), (12, 21, 0), (16, 16, 0), (8, 32, 1), (6, 42, 1)]  # exact for r <= m(nflip+1)-1
-    for threads in (1, args.threads):
-        faiss.omp_set_num_threads(threads)
-        for m, bits, nflip in layouts if threads == 1 else layouts[:1]:
-            index = faiss.IndexBinaryMultiHash(256, m, bits)
-            index.nflip = nflip
-            t = time.perf_counter()
-            index.add(ev)
-            build = time.perf_counter() - t
+    contenders = {}
+
+    def faiss_contender(m: int, bits: int, nflip: int, threads: int):
+        t = time.perf_counter()
+        index = faiss.IndexBinaryMultiHash(256, m, bits)
+        index.nflip = nflip
+        index.add(ev)
+        build = time.perf_counter() - t
+
+        def run():
+            faiss.omp_set_num_threads(threads)
             stats = faiss.cvar.indexBinaryHash_stats
             stats.reset()
-            t = time.perf_counter()
             lims, _, _ = index.range_search(pool, MAX_DISTANCE + 1)
-            el = time.perf_counter() - t
-            rows.append({"method": f"faiss IndexBinaryMultiHash m={m} b={bits} nflip={nflip}", "threads": threads,
-                         "build_s": build, "us_per_query": el / len(pool) * 1e6,
-                         "candidates_per_query": stats.ndis / len(pool), "matches": int(lims[-1])})
+            return int(lims[-1]), stats.ndis
+        contenders[f"faiss IndexBinaryMultiHash m={m} b={bits} nflip={nflip}|{threads}"] = (build, run)
+
+    # exact for max_distance <= m (nflip + 1) - 1
+    for m, bits, nflip in [(11, 23, 0), (12, 21, 0), (16, 16, 0), (8, 32, 1), (6, 42, 1)]:
+        faiss_contender(m, bits, nflip, 1)
+    faiss_contender(11, 23, 0, args.threads)
     t = time.perf_counter()
     mih = NumpyMIH(ev, MAX_DISTANCE)
     build = time.perf_counter() - t
-    t = time.perf_counter()
-    q, _, cand = mih.range_search(pool)
-    el = time.perf_counter() - t
-    rows.append({"method": "numpy multi-index hashing m=11 (sorted keys + searchsorted)", "threads": 1,
-                 "build_s": build, "us_per_query": el / len(pool) * 1e6,
-                 "candidates_per_query": cand / len(pool), "matches": int(q.size)})
-    return {"queries": len(pool), "eval": len(ev), "rows": rows}
+
+    def run_numpy():
+        q, _, cand = mih.range_search(pool)
+        return int(q.size), cand
+    contenders["numpy multi-index hashing m=11 (sorted keys + searchsorted)|1"] = (build, run_numpy)
+    best: dict = {}
+    rounds: dict = {}
+    for round_ in range(args.design_rounds):
+        for name, (build, run) in contenders.items():
+            if round_ and "m=11" not in name:
+                continue  # the layouts not chosen are measured once: they are several times slower
+            t = time.perf_counter()
+            matches, cand = run()
+            el = time.perf_counter() - t
+            if name not in best or el < best[name]["seconds"]:
+                best[name] = {"seconds": el, "matches": matches, "candidates": cand, "build_s": build}
+            rounds.setdefault(name, []).append(round(el, 2))
+    rows = []
+    for name, r in best.items():
+        method, threads = name.split("|")
+        rows.append({"method": method, "threads": int(threads), "build_s": r["build_s"],
+                     "us_per_query": r["seconds"] / len(pool) * 1e6, "rounds_s": rounds[name],
+                     "candidates_per_query": r["candidates"] / len(pool), "matches": r["matches"]})
+    return {"queries": len(pool), "eval": len(ev), "rounds": args.design_rounds, "rows": rows}
 
 
 def part_within(args) -> dict:
@@ -292,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hard-negatives", type=int, default=100_000)
     ap.add_argument("--brute", type=int, default=20_000, help="pool rows of the brute-force subset")
     ap.add_argument("--design-queries", type=int, default=1_000_000)
+    ap.add_argument("--design-rounds", type=int, default=3)
     ap.add_argument("--within-sample", type=int, default=20_000)
     ap.add_argument("--parts", default="match,design,within")
     ap.add_argument("--seed", type=int, default=0)
@@ -345,11 +368,12 @@ def print_table(report: dict) -> None:
             print(f"| {k} | {v} |")
     if "design" in report:
         d = report["design"]
-        print(f"\n## design: {d['queries']:,} queries x {d['eval']:,} evaluation hashes")
-        print("| method | threads | build s | us/query | candidates/query | matches |")
+        print(f"\n## design: {d['queries']:,} queries x {d['eval']:,} evaluation hashes, best of {d['rounds']} "
+              "alternating rounds")
+        print("| method | threads | build s | us/query (best) | rounds, s | candidates/query | matches |")
         for r in d["rows"]:
             print(f"| {r['method']} | {r['threads']} | {r['build_s']:.2f} | {r['us_per_query']:.2f} | "
-                  f"{r['candidates_per_query']:.3f} | {r['matches']} |")
+                  f"{r['rounds_s']} | {r['candidates_per_query']:.3f} | {r['matches']} |")
     if "within" in report:
         w = report["within"]
         print(f"\n## within pool: {w['codes']:,} hashes, {w['threads']} threads")

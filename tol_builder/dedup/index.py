@@ -171,6 +171,14 @@ def substring_keys(words: np.ndarray, span: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- evaluation index
+def _padded(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """codes[rows], contiguous, followed in memory by a spare row: faiss's multi-hash reads each substring
+    as an unaligned 64-bit word, so the last substring of the last code reads up to 4 bytes past it."""
+    buf = np.zeros((len(rows) + 1, CODE_BYTES), dtype=np.uint8)
+    np.take(codes, rows, axis=0, out=buf[:-1])
+    return buf[:-1]
+
+
 @dataclass
 class Matches:
     """Pairs (query row, indexed row) within max_distance, sorted by query then indexed row."""
@@ -215,7 +223,7 @@ class PDQIndex:
         index = faiss.IndexBinaryMultiHash(BITS, self.n_hash, self.hash_bits)
         index.nflip = 0  # exact substring lookups: the pigeonhole above needs no flips
         if self.rows.size:
-            index.add(np.ascontiguousarray(self.codes[self.rows]))
+            index.add(_padded(self.codes, self.rows))
         return index
 
     def __len__(self) -> int:
@@ -245,7 +253,7 @@ class PDQIndex:
             rows = qrows[lo:lo + batch]
             before = stats.ndis
             # faiss keeps distances strictly below the radius: radius r + 1 keeps distance r
-            lims, dist, ids = self._faiss.range_search(np.ascontiguousarray(queries[rows]), r + 1)
+            lims, dist, ids = self._faiss.range_search(_padded(queries, rows), r + 1)
             candidates += int(stats.ndis - before)
             counts = np.diff(lims.astype(np.int64))
             q_out.append(np.repeat(rows, counts))
