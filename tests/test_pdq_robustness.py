@@ -7,8 +7,8 @@ and 17,080 hard-negative pairs:
   10 bits (96 images, max 6); +20 levels of brightness never did when it clipped under 5% of the pixels
   (213 copies, max 10): a brightening that saturates much of the picture destroys what PDQ sees;
 * demo drawings: the misses are the zigzag style (fine periodic lines that alias on PDQ's 64 x 64 grid:
-  up to 26 bits at quality 100), hashes below quality 50, and 3 of 168 other copies: one miss per
-  transformation is tolerated over the other styles;
+  up to 26 bits at quality 100), hashes below quality 50, and 3 in the 672 copies of trusted pictures of
+  the other styles: one miss per transformation is tolerated over those styles;
 * hard negatives: 0 of 10,080 same-taxon pairs within 10 (minimum 46); 0 of 2,660 moving-subject burst
   pairs whose subject moved at least 5% of the frame (minimum 22): none tolerated here.
 """

@@ -16,12 +16,13 @@ the full distance).
 
 * `PDQIndex` (evaluation hashes, ~100K-1M): faiss-cpu's `IndexBinaryMultiHash(256, m, 23)` with
   nflip = 0, queried by range search at radius max_distance + 1 because faiss keeps distances strictly
-  below its radius. Chosen over the numpy multi-index hashing below after measuring both on clustered
-  hashes (bench/README_dedup.md): faiss is the well-kept library, runs its queries on OpenMP threads,
-  and was faster per query. Saved as the codes it is built from (an .npz: building from them takes
-  well under a second for 100K hashes, and the file does not depend on faiss's own format).
+  below its radius. Chosen over multi-index hashing of our own in numpy after measuring both on
+  clustered hashes (bench/README_dedup.md): within +-25% of each other per query, either one ahead
+  depending on the machine's load, so the well-kept library (OpenMP threads) stays; it holds ~10x the
+  memory (122 MB per 100K codes). Saved as the codes it is built from (an .npz: building from them takes
+  about a second for 100K hashes, and the file does not depend on faiss's own format).
 * `near_pairs` (the pool against itself, 10.4M): faiss's hash tables keep one std::vector per bucket
-  (about 100 bytes per code and table, ~11 GB for 10.4M codes x 11 tables), so the self-join is
+  (measured 122 MB for 100K codes x 11 tables: ~13 GB for 10.4M codes), so the self-join is
   multi-index hashing in numpy instead: per substring, sort the keys and verify the pairs inside each
   run of equal keys, in bounded chunks.
 
@@ -275,7 +276,7 @@ class PDQIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int = 1) -> "PDQIndex":
-        """Read a file written by save() and rebuild the hash tables (well under a second per 100K codes)."""
+        """Read a file written by save() and rebuild the hash tables (about a second per 100K codes)."""
         import zipfile
 
         from ..errors import InputError
