@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tol_builder.dedup.index import PDQIndex, code_distances, near_pairs, pdq_codes, substrings
+from tol_builder.dedup.index import PDQIndex, clusters, code_distances, near_pairs, pdq_codes, substrings
 from tol_builder.errors import InputError
 
 
@@ -210,6 +210,15 @@ def test_near_pairs_equal_brute_force(seed, n, families, r, threads):
     assert got.dense_codes == 0
     assert expanded(got) == brute_pairs(codes, r, np.flatnonzero(valid))
     assert (got.i < got.j).all() and (got.rep[~valid] == -1).all()
+    # clusters: connected components of the true pairs, labelled by their smallest row
+    label = np.where(valid, np.arange(n), -1)
+    for _ in range(n):  # plain label propagation over the brute-force pairs, to a fixed point
+        before = label.copy()
+        for a, b, _d in brute_pairs(codes, r, np.flatnonzero(valid)):
+            label[a] = label[b] = min(label[a], label[b])
+        if (label == before).all():
+            break
+    assert (clusters(got) == label).all()
     # identical codes are reported against the group's first row, never as all their pairs
     exact = got.distance == 0
     assert (got.rep[got.j[exact]] == got.i[exact]).all() and (got.rep[got.i[exact]] == got.i[exact]).all()
@@ -259,6 +268,7 @@ def test_near_pairs_cover_a_dense_cluster_by_leaders():
     for i, j in zip(got.i.tolist(), got.j.tolist()):
         parent[find(i)] = find(j)
     assert len({find(int(x)) for x in np.flatnonzero(in_cluster)}) == 1
+    assert np.unique(clusters(got)[in_cluster]).size == 1
     # the blank hash, copied most, leads: every near-blank code is paired with it (so with all its copies)
     blank_rows = np.flatnonzero(code_distances(codes, np.repeat(blank, len(codes), 0)) == 0)
     pairs = expanded(got)

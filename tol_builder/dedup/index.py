@@ -16,12 +16,13 @@ the full distance).
 
 * `PDQIndex` (evaluation hashes, ~100K-1M): faiss-cpu's `IndexBinaryMultiHash(256, m, 23)` with
   nflip = 0, queried by range search at radius max_distance + 1 because faiss keeps distances strictly
-  below its radius. Chosen over the numpy multi-index hashing below after measuring both on clustered
-  hashes (bench/README_dedup.md): faiss is the well-kept library, runs its queries on OpenMP threads,
-  and was faster per query. Saved as the codes it is built from (an .npz: building from them takes
-  well under a second for 100K hashes, and the file does not depend on faiss's own format).
+  below its radius. Chosen over multi-index hashing of our own in numpy after measuring both on
+  clustered hashes (bench/README_dedup.md): within +-25% of each other per query, either one ahead
+  depending on the machine's load, so the well-kept library (OpenMP threads) stays; it holds ~10x the
+  memory (122 MB per 100K codes). Saved as the codes it is built from (an .npz: building from them takes
+  about a second for 100K hashes, and the file does not depend on faiss's own format).
 * `near_pairs` (the pool against itself, 10.4M): faiss's hash tables keep one std::vector per bucket
-  (about 100 bytes per code and table, ~11 GB for 10.4M codes x 11 tables), so the self-join is
+  (measured 122 MB for 100K codes x 11 tables: ~13 GB for 10.4M codes), so the self-join is
   multi-index hashing in numpy instead: per substring, sort the keys and verify the pairs inside each
   run of equal keys, in bounded chunks.
 
@@ -171,6 +172,14 @@ def substring_keys(words: np.ndarray, span: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- evaluation index
+def _padded(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """codes[rows], contiguous, followed in memory by a spare row: faiss's multi-hash reads each substring
+    as an unaligned 64-bit word, so the last substring of the last code reads up to 4 bytes past it."""
+    buf = np.zeros((len(rows) + 1, CODE_BYTES), dtype=np.uint8)
+    np.take(codes, rows, axis=0, out=buf[:-1])
+    return buf[:-1]
+
+
 @dataclass
 class Matches:
     """Pairs (query row, indexed row) within max_distance, sorted by query then indexed row."""
@@ -215,7 +224,7 @@ class PDQIndex:
         index = faiss.IndexBinaryMultiHash(BITS, self.n_hash, self.hash_bits)
         index.nflip = 0  # exact substring lookups: the pigeonhole above needs no flips
         if self.rows.size:
-            index.add(np.ascontiguousarray(self.codes[self.rows]))
+            index.add(_padded(self.codes, self.rows))
         return index
 
     def __len__(self) -> int:
@@ -245,7 +254,7 @@ class PDQIndex:
             rows = qrows[lo:lo + batch]
             before = stats.ndis
             # faiss keeps distances strictly below the radius: radius r + 1 keeps distance r
-            lims, dist, ids = self._faiss.range_search(np.ascontiguousarray(queries[rows]), r + 1)
+            lims, dist, ids = self._faiss.range_search(_padded(queries, rows), r + 1)
             candidates += int(stats.ndis - before)
             counts = np.diff(lims.astype(np.int64))
             q_out.append(np.repeat(rows, counts))
@@ -267,7 +276,7 @@ class PDQIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int = 1) -> "PDQIndex":
-        """Read a file written by save() and rebuild the hash tables (well under a second per 100K codes)."""
+        """Read a file written by save() and rebuild the hash tables (about a second per 100K codes)."""
         import zipfile
 
         from ..errors import InputError
@@ -330,8 +339,9 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
                max_bucket: int = 1024, chunk_pairs: int = 1 << 20) -> NearPairs:
     """All pairs among `codes` within `max_distance` bits (inclusive), in bounded memory.
 
-    1. Identical codes collapse (one sort on a 64-bit mix of the code, collisions handled): a group of k identical codes costs k - 1
-       pairs against its first row, never k^2 (e.g. thousands of blank images with one hash).
+    1. Identical codes collapse (one sort on a 64-bit mix of the code, collisions handled): a group of k
+       identical codes costs k - 1 pairs against its first row, never k^2 (e.g. thousands of blank images
+       with one hash).
     2. Multi-index hashing over the distinct codes: for each of the max_distance + 1 substrings, the codes
        are sorted by it and every pair inside a run of equal keys is verified on all 256 bits, at most
        `chunk_pairs` pairs at a time. A pair is kept only under the first substring it agrees on (the
@@ -340,11 +350,12 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
        again by the same method on its other 233 bits (exact: its pairs agree on the run's bits, so all
        their differences lie in the others). A run still over `max_bucket` there shares ~44 bits:
        near-identical codes (a dense cluster, e.g. noisy blank frames) whose all-pairs output would be
-       quadratic. It is covered by leaders instead: the first code not yet covered (most copied first, then
-       in code order) becomes a leader and is paired with every uncovered code within max_distance of it. Every code of such a
-       bucket is then paired with a leader within max_distance (so clusters built from the pairs stay
-       connected), but two non-leaders are not paired with each other unless a small run elsewhere pairs
-       them. `dense_codes` says how many codes were handled so; 0 means the result is exactly all pairs.
+       quadratic. It is covered by leaders instead: the first code not yet covered (most copied first,
+       then in code order) becomes a leader and is paired with every uncovered code within max_distance
+       of it. Every code of such a bucket is then paired with a leader within max_distance (so clusters
+       built from the pairs stay connected), but two non-leaders are not paired with each other unless a
+       small run elsewhere pairs them. `dense_codes` says how many codes were handled so; 0 means the
+       result is exactly all pairs.
     `threads`: substrings searched in parallel (numpy releases the GIL in its sorts and array arithmetic);
     each thread holds its own sort arrays (~30 bytes per distinct code)."""
     words = _words(codes)
@@ -359,11 +370,8 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
         return NearPairs(z, z, np.zeros(0, np.uint8), rep, 0, 0, 0, 0)
     # 1. identical codes: grouped by a stable sort on a 64-bit mix of the four words (one sort instead of
     # np.lexsort's four, 6x faster), each group in row order, its first row first
-    w = words[rows]
+    order, sw = _identical_order(words if rows.size == n else words[rows])
     del words
-    order = _identical_order(w)
-    sw = w[order]
-    del w
     new = np.r_[True, (sw[1:] != sw[:-1]).any(axis=1)]
     group = np.cumsum(new) - 1
     first_row = rows[order[new]]  # the smallest row of each group (rows ascend within a group)
@@ -412,8 +420,9 @@ def near_pairs(codes: np.ndarray, valid: np.ndarray | None = None, *, max_distan
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64)
 
 
-def _identical_order(w: np.ndarray) -> np.ndarray:
-    """A permutation of the rows of w (n, 4) that puts identical rows next to each other, in row order.
+def _identical_order(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A permutation of the rows of w (n, 4) that puts identical rows next to each other, in row order,
+    and the rows so ordered.
 
     Sorted by a multiplicative mix of the words; two different codes with the same mix (a 64-bit
     collision) could interleave, so runs of equal mixes holding different codes are re-sorted exactly."""
@@ -428,7 +437,8 @@ def _identical_order(w: np.ndarray) -> np.ndarray:
         sub = order[bad]
         ws = w[sub]
         order[bad] = sub[np.lexsort((sub, ws[:, 3], ws[:, 2], ws[:, 1], ws[:, 0], sh[bad]))]
-    return order
+        sw = w[order]
+    return order, sw
 
 
 def _shares_any(xor: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
@@ -510,3 +520,30 @@ def _leaders(words: np.ndarray, bucket: np.ndarray, r: int, out: _Found) -> None
         out.add(np.full(int(near.sum()), leader, np.int64), rest[near], d[near])
         out.candidates += int(rest.size)
         left = rest[~near]
+
+
+def clusters(pairs: NearPairs) -> np.ndarray:
+    """Connected components of the pairs: per input row, the smallest row of its cluster (a row in no pair
+    is its own cluster; -1 for rows that took no part). Deterministic: the same rows give the same ids.
+
+    Vectorised hook-and-compress (Shiloach-Vishkin style): every pair hooks the larger of its two roots
+    under the smaller, then pointers jump until each row points at its root; repeat until no pair joins
+    two roots. A component's smallest row is never hooked (no smaller root reaches it), so it ends as the
+    root of all of them."""
+    n = pairs.rep.size
+    parent = np.arange(n, dtype=np.int64)
+    i, j = pairs.i, pairs.j
+    while i.size:
+        ri, rj = parent[i], parent[j]
+        joined = ri != rj
+        if not joined.any():
+            break
+        i, j, ri, rj = i[joined], j[joined], ri[joined], rj[joined]  # pairs already inside one root are done
+        np.minimum.at(parent, np.maximum(ri, rj), np.minimum(ri, rj))
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    parent[pairs.rep < 0] = -1
+    return parent
