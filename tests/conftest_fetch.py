@@ -175,6 +175,28 @@ def _app(s: FaultServer) -> web.Application:
     async def missing(request):
         return web.Response(status=404, text="not here")
 
+    async def robots(request):  # an image with X-Robots-Tag headers: one per `tag` query value
+        resp = image(request.match_info["name"])
+        for tag in request.query.getall("tag", []):
+            resp.headers.add("X-Robots-Tag", tag)
+        return resp
+
+    async def to(request):  # a redirect to whatever `location` says
+        raise web.HTTPFound(request.query["location"])
+
+    async def gzipped(request):  # the image gzip-encoded on the wire (Content-Encoding), or a gzip bomb
+        import gzip
+
+        name = request.match_info["name"]
+        body = b"\0" * (50 << 20) if name == "__zeros__" else s.images[name]
+        return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip",
+                                                               "Content-Type": "image/jpeg"})
+
+    async def file_retry_after(request):  # an archive that asks to wait (503 + Retry-After) n times first
+        if nth(request) <= int(request.match_info["n"]):
+            return web.Response(status=503, headers={"Retry-After": request.match_info["secs"]}, text="busy")
+        return await file(request)
+
     async def big(request):
         return web.Response(body=b"\xff" * 300_000, content_type="image/jpeg")
 
@@ -216,6 +238,8 @@ def _app(s: FaultServer) -> web.Application:
         web.get("/ctype/{name}", ctype), web.get("/html", html), web.get("/bomb.png", bomb),
         web.get("/loop/a", loop_a), web.get("/loop/b", loop_b), web.get("/redirect/{name}", redirect),
         web.get("/missing", missing), web.get("/big", big), web.get("/file/{name}", file),
+        web.get("/robots/{name}", robots), web.get("/to", to), web.get("/gzip/{name}", gzipped),
+        web.get("/file-ra/{secs}/{n}/{name}", file_retry_after),
     ])
     return app
 

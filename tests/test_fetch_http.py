@@ -23,10 +23,11 @@ def _cfg(**kw) -> FetchConfig:
     return FetchConfig(**base)
 
 
-def _run(urls: list[str], cfg: FetchConfig, threads: int = 2) -> dict[str, dict]:
+def _run(urls: list[str], cfg: FetchConfig, threads: int = 2, local_media: bool = False) -> dict[str, dict]:
     rows = {}
     items = [{"uid": f"u{i:03d}", "source": "t", "media_uri": u, "media_member": None} for i, u in enumerate(urls)]
-    fetch_items(items, cfg, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0, threads=threads)
+    fetch_items(items, cfg, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0, threads=threads,
+                local_media=local_media)
     assert len(rows) == len(urls)
     return rows
 
@@ -68,7 +69,7 @@ def test_every_fault_has_its_outcome_class(served, tmp_path, threads):
         local.as_uri(): ("ok", None, None),
         str(tmp_path / "absent.jpg"): ("failed", "file_not_found", None),
     }
-    rows = _run(list(expect), _cfg(), threads)
+    rows = _run(list(expect), _cfg(), threads, local_media=True)  # a source that declares local media
     got = {url: (r["status"], r.get("error_class"), r.get("http_status")) for url, r in rows.items()}
     assert got == expect
     for url, r in rows.items():

@@ -1,6 +1,7 @@
 """The records contract: uid, the checks every record passes, rejects with file/row/field/reason."""
 
 import hashlib
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -45,3 +46,31 @@ def test_reject_log_mixes_single_and_bulk_rows():
     assert [(r["stage"], r["source"], r["row"], r["reason"], r["value"]) for r in rows] == [
         ("ingest", "bioscan1m", 9, "out_of_range", None), ("ingest", "bioscan1m", 7, "bad_type", "abc")]
     assert len(log) == 2
+
+
+def test_atomic_writes_are_fsynced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """Durability (issue 13): the data reaches the disk before its name appears, the name before a marker."""
+    import os
+
+    from tol_builder import fileio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("rename", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "sub" / "data.parquet"
+    fileio.write_bytes_atomic(target, b"payload")
+    kinds = [(k, Path(p).name if k == "fsync" else Path(p).name) for k, p in events]
+    rename_at = next(i for i, (k, _) in enumerate(kinds) if k == "rename")
+    assert any(k == "fsync" and n.startswith(".tmp-") for k, n in kinds[:rename_at])  # the data, before
+    assert ("fsync", "sub") in kinds[rename_at + 1:]  # the directory entry, after
+    assert target.read_bytes() == b"payload"

@@ -3,17 +3,27 @@
 Big tables stay parquet and are registered as views with paths relative to the build directory; every
 connection sets DuckDB's `file_search_path` to the build directory, so the catalog can be moved or copied
 with its build. Small tables (stats, and later taxonomy tables) are stored in the catalog itself.
-Users reach it through `tol query DIR "SQL"`, on a read-only connection.
+Users reach it through `tol query DIR "SQL"`, on a connection that is read-only in fact, not by convention
+(`connect(read_only=True)`): the database file is opened read-only; only read statements run (SELECT, WITH,
+DESCRIBE, SHOW, SUMMARIZE, EXPLAIN of those: checked on DuckDB's own parse, `check_read_statements`);
+external access is off except the build directory itself (`enable_external_access = false`,
+`allowed_directories`), extensions are neither installed nor loaded, and the configuration is locked. A
+COPY or EXPORT, an ATTACH, a read of /etc/passwd, an INSTALL: each is refused with one line.
+With external access off DuckDB refuses the views' relative paths, so a read-only connection re-creates each
+parquet-backed view as a temporary view over the absolute path of the build where it is now (the registry
+`_parquet_views` says which): a moved build keeps working.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
 
 from .records import RAW_COLUMNS, arrow_of
+from .sql import ident as quote_ident, literal as quote_literal
 
 CATALOG = "catalog.duckdb"
 
@@ -36,6 +46,8 @@ def catalog_path(out: Path) -> Path:
 
 
 def connect(out: Path, read_only: bool = True):
+    """A connection to the build's catalog: read-only and locked down (see the module doc), or, for the
+    stages' own writes, writable with views relative to the build directory."""
     import duckdb
 
     out = Path(out).resolve()
@@ -44,26 +56,72 @@ def connect(out: Path, read_only: bool = True):
         from .errors import TolError
 
         raise TolError(f"{path}: no catalog here (is {out} a build directory? run `tol build` first)")
-    con = duckdb.connect(str(path), read_only=read_only)
-    con.execute(f"SET file_search_path='{_sql_str(str(out))}'")
+    if not read_only:
+        con = duckdb.connect(str(path))
+        con.execute("SET file_search_path = ?", [str(out)])
+        return con
+    con = duckdb.connect(str(path), read_only=True, config={
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute("SET allowed_directories = ?", [[str(out) + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    if _has_table(con, "_parquet_views"):
+        for name, glob, select in con.execute("SELECT name, path_glob, select_list FROM _parquet_views ORDER BY name").fetchall():
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT {select} FROM "
+                        f"read_parquet({quote_literal(str(out / glob))}, union_by_name=true)")
     return con
 
 
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
+def _has_table(con, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0])
 
 
-def register_parquet(out: Path, name: str, rel_glob: str) -> bool:
-    """(Re)create view `name` over the parquet files matching `rel_glob` (relative to the build directory).
+READ_STATEMENTS = "SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, or EXPLAIN of one of those"
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\b(?:\s*\([^)]*\))?(?:\s+ANALY[SZ]E\b)?(.*)$", re.IGNORECASE | re.DOTALL)
 
-    Returns False (and creates nothing) when no file matches yet."""
+
+def check_read_statements(sql: str) -> None:
+    """Refuse anything but read statements, on DuckDB's own parse (a regex cannot tell `EXPLAIN ANALYZE COPY`
+    from `EXPLAIN SELECT`). Raises TolError naming the refused statement and its type."""
+    import duckdb
+
+    from .errors import TolError
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise TolError(f"cannot parse the query: {str(e).splitlines()[0]}") from None
+    if not statements:
+        raise TolError("no statement to run")
+    for i, st in enumerate(statements, 1):
+        kind = st.type
+        if kind == duckdb.StatementType.EXPLAIN:  # allowed only around a read statement
+            m = _EXPLAIN.match(st.query)
+            inner = duckdb.extract_statements(m.group(1)) if m and m.group(1).strip() else []
+            if len(inner) == 1 and inner[0].type == duckdb.StatementType.SELECT:
+                continue
+            kind = f"EXPLAIN {inner[0].type.name if inner else '?'}"
+        elif kind == duckdb.StatementType.SELECT:
+            continue
+        name = kind if isinstance(kind, str) else kind.name
+        raise TolError(f"refused: the catalog is read-only and statement {i} is {name} (accepted: "
+                       f"{READ_STATEMENTS})")
+
+
+def register_parquet(out: Path, name: str, rel_glob: str, select: str = "*") -> bool:
+    """(Re)create view `name` over the parquet files matching `rel_glob` (relative to the build directory),
+    as `SELECT <select> FROM read_parquet(...)`, and record it in `_parquet_views` (read-only connections
+    re-create it over the absolute path). Returns False (and creates nothing) when no file matches yet."""
     out = Path(out).resolve()
     if not any(out.glob(rel_glob)):
         return False
     con = connect(out, read_only=False)
     try:
-        con.execute(f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{_sql_str(rel_glob)}', "
-                    "union_by_name=true)")
+        con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT {select} FROM "
+                    f"read_parquet({quote_literal(rel_glob)}, union_by_name=true)")
+        con.execute("CREATE TABLE IF NOT EXISTS _parquet_views (name VARCHAR PRIMARY KEY, path_glob VARCHAR, "
+                    "select_list VARCHAR)")
+        con.execute("INSERT OR REPLACE INTO _parquet_views VALUES (?, ?, ?)", [name, rel_glob, select])
         _document(con)
     finally:
         con.close()
@@ -118,10 +176,13 @@ def document(name: str, description: str, columns: dict[str, str]) -> None:
     TABLE_DOCS[name] = (description, columns)
 
 
-def query(out: Path, sql: str) -> pa.Table:
+def query(out: Path, sql: str, params: dict | list | None = None) -> pa.Table:
+    """Run `sql` (read statements only) on a read-only connection; values go in `params` ($name or ?),
+    never pasted into `sql`."""
+    check_read_statements(sql)
     con = connect(out, read_only=True)
     try:
-        rel = con.sql(sql)  # None for statements that return nothing
+        rel = con.sql(sql, params=params) if params is not None else con.sql(sql)  # None: nothing returned
         return pa.table({}) if rel is None else arrow_of(rel)
     finally:
         con.close()

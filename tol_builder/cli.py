@@ -17,12 +17,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tol_builder: rebuild, extend and train on TreeOfLife-scale image-text datasets.")
 shards_app = typer.Typer(no_args_is_help=True, help="Webdataset shards: plan the selection, check what a build wrote.")
 app.add_typer(shards_app, name="shards")
+dedup_app = typer.Typer(no_args_is_help=True, help="Evaluation-set dedup: audit what the dedup stage excluded.")
+app.add_typer(dedup_app, name="dedup")
 
 console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    console.print(f"[bold red]error:[/] {e}", soft_wrap=True)  # one line, whatever the terminal width
     raise typer.Exit(1)
 
 
@@ -93,6 +95,32 @@ def status(out: Path = typer.Argument(..., help="Build directory.")) -> None:
         table.add_row(r["stage"], f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
                       ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
     Console().print(table)
+    from .catalog import catalog_path, query as run_query
+
+    if catalog_path(out).exists():
+        try:
+            summary = run_query(out, "SELECT * FROM dedup_summary")
+        except Exception:  # no dedup stage run yet
+            return
+        console.print("dedup exclusions (tol dedup report DIR shows the near matches):")
+        write_table(summary, "table")
+
+
+@dedup_app.command("report")
+def dedup_report(out: Path = typer.Argument(..., help="Build directory."),
+                 report: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write "
+                                                       "(default: DIR/dedup/report.html)."),
+                 max_pairs: int = typer.Option(500, help="Pairs shown per section, nearest first.")) -> None:
+    """Write one self-contained HTML page: each near match beside its evaluation image, with its distance."""
+    from .dedup.report import write_report
+
+    try:
+        path, shown = write_report(out, report, max_pairs)
+    except TolError as e:
+        _fail(e)
+    console.print(f"wrote {path}: {shown['near_shown']:,} near matches shown ({shown['near_left_out']:,} left out), "
+                  f"{shown['pool_shown']:,} near copies inside the pool ({shown['pool_left_out']:,} left out)",
+                  soft_wrap=True)
 
 
 @app.command()
@@ -130,6 +158,17 @@ def query(out: Path = typer.Argument(..., help="Build directory."),
     write_table(result, format)
 
 
+def _cell(value) -> str:
+    """A table cell: BLOBs as their kind and size (`<jpeg 23,114 bytes>`), never escaped bytes."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "blob"
+        return f"<{kind} {len(data):,} bytes>"
+    return str(value)
+
+
 def write_table(result, format: str) -> None:
     if format == "csv":
         import csv
@@ -145,7 +184,7 @@ def write_table(result, format: str) -> None:
         for c in result.column_names:
             table.add_column(c)
         for row in result.to_pylist():
-            table.add_row(*["" if row[c] is None else str(row[c]) for c in result.column_names])
+            table.add_row(*[_cell(row[c]) for c in result.column_names])
         Console(width=max(120, Console().width)).print(table)
 
 
@@ -154,9 +193,10 @@ def coverage(out: Path = typer.Argument(..., help="Build directory."),
              rank: str = typer.Option("class", help="Rank to count by."),
              plot: Optional[Path] = typer.Option(None, help="Write a PNG picture of coverage.")) -> None:
     """Taxonomic coverage: images and taxa per rank and source, and a picture of it (needs the taxonomy stage)."""
-    from .taxonomy.coverage import coverage_table, plot_coverage, rank_summary
+    from .taxonomy.coverage import check_rank, coverage_table, plot_coverage, rank_summary
 
     try:
+        check_rank(rank)  # before anything is printed
         write_table(rank_summary(out), "table")
         write_table(coverage_table(out, rank, top=30), "table")
         if plot is not None:

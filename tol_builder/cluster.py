@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from .config import ClusterConfig
+from .errors import TolError
 
 
 def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None,
@@ -23,10 +24,13 @@ def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None
     scheduler_file = scheduler_file or cfg.scheduler_file or None
     if scheduler and Path(scheduler).is_file():
         scheduler, scheduler_file = None, scheduler
-    if scheduler_file:
-        return Client(scheduler_file=str(scheduler_file), timeout="30s")
-    if scheduler:
-        return Client(scheduler, timeout="30s")
+    if scheduler_file or scheduler:  # a running cluster: checked in seconds, failing in one line
+        address = scheduler_address(scheduler, scheduler_file)
+        try:
+            return Client(address, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise TolError(f"cannot join the Dask scheduler at {address}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'no answer'}") from None
     if cfg.jobqueue:
         cluster = jobqueue_cluster(cfg)
         cluster.scale(jobs=cfg.jobs)
@@ -45,6 +49,41 @@ def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None
     client = Client(cluster)
     client._tol_owns_cluster = True  # closed together with the client by close_client
     return client
+
+
+def scheduler_address(scheduler: str | None, scheduler_file: str | None) -> str:
+    """The address of a running scheduler, from --scheduler or a scheduler file, checked to answer on TCP
+    within a few seconds (Dask's own client waits 30 s and then prints a long traceback)."""
+    import json
+    import socket
+    import urllib.parse
+
+    if scheduler_file:
+        path = Path(scheduler_file)
+        if not path.is_file():
+            raise TolError(f"no scheduler file at {path} (start one with `dask scheduler --scheduler-file {path}`)")
+        try:
+            address = json.loads(path.read_text())["address"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TolError(f"{path}: not a Dask scheduler file ({type(e).__name__}: {e})") from None
+    else:
+        address = str(scheduler)
+        if "://" not in address and ":" not in address:
+            raise TolError(f"--scheduler {address!r}: neither a scheduler file that exists nor an address such as "
+                           "tcp://10.0.0.5:8786")
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise TolError(f"scheduler address {address!r}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise TolError(f"cannot reach the Dask scheduler at {address}: {e.strerror or type(e).__name__} "
+                       "(is `dask scheduler` running there?)") from None
+    return address
 
 
 def worker_settings(cfg: ClusterConfig):

@@ -8,6 +8,7 @@ validated by the source's own `Options` dataclass with the same machinery (`from
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -21,6 +22,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ConfigError
+
+
+class FieldValueError(ValueError):
+    """Raised by a config dataclass's __post_init__ for a value its type allows but its meaning does not;
+    `from_dict` turns it into a ConfigError naming the file and the dotted key."""
+
+    def __init__(self, field: str, expected: str, got: object):
+        super().__init__(f"{field}: expected {expected}, got {got!r}")
+        self.field, self.expected, self.got = field, expected, got
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -81,6 +91,13 @@ class FetchConfig:
     read_timeout: float = 30.0  # longest wait for the next bytes (headers or body)
     total_timeout: float = 120.0  # longest time one request may take in all
     max_redirects: int = 5
+    # a redirect never leads to a loopback / private / link-local address unless the first URL's host was one,
+    # or this is on (tol_builder/urlpolicy.py)
+    allow_private_redirects: bool = False
+    # the creators' opt-out: a response whose X-Robots-Tag carries one of these (for all agents or for ours)
+    # is not stored (status failed, error class opted_out), as img2dataset; [] turns this off
+    disallowed_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai", "noindex",
+                                                                       "noimageindex"])
     attempts: int = 3  # tries of one URL within a pass (exponential backoff with jitter between them)
     backoff_base: float = 1.0  # seconds; the n-th retry waits a random time up to base * 2**n
     backoff_max: float = 60.0
@@ -121,6 +138,12 @@ class TaxonomyConfig:
     threads: int = 0  # DuckDB threads per taxonomy task; 0 = reconcile on all cores, loads on the worker's threads
     memory_limit: str = "4GB"  # DuckDB memory limit per taxonomy task (spills to cache/taxonomy/tmp)
 
+    def __post_init__(self) -> None:
+        from .sql import MEMORY_LIMIT
+
+        if not MEMORY_LIMIT.match(self.memory_limit):  # it reaches DuckDB's SET memory_limit
+            raise FieldValueError("memory_limit", "a size such as 4GB, 512MB or 1.5GiB", self.memory_limit)
+
 
 @dataclass
 class TextConfig:
@@ -137,11 +160,20 @@ class TextConfig:
 
 @dataclass
 class DedupConfig:
-    """Removal of evaluation-set images from the pool."""
+    """The dedup stage (tol_builder/dedup/): evaluation sets held out of the pool, duplicates inside the pool.
+
+    Evaluation sets are manifests like sources' (manifests/evalsets/*.toml) with an [evalset] table saying what
+    they hold out. Matching: exact (sha256, md5, normalised URL, source id) first, then PDQ Hamming distance."""
 
     evalsets: list[str] = field(default_factory=list)  # manifests/evalsets/*.toml, relative to the workflow
-    pdq_max_distance: int = 10  # TreeOfLife-200M setting
-    cross_source_exact: bool = True  # drop exact duplicates across sources (EOL re-hosts iNat photos)
+    pdq_max_distance: int = 10  # near duplicate: PDQ Hamming distance <= this (the TreeOfLife-200M setting)
+    # PDQ's own quality (0..100) below which a hash is not trusted for near matches (PDQ's authors: < 50 is too
+    # featureless); such images still match exactly (sha256, md5, URL) and are counted as pdq_untrusted
+    min_pdq_quality: int = 50
+    drop_pool_exact: bool = True  # byte-exact copies inside the pool: keep one (rule in dedup/pool.py)
+    drop_pool_near: bool = False  # near copies inside the pool: keep one too (else they stay, in one split)
+    match_rows: int = 1_000_000  # pool media rows per matching task
+    report_max_pairs: int = 500  # near matches shown by `tol dedup report` (the page says how many it left out)
 
 
 @dataclass
@@ -181,6 +213,7 @@ class ShardsConfig:
 
 
 STAGES = ("ingest", "fetch", "taxonomy", "dedup", "shards")
+SOURCE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -287,7 +320,10 @@ def from_dict(cls: type, data: dict, file: Any, prefix: str = "") -> Any:
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             dotted = f"{prefix}.{name}" if prefix else name
             raise ConfigError(file, dotted, f"{_type_name(hints[name])} (required)", "missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldValueError as e:  # a dataclass's own check of a value (its __post_init__)
+        raise ConfigError(file, f"{prefix}.{e.field}" if prefix else e.field, e.expected, e.got) from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -310,6 +346,9 @@ def load_workflow(path: str | Path) -> Workflow:
             raise ConfigError(path, f"stages[{i}]", "one of " + ", ".join(STAGES), stage)
     seen: set[str] = set()
     for i, s in enumerate(wf.sources):
+        if not SOURCE_ID.match(s.id):  # it names folders, task keys and catalog rows
+            raise ConfigError(path, f"sources[{i}].id", "an identifier: letters, digits and _, not starting "
+                              "with a digit", s.id)
         if s.id in seen:
             raise ConfigError(path, f"sources[{i}].id", "a source id not used before (set `id`)", s.id)
         seen.add(s.id)

@@ -20,7 +20,7 @@ class BuildContext:
 
     def log(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=True)  # one line, however narrow the terminal
 
     def cache(self, *parts: str) -> Path:
         """Work files a stage may reuse on a re-run (unpacked metadata, downloads)."""

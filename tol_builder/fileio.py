@@ -19,23 +19,62 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ChecksumError, InputError
+from .urlpolicy import local_path
 
 TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".partial"
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (a rename into it) durable. A no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                fsync_file(p)
+        for d in sorted({p.parent for p in path.rglob("*")} | {path}):
+            fsync_dir(d)
+    elif path.exists():
+        fsync_file(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it to `path`, on failure remove it."""
+    """Yield a temporary path beside `path`; on success rename it to `path`, on failure remove it.
+
+    Durable: the data is fsynced before the rename and the directory after it, so a completion marker
+    written after this returns never describes data a power cut could still lose."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}{TMP_SUFFIX}")
     try:
         yield tmp
+        _fsync_tree(tmp)
         if tmp.is_dir():
             if path.exists():
                 shutil.rmtree(path)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -47,8 +86,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -83,17 +120,16 @@ def safe_member_name(name: str | None) -> str | None:
     return "/".join(parts)
 
 
-def local_path(uri: str, base: Path | None = None) -> Path | None:
-    """The local path a URI names (a plain path or file://), else None. Relative paths resolve against base."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(urllib.parse.unquote(parsed.path))
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
-        p = Path(uri)
-        if not p.is_absolute() and base is not None:
-            p = base / p
-        return p
-    return None
+def files_fingerprint(root: str | os.PathLike, *globs: str) -> str:
+    """A digest of which files match `globs` under `root`, with their sizes and modification times: changes
+    when any of them is added, removed or rewritten (cheap: nothing is read)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for glob in globs:
+        for p in sorted(root.glob(glob)):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{int(st.st_mtime_ns)}".encode())
+    return h.hexdigest()
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = 1 << 22) -> str:

@@ -50,7 +50,9 @@ def plan_task(out: str, source: dict, manifest_path: str, threads: int, config_f
 
 
 def read_task(out: str, source: dict, manifest_path: str, partition: dict, threads: int,
-              config_file: str) -> dict:
+              config_file: str, records_dir: str = "records", rejects_dir: str = f"rejects/{STAGE}") -> dict:
+    """One partition -> `<records_dir>/<source>/<key>.parquet` and its rejects (evaluation sets use other
+    folders: dedup/evalsets.py)."""
     src = make_source(source, manifest_path, out, threads, config_file)
     part = Partition(partition["key"], tuple(tuple(x) for x in partition["inputs"]))
     rejects = RejectLog(src.source_id, part.key, stage=STAGE)
@@ -62,8 +64,8 @@ def read_task(out: str, source: dict, manifest_path: str, partition: dict, threa
             yield file, table
         seen["rejected_by_reader"] = len(rejects)  # before write_records adds its own checks
 
-    written = write_records(Path(out) / "records" / src.source_id / f"{part.key}.parquet", src.source_id,
-                            counted(), rejects, Path(out) / "rejects" / STAGE / src.source_id / f"{part.key}.parquet",
+    written = write_records(Path(out) / records_dir / src.source_id / f"{part.key}.parquet", src.source_id,
+                            counted(), rejects, Path(out) / rejects_dir / src.source_id / f"{part.key}.parquet",
                             threads=threads)
     counters = {"rows_read": seen["rows"] + seen["rejected_by_reader"], "records": written}
     for reason, n in rejects.counts.items():

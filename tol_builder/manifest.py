@@ -39,6 +39,8 @@ class Manifest:
     citation: str = ""
     base_url: str = ""
     notes: str = ""
+    # only in evaluation-set manifests (manifests/evalsets/): what the set holds out (tol_builder/dedup/evalsets.py)
+    evalset: dict = field(default_factory=dict)
     path: Path = field(default=Path("."), metadata={"toml": False})
 
     def url(self, f: ManifestFile) -> str:

@@ -76,21 +76,21 @@ def read_markers(out: Path, stage: str) -> dict[str, dict]:
     return found
 
 
-def drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
-    """Remove the stage's markers other than `keep`: markers of tasks keyed on earlier inputs (other
-    fingerprints) would double the stage's counters in `stats`."""
-    d = marker_dir(out, stage)
-    if d.exists():
-        for p in d.glob("*.json"):
-            if not p.name.startswith("_") and p.stem not in keep:
-                p.unlink(missing_ok=True)
-
-
 def read_plan(out: Path, stage: str) -> list[str] | None:
     p = marker_dir(out, stage) / "_plan.json"
     if not p.exists():
         return None
     return json.loads(p.read_text())["tasks"]
+
+
+def drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
+    """Remove the markers of a stage's tasks other than `keep`: tasks keyed by a fingerprint of their inputs
+    leave markers of earlier inputs behind, which would double the stage's counters in `stats`."""
+    d = marker_dir(out, stage)
+    if d.exists():
+        for p in d.glob("*.json"):
+            if not p.name.startswith("_") and p.stem not in keep:
+                p.unlink(missing_ok=True)
 
 
 def run_task(out: str, stage: str, key: str, fn: Callable[..., dict], kwargs: dict) -> dict:

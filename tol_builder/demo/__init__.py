@@ -6,10 +6,12 @@
    directories); a previous demo is replaced, so every run starts fresh;
 2. writes iNat21, BIOSCAN-1M and EOL miniatures under `out/data` (demo.sources, from the taxa of
    demo.taxa, pictures drawn by demo.images), deterministic for the workflow's seed;
-3. serves the EOL pictures from a loopback HTTP server (demo.server) for the rest of the run: started
+3. writes the evaluation set `demo_eval` (demo.evalset: fresh pictures of the demo taxa, planted
+   duplicates of pool images, a held species) for the dedup stage;
+4. serves the EOL pictures from a loopback HTTP server (demo.server) for the rest of the run: started
    before the EOL media manifest is written, since its URLs carry the server's port, stopped at the end
    (also on error);
-4. writes the source manifests (`out/data/manifests/*.toml`, real md5s and sizes) and `out/workflow.toml`
+5. writes the source manifests (`out/data/manifests/*.toml`, real md5s and sizes) and `out/workflow.toml`
    (workflows/demo.toml with `out` and `sources` filled in), then runs `build.build` on it.
 
 It owns `out` and nothing else; the build itself is `tol build`'s.
@@ -32,6 +34,7 @@ from ..errors import TolError
 from ..fileio import write_bytes_atomic, write_text_atomic
 from . import sources as gen
 from .authorities import write_demo_authorities
+from .evalset import write_demo_evalset
 from .server import serve_directory
 from .taxa import TAXA, expected_records
 
@@ -102,6 +105,9 @@ def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bo
     # miniature taxonomic authorities (ITIS, GBIF, EOL DH, iNaturalist names) in their real formats
     write_demo_authorities(TAXA, data / "authorities")
     template.setdefault("taxonomy", {})["authorities_dir"] = "data/authorities"  # relative to workflow.toml
+    # an evaluation set with planted duplicates of pool images and a held species (demo.evalset)
+    evalset = write_demo_evalset(data, seed)
+    template.setdefault("dedup", {})["evalsets"] = [evalset.manifest.relative_to(out).as_posix()]
     with serve_directory(gen.eol_content_root(data)) as base_url:
         generated["eol"] = gen.write_eol_manifest(data, eol_media, base_url)
         manifests = {name: gen.write_manifest(data / "manifests", files) for name, files in generated.items()}

@@ -328,6 +328,13 @@ def eol_content_root(data_dir: Path) -> Path:
     return data_dir / "eol" / "content"
 
 
+def eol_image(seed: int, taxon: DemoTaxon, index: int) -> bytes:
+    """The JPEG bytes of one EOL picture (its size is drawn after the source-URL choice of the same rng)."""
+    rng = images.rng_for(seed, "eol-meta", taxon.ids["page_id"], index)
+    rng.random()
+    return images.render(taxon.style, images.pick_size(rng, EOL_SIZES), seed, taxon.key, "", index)
+
+
 def render_eol_media(data_dir: Path, seed: int) -> list[EOLMedium]:
     """Draw every EOL picture into the served tree; returns the media rows (without the server's URL)."""
     root = eol_content_root(data_dir)
@@ -351,8 +358,7 @@ def render_eol_media(data_dir: Path, seed: int) -> list[EOLMedium]:
             if page == dup["eol_page_id"] and i == dup["eol_index"]:
                 data, _ = inat21_image(seed, inat_dup, "train", dup["inat21_train_index"])
             else:
-                size = images.pick_size(rng, EOL_SIZES)
-                data = images.render(t.style, size, seed, t.key, "", i)
+                data = eol_image(seed, t, i)
             h = hashlib.md5(str(cid).encode()).hexdigest()
             stem = "".join(c if c.isalnum() else "_" for c in source_url)
             rel = f"data/media/{h[0:2]}/{h[2:4]}/{h[4:6]}/{cid}.{stem}.jpg"

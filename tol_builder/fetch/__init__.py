@@ -28,9 +28,10 @@ from ..config import FetchConfig, Workflow
 from ..context import BuildContext
 from ..errors import ConfigError
 from ..runner import StageError, Task
+from ..sql import literal_list
 from . import media  # noqa: F401  (documents the media table in the catalog)
 from .archives import archive_id
-from .http import local_file
+from ..urlpolicy import local_path as local_file
 from .tasks import (archive_info_path, prepare_archive_task, records_task, retry_task, tar_task)
 
 STAGE = "fetch"
@@ -67,18 +68,16 @@ def manifest_checksums(wf: Workflow) -> dict[str, dict]:
     from ..manifest import load_manifest
 
     found: dict[str, dict] = {}
-    for s in wf.sources:
+    paths = [wf.source_manifest_path(s) for s in wf.sources] + [(wf.path.parent / e).resolve()
+                                                                 for e in wf.dedup.evalsets]
+    for path in paths:  # the pool's sources and the evaluation sets (fetched by the dedup stage)
         try:
-            m = load_manifest(wf.source_manifest_path(s))
+            m = load_manifest(path)
         except Exception:  # ingest validated the manifests it used; a missing one only loses checksums
             continue
         for f in m.files:
             found[normalize_uri(m.url(f))] = {"md5": f.md5, "sha256": f.sha256, "size": f.bytes}
     return found
-
-
-def _sql_list(items: list[str]) -> str:
-    return "[" + ", ".join("'" + str(x).replace("'", "''") + "'" for x in items) + "]"
 
 
 def _workers(ctx: BuildContext) -> int:
@@ -92,6 +91,42 @@ def _workers(ctx: BuildContext) -> int:
 
 
 def run(ctx: BuildContext) -> dict[str, int]:
+    wf, out = ctx.workflow, Path(ctx.out)
+    files = sorted(str(p) for p in (out / "records").glob("*/*.parquet"))
+    if not files:
+        ctx.log("fetch: no records to fetch (run ingest first)")
+        return {}
+    try:
+        return fetch_records(ctx, files, media_root="media", stage=STAGE, archives_stage=ARCHIVES_STAGE,
+                             local_media=local_media_sources(wf.sources))
+    finally:  # what was fetched is queryable even when a task or an archive failed
+        catalog.register_parquet(out, "media", "media/*/*.parquet")
+
+
+def local_media_sources(sources: list) -> dict[str, bool]:
+    """{source id: whether its reader declares local media} (urlpolicy: per-image local paths are read only
+    for those). `sources`: SourceConfig-like objects (name, id, options)."""
+    from ..config import from_dict
+    from ..sources import get_source_class
+
+    from ..errors import TolError
+
+    found = {}
+    for s in sources:
+        try:
+            cls = get_source_class(s.name)
+            found[s.id] = cls.declares_local_media(from_dict(cls.Options, dict(s.options), "(workflow)"))
+        except TolError:  # a reader this installation lacks (ingest names it): its local paths are not read
+            found[s.id] = False
+    return found
+
+
+def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage: str,
+                  archives_stage: str, local_media: dict[str, bool] | None = None) -> dict[str, int]:
+    """Fetch every record of `files` into `<out>/<media_root>/<source>/`: archives first (stage
+    `archives_stage`), then the main pass (`stage`), then the retry passes (`<stage>.retry<n>`).
+
+    The pool's records go to `media/`; the dedup stage fetches evaluation sets with this same function."""
     from ..records import duckdb_connection
 
     wf = ctx.workflow
@@ -99,12 +134,8 @@ def run(ctx: BuildContext) -> dict[str, int]:
     validate(cfg, wf.path)
     out = Path(ctx.out)
     cfg_plain = dataclasses.asdict(cfg)
-    files = sorted(str(p) for p in (out / "records").glob("*/*.parquet"))
-    if not files:
-        ctx.log("fetch: no records to fetch (run ingest first)")
-        return {}
     con = duckdb_connection(ctx.threads)
-    src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+    src = f"read_parquet({literal_list(files)}, filename=true, union_by_name=true)"
 
     # 1. archives
     referenced = con.execute(f"""SELECT DISTINCT media_uri FROM {src}
@@ -119,7 +150,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
     prep_error: StageError | None = None
     if prep:
         try:
-            ctx.runner.run(ARCHIVES_STAGE, prep)
+            ctx.runner.run(archives_stage, prep)
         except StageError as e:  # fetch what does not depend on the broken archives, then report them
             prep_error = e
     infos: dict[str, dict] = {}
@@ -155,7 +186,8 @@ def run(ctx: BuildContext) -> dict[str, int]:
             tasks.append(Task(f"{source}.{path.stem}.{i:05d}", records_task, dict(
                 common, source=source, task_key=f"{source}.{path.stem}.{i:05d}", records_file=filename,
                 start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars if has_tar else [],
-                zip_infos={u: zips[u] for u in used if u in zips}, workers=workers)))
+                zip_infos={u: zips[u] for u in used if u in zips}, workers=workers, media_root=media_root,
+                local_media=(local_media or {}).get(source, False))))
     for uri in tars:
         sources = [r[0] for r in con.execute(f"SELECT DISTINCT source FROM {src} WHERE media_uri = ? "
                                              "AND media_member IS NOT NULL ORDER BY 1", [uri]).fetchall()]
@@ -166,28 +198,28 @@ def run(ctx: BuildContext) -> dict[str, int]:
                 key = f"{source}.tar-{archive_id(uri)}.{b}-{k}"
                 tasks.append(Task(key, tar_task, dict(
                     out=str(out), cfg=cfg_plain, threads=max(1, ctx.threads), source=source, task_key=key,
-                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k)))
+                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k, media_root=media_root)))
     main_error: StageError | None = None
     try:
-        ctx.runner.run(STAGE, tasks, outputs=(out / "media",))
+        ctx.runner.run(stage, tasks, outputs=(out / media_root,))
     except StageError as e:
         main_error = e
 
     # 3. retry passes over transient rows
     for p in range(1, cfg.retry_passes + 1):
-        chunks = _chunks_with_transient(con, out)
+        chunks = _chunks_with_transient(con, out, media_root)
         if not chunks:
             break
-        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers))
+        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers,
+                                                      local_media=(local_media or {}).get(Path(c).parent.name, False)))
                  for c in chunks]
         try:
-            ctx.runner.run(f"{STAGE}.retry{p}", retry, outputs=(out / "media",))
+            ctx.runner.run(f"{stage}.retry{p}", retry, outputs=(out / media_root,))
         except StageError as e:
             main_error = main_error or e
             break
 
-    catalog.register_parquet(out, "media", "media/*/*.parquet")
-    counters = summarize(con, out, files)
+    counters = summarize(con, out, files, media_root)
     if skipped_files:
         counters["records_files_waiting_for_archives"] = skipped_files
     con.close()
@@ -198,30 +230,30 @@ def run(ctx: BuildContext) -> dict[str, int]:
     return counters
 
 
-def media_files(out: Path) -> list[str]:
-    return sorted(str(p) for p in (Path(out) / "media").glob("*/*.parquet"))
+def media_files(out: Path, media_root: str = "media") -> list[str]:
+    return sorted(str(p) for p in (Path(out) / media_root).glob("*/*.parquet"))
 
 
-def _chunks_with_transient(con, out: Path) -> list[str]:
-    files = media_files(out)
+def _chunks_with_transient(con, out: Path, media_root: str) -> list[str]:
+    files = media_files(out, media_root)
     if not files:
         return []
-    rows = con.execute(f"""SELECT filename FROM read_parquet({_sql_list(files)}, filename=true)
+    rows = con.execute(f"""SELECT filename FROM read_parquet({literal_list(files)}, filename=true)
         WHERE status = 'transient' GROUP BY filename ORDER BY filename""").fetchall()
     return [r[0] for r in rows]
 
 
-def summarize(con, out: Path, record_files: list[str]) -> dict[str, int]:
+def summarize(con, out: Path, record_files: list[str], media_root: str = "media") -> dict[str, int]:
     """Final counts from the media table itself: status, and status by error class."""
-    files = media_files(out)
+    files = media_files(out, media_root)
     counters: dict[str, int] = {}
     if files:
         for status, error_class, n in con.execute(f"""SELECT status, error_class, count(*)
-                FROM read_parquet({_sql_list(files)}) GROUP BY ALL ORDER BY ALL""").fetchall():
+                FROM read_parquet({literal_list(files)}) GROUP BY ALL ORDER BY ALL""").fetchall():
             counters[f"media_{status}"] = counters.get(f"media_{status}", 0) + n
             if error_class:
                 counters[f"{status}_{error_class}"] = n
-    total = con.execute(f"SELECT count(*) FROM read_parquet({_sql_list(record_files)})").fetchone()[0]
+    total = con.execute(f"SELECT count(*) FROM read_parquet({literal_list(record_files)})").fetchone()[0]
     have = sum(v for k, v in counters.items() if k.startswith("media_"))
     counters["records"] = total
     if total > have:

@@ -1,9 +1,10 @@
 """Per-image retrieval: one aiohttp session per task, the host budget around every request, errors classified.
 
-Owns the network rules of one image request: schemes (http, https, file and local paths only), redirects
-followed by hand (each hop checked and counted against its own host's budget), connect / read / total
-timeouts, the size cap, Retry-After on 429 and 503, exponential backoff with full jitter for the other
-transient errors. Never raises for a per-image problem: every outcome is a `FetchResult` with a status
+Owns the network rules of one image request: which URLs (tol_builder/urlpolicy.py: http and https, local
+files only for sources that declare local media), redirects followed by hand (each hop checked by the URL
+policy and counted against its own host's budget), connect / read / total timeouts, the size cap, the
+creators' opt-out (`X-Robots-Tag` directives in `fetch.disallowed_directives`, as img2dataset), Retry-After
+on 429 and 503, exponential backoff with full jitter for the other transient errors. Never raises for a per-image problem: every outcome is a `FetchResult` with a status
 (ok / failed / transient) and an error class. Knows nothing of images or parquet.
 
 Error classes:
@@ -11,14 +12,14 @@ Error classes:
         and other 5xx except 501 505; timeout; connection (refused, reset, closed); dns; truncated (body
         shorter than Content-Length)
     permanent: http_<status> for the other 4xx and 501 505; too_large; too_many_redirects; bad_redirect;
-        bad_url; unsupported_scheme; tls; file_not_found; internal
+        private_redirect; bad_url; unsupported_scheme; local_path_refused; opted_out; tls; file_not_found;
+        internal
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import random
 import time
 import urllib.parse
@@ -28,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from ..urlpolicy import host_is_private_async, local_path, media_url_problem, redirect_problem
 from .budget import Budget, host_of
 
 OK, FAILED, TRANSIENT = "ok", "failed", "transient"
@@ -82,24 +84,51 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
-def local_file(url: str) -> Path | None:
-    """The path of a file:// URL or a plain local path, else None."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            return None
-        return Path(urllib.parse.unquote(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return Path(url)
+def opted_out(values: list[str], user_agent: str, disallowed: set[str]) -> str | None:
+    """The X-Robots-Tag directive that forbids this use, or None. Each header value is `directive, ...` or
+    `<user agent token>: directive, ...`; a token-scoped value applies when the token is ours."""
+    token = user_agent.split("/", 1)[0].strip().lower()
+    for value in values:
+        scope, _, rest = value.partition(":")
+        directives, agent = (rest, scope.strip().lower()) if rest and " " not in scope.strip() else (value, None)
+        if agent is not None and agent != token:
+            continue
+        for d in directives.split(","):
+            if d.strip().lower() in disallowed:
+                return d.strip().lower()
     return None
 
 
-class Fetcher:
-    """`async with Fetcher(cfg, budget) as f: result = await f.fetch(url)`; cfg is a FetchConfig."""
+def decode_body(data: bytes, encoding: str, max_bytes: int) -> bytes:
+    """A gzip- or deflate-encoded body decoded under the size cap (never more than max_bytes + 1 out)."""
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise _Outcome(FAILED, "bad_encoding", f"Content-Encoding {encoding!r} (gzip and deflate are decoded)")
+    import zlib
 
-    def __init__(self, cfg: Any, budget: Budget, rng: random.Random | None = None):
+    # wbits 47: gzip or zlib header, detected; a raw deflate stream (some servers send it as "deflate"): -15
+    for wbits in ((47,) if encoding != "deflate" else (47, -15)):
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(data, max_bytes + 1)
+        except zlib.error:
+            continue
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise _Outcome(FAILED, "too_large", f"{encoding} body inflates past max_bytes {max_bytes}")
+        return out + d.flush()
+    raise _Outcome(FAILED, "decode_error", f"body is not valid {encoding}")
+
+
+class Fetcher:
+    """`async with Fetcher(cfg, budget) as f: result = await f.fetch(url)`; cfg is a FetchConfig.
+
+    `local_media`: the URLs come from a source that declares local media (local paths and file:// allowed)."""
+
+    def __init__(self, cfg: Any, budget: Budget, rng: random.Random | None = None, local_media: bool = False):
         self.cfg = cfg
         self.budget = budget
+        self.local_media = local_media
+        self.disallowed = {d.strip().lower() for d in getattr(cfg, "disallowed_directives", [])}
+        self._private: dict[str, bool] = {}
         self.rng = rng or random.Random()
         self.session: aiohttp.ClientSession | None = None
         self.bytes_downloaded = 0
@@ -111,8 +140,11 @@ class Fetcher:
                                         sock_read=cfg.read_timeout)
         connector = aiohttp.TCPConnector(limit=max(1, cfg.task_concurrency), ttl_dns_cache=300,
                                          enable_cleanup_closed=True)
+        # bodies are decoded here, not by aiohttp, so that the size cap holds while inflating (a gzip bomb);
+        # only the encodings decoded here are advertised
         self.session = aiohttp.ClientSession(
-            timeout=timeout, connector=connector, headers={"User-Agent": cfg.user_agent},
+            timeout=timeout, connector=connector,
+            headers={"User-Agent": cfg.user_agent, "Accept-Encoding": "gzip, deflate"},
             auto_decompress=False, trust_env=False, raise_for_status=False)
         return self
 
@@ -123,13 +155,12 @@ class Fetcher:
 
     async def fetch(self, url: str) -> FetchResult:
         """All attempts of one URL within this pass."""
-        path = local_file(url)
+        problem = media_url_problem(url, local_media=self.local_media)
+        if problem is not None:  # refused before anything is read
+            return FetchResult(FAILED, error_class=problem[0], error_message=problem[1], attempts=0)
+        path = local_path(url)
         if path is not None:
             return await asyncio.get_running_loop().run_in_executor(None, self._read_file, path)
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
-        if scheme not in ("http", "https"):
-            return FetchResult(FAILED, error_class="unsupported_scheme",
-                               error_message=f"scheme '{scheme}' (http, https, file or a path only)", attempts=0)
         attempt = 0
         while True:
             attempt += 1
@@ -179,10 +210,22 @@ class Fetcher:
                 self.requests += 1
                 code, location, data = await self._request(current, host)
             if code in REDIRECTS and location:
-                current = urllib.parse.urljoin(current, location)
+                target = urllib.parse.urljoin(current, location)
+                problem = redirect_problem(url, target, original_private=await self._is_private(url),
+                                           target_private=await self._is_private(target),
+                                           allow_private=getattr(self.cfg, "allow_private_redirects", False))
+                if problem is not None:
+                    raise _Outcome(FAILED, problem[0], problem[1])
+                current = target
                 continue
             return data, current, code
         raise _Outcome(FAILED, "too_many_redirects", f"more than {self.cfg.max_redirects} redirects from {url}")
+
+    async def _is_private(self, url: str) -> bool:
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if host not in self._private:
+            self._private[host] = await host_is_private_async(host)
+        return self._private[host]
 
     async def _request(self, url: str, host: str) -> tuple[int, str | None, bytes]:
         assert self.session is not None, "use Fetcher inside `async with`"
@@ -199,6 +242,9 @@ class Fetcher:
                     transient = is_transient_status(code)
                     raise _Outcome(TRANSIENT if transient else FAILED, f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(),
                                    http_status=code, retry_after=retry_after)
+                refused = opted_out(resp.headers.getall("X-Robots-Tag", []), cfg.user_agent, self.disallowed)
+                if refused is not None:  # the creator's opt-out: not stored, not retried
+                    raise _Outcome(FAILED, "opted_out", f"X-Robots-Tag: {refused}", http_status=code)
                 length = resp.content_length
                 if length is not None and length > cfg.max_bytes:
                     raise _Outcome(FAILED, "too_large", f"Content-Length {length} is over max_bytes {cfg.max_bytes}",
@@ -213,6 +259,9 @@ class Fetcher:
                             raise _Outcome(FAILED, "too_large", f"body is over max_bytes {cfg.max_bytes}", http_status=code)
                     data = bytes(buf)
                 self.bytes_downloaded += len(data)
+                encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+                if encoding not in ("identity", ""):
+                    data = decode_body(data, encoding, cfg.max_bytes)
                 return code, None, data
         except _Outcome:
             raise

@@ -87,8 +87,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as e:  # Pillow's own process-wide cap, met before ours
         raise ImageError("too_many_pixels", str(e)) from None
     except UnidentifiedImageError:
-        head = data[:16]
-        raise ImageError("not_image", f"not a recognised image format ({len(data)} bytes, starts {head!r})") from None
+        # the message never carries the file's bytes: it may be anything a URL pointed at
+        raise ImageError("not_image", f"not a recognised image format ({len(data)} bytes)") from None
     except Exception as e:  # Pillow raises assorted errors on corrupt headers
         raise ImageError("decode_error", f"{type(e).__name__}: {e}") from None
     w, h = img.size

@@ -55,8 +55,9 @@ catalog.document("media", "one row per record: fetch outcome, hashes, sizes and 
                  {name: doc for name, (_, doc) in MEDIA_COLUMNS.items()})
 
 
-def media_dir(out: str | Path, source: str) -> Path:
-    return Path(out) / "media" / source
+def media_dir(out: str | Path, source: str, root: str = "media") -> Path:
+    """Where a source's media chunks go: `<out>/media/<source>` (evaluation sets: `evalsets/media/<set>`)."""
+    return Path(out) / root / source
 
 
 def chunk_pattern(task_key: str) -> re.Pattern:

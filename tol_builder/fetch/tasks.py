@@ -79,8 +79,9 @@ def image_row(item: dict, pass_no: int, data: bytes, cfg: FetchConfig, http_stat
     except imaging.ImageError as e:
         import hashlib
 
-        row.update(status=FAILED, error_class=e.error_class, error_message=str(e)[:500],
-                   sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest())
+        row.update(status=FAILED, error_class=e.error_class, error_message=str(e)[:500])
+        if e.error_class != "not_image":  # an image that fails to decode keeps its hashes; anything else, nothing
+            row.update(sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest())
         return row
     except Exception as e:  # a Pillow bug on one file must not end the task
         row.update(status=FAILED, error_class="decode_error", error_message=f"{type(e).__name__}: {e}"[:500])
@@ -190,9 +191,11 @@ class DecodeBatch:
 
 
 def fetch_items(items: list[dict], cfg: FetchConfig, emit: Callable[[dict], None], *, pass_no: int,
-                zip_infos: dict[str, dict] | None = None, threads: int = 1, workers: int = 1) -> dict[str, int]:
+                zip_infos: dict[str, dict] | None = None, threads: int = 1, workers: int = 1,
+                local_media: bool = False) -> dict[str, int]:
     """Fetch and process every item (URLs, local files, zip members). `emit(row)` is called once per item,
-    from the loop's thread (threads <= 1) or from one of `threads` CPU threads."""
+    from the loop's thread (threads <= 1) or from one of `threads` CPU threads. Local paths are read only
+    when the items' source declares local media (tol_builder/urlpolicy.py)."""
     zips = ZipMembers(zip_infos or {}, items) if any(it.get("media_member") for it in items) else None
     stats = {"requests": 0, "bytes_downloaded": 0}
     # one thread (the usual worker): the loop's own thread decodes between network events (DecodeBatch),
@@ -216,7 +219,7 @@ def fetch_items(items: list[dict], cfg: FetchConfig, emit: Callable[[dict], None
         for it in items:
             queue.put_nowait(it)
         try:
-            async with Fetcher(cfg, budget) as fetcher:
+            async with Fetcher(cfg, budget, local_media=local_media) as fetcher:
                 async def worker() -> None:
                     while True:
                         try:
@@ -338,14 +341,15 @@ def read_slice(records_file: str, exclude_uris: list[str], start: int, count: in
 
 def records_task(out: str, source: str, task_key: str, records_file: str, start: int, count: int,
                  exclude_uris: list[str], zip_infos: dict[str, dict], cfg: dict, threads: int = 1,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, media_root: str = "media", local_media: bool = False) -> dict:
     c = fetch_config(cfg)
     items = read_slice(records_file, exclude_uris, start, count)
-    directory = media.media_dir(out, source)
+    directory = media.media_dir(out, source, media_root)
     done = media.done_uids(media.chunk_files(directory, task_key))
     todo = [it for it in items if it["uid"] not in done]
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
-    stats = fetch_items(todo, c, writer.add, pass_no=0, zip_infos=zip_infos, threads=threads, workers=workers)
+    stats = fetch_items(todo, c, writer.add, pass_no=0, zip_infos=zip_infos, threads=threads, workers=workers,
+                        local_media=local_media)
     writer.close()
     return {"records": len(items), "resumed_done": len(done), **stats, **writer.counters}
 
@@ -354,12 +358,11 @@ def _bucket_rows(records_files: list[str], uri: str, bucket: int, buckets: int) 
     from ..records import arrow_of, duckdb_connection
 
     con = duckdb_connection(1)
-    files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in records_files) + "]"
     return arrow_of(con.sql(
-        f"""SELECT uid, source, media_uri, media_member FROM read_parquet({files}, union_by_name=true)
+        """SELECT uid, source, media_uri, media_member FROM read_parquet(?, union_by_name=true)
             WHERE media_uri = ? AND media_member IS NOT NULL
               AND ('0x' || substr(uid, 1, 8))::UBIGINT % ? = ?
-            ORDER BY uid""", params=[uri, buckets, bucket]))
+            ORDER BY uid""", params=[records_files, uri, buckets, bucket]))
 
 
 def _member_key(name: str) -> int:
@@ -369,10 +372,10 @@ def _member_key(name: str) -> int:
 
 
 def tar_task(out: str, source: str, task_key: str, archive: dict, records_files: list[str], bucket: int,
-             buckets: int, cfg: dict, threads: int = 1) -> dict:
+             buckets: int, cfg: dict, threads: int = 1, media_root: str = "media") -> dict:
     """Stream one tar archive and process the members that this bucket's records ask for."""
     c = fetch_config(cfg)
-    directory = media.media_dir(out, source)
+    directory = media.media_dir(out, source, media_root)
     done = media.done_uids(media.chunk_files(directory, task_key))
     rows = _bucket_rows(records_files, archive["uri"], bucket, buckets)
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
@@ -448,7 +451,7 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
 
 
 def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass_no: int, threads: int = 1,
-               workers: int = 1) -> dict:
+               workers: int = 1, local_media: bool = False) -> dict:
     """Fetch the transient rows of one media chunk again and rewrite the chunk with the new rows."""
     c = fetch_config(cfg)
     path = Path(chunk)
@@ -468,7 +471,8 @@ def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass
         with lock:
             new_rows[row["uid"]] = row
 
-    stats = fetch_items(items, c, emit, pass_no=pass_no, zip_infos=zip_infos, threads=threads, workers=workers)
+    stats = fetch_items(items, c, emit, pass_no=pass_no, zip_infos=zip_infos, threads=threads, workers=workers,
+                        local_media=local_media)
     keep = pc.invert(pc.equal(table.column("status"), TRANSIENT))
     kept = table.filter(keep)
     replaced = media.table_of([new_rows[it["uid"]] for it in items if it["uid"] in new_rows])

@@ -47,6 +47,14 @@ class Source:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
+    # per-image URLs from a source's metadata are http / https only (tol_builder/urlpolicy.py); a reader of
+    # local collections (an image folder) declares local media to have its local paths fetched
+    local_media: ClassVar[bool] = False
+
+    @classmethod
+    def declares_local_media(cls, options: object) -> bool:
+        """Whether this source's local paths may be read: the class's declaration or a `local_media` option."""
+        return bool(cls.local_media or getattr(options, "local_media", False))
 
     def __init__(self, manifest: Manifest, options: object, cache: Path, source_id: str | None = None,
                  threads: int = 1):

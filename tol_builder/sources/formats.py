@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..fileio import atomic_path, safe_member_name, write_text_atomic
 from ..manifest import ManifestFile
 from ..records import RAW_SCHEMA, RejectLog, arrow_of, duckdb_connection
+from ..sql import ident as sql_ident, literal as sql_literal  # noqa: F401 (readers import them from here)
 
 
 # ===================================================================================== manifest and SQL
@@ -31,15 +32,6 @@ def pick_file(files: list[ManifestFile], name: str) -> ManifestFile | None:
         if f.name == name:
             return f
     return files[0] if files else None
-
-
-def sql_literal(s: str | None) -> str:
-    """A SQL string literal."""
-    return "NULL" if s is None else "'" + str(s).replace("'", "''") + "'"
-
-
-def sql_ident(s: str) -> str:
-    return '"' + s.replace('"', '""') + '"'
 
 
 def first_line(path: Path, label: str) -> str:

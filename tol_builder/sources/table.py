@@ -9,8 +9,8 @@ columns; a column not mapped and not named like a records column stays null:
     manifest = "manifests/herbarium.toml"
     options = { columns = { source_id = "catalogNumber", media_uri = "image_url", species = "epithet" } }
 
-Media are per-image URLs (http, https, file or paths relative to the table), or archive members when a
-`media_member` column is mapped.
+Media are per-image URLs (http or https; local paths, relative to the table, only with
+`options.local_media = true`), or archive members when a `media_member` column is mapped.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..fileio import retrieve
 from ..records import RAW_COLUMNS, RejectLog, arrow_of, duckdb_connection
+from ..sql import ident as sql_ident
 from .base import Partition, Source
 
 
@@ -32,6 +33,13 @@ class TableOptions:
     columns: dict = field(default_factory=dict)  # records column -> column of the table
     format: str = "auto"  # csv, tsv, parquet or auto (by file name or the manifest's format)
     delimiter: str = ""  # for csv; "" = auto-detect
+    local_media: bool = False  # media_uri may be a local path or file:// URL (a collection on this machine)
+
+    def __post_init__(self) -> None:
+        from ..config import FieldValueError
+
+        if self.delimiter and len(self.delimiter) != 1:
+            raise FieldValueError("delimiter", "one character (or \"\" to detect it)", self.delimiter)
 
 
 class TableSource(Source):
@@ -62,14 +70,16 @@ class TableSource(Source):
         path = Path(partition.get("path"))
         fmt = self._format(path, partition.get("format") or "")
         con = duckdb_connection(self.threads)
-        p = str(path).replace("'", "''")
+        params: dict = {"path": str(path)}
         if fmt == "parquet":
-            scan = f"read_parquet('{p}')"
+            scan = "read_parquet($path)"
         else:
-            delim = "\t" if fmt == "tsv" else (self.options.delimiter or None)
-            scan = f"read_csv('{p}', all_varchar=true, header=true" + (f", delim='{delim}'" if delim else "") + ")"
+            delim = "\t" if fmt == "tsv" else self.options.delimiter
+            scan = "read_csv($path, all_varchar=true, header=true" + (", delim=$delim)" if delim else ")")
+            if delim:
+                params["delim"] = delim
         try:
-            present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+            present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}", params=params).fetchall()]
         except Exception as e:
             raise InputError(path, f"unreadable {fmt} table: {e}") from None
         mapping = {col: self.options.columns.get(col, col if col in present else None) for col in RAW_COLUMNS}
@@ -79,16 +89,16 @@ class TableSource(Source):
         missing = [src for src in mapping.values() if src is not None and src not in present]
         if missing:
             raise InputError(path, f"column(s) {missing} not in the table (it has {present})", field=missing[0])
-        base = str(path.parent).replace("'", "''")
+        params.update(base=str(path.parent) + "/", split=partition.get("split") or "")
         exprs = []
-        split = (partition.get("split") or "").replace("'", "''")
         for col, src in mapping.items():
-            value = "NULL::VARCHAR" if src is None else f"NULLIF(trim(CAST(\"{src}\" AS VARCHAR)), '')"
+            value = "NULL::VARCHAR" if src is None else f"NULLIF(trim(CAST({sql_ident(src)} AS VARCHAR)), '')"
             if col == "media_uri":  # relative paths are relative to the table
                 value = (f"CASE WHEN {value} IS NULL OR {value} LIKE '%://%' OR {value} LIKE '/%' THEN {value} "
-                         f"ELSE '{base}/' || {value} END")
-            if col == "source_split" and split:  # the manifest file's split, unless the table has one
-                value = f"coalesce({value}, '{split}')"
-            exprs.append(f"{value} AS \"{col}\"")
-        table = arrow_of(con.sql(f"SELECT {', '.join(exprs)}, (row_number() OVER ())::BIGINT AS _row FROM {scan}"))
+                         f"ELSE $base || {value} END")
+            if col == "source_split":  # the manifest file's split, unless the table has one
+                value = f"coalesce({value}, NULLIF($split, ''))"
+            exprs.append(f"{value} AS {sql_ident(col)}")
+        table = arrow_of(con.sql(f"SELECT {', '.join(exprs)}, (row_number() OVER ())::BIGINT AS _row FROM {scan}",
+                                 params=params))
         yield path.name, table

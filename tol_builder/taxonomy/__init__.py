@@ -28,6 +28,7 @@ from .. import catalog
 from ..config import Workflow
 from ..context import BuildContext
 from ..errors import ConfigError
+from ..fileio import files_fingerprint
 from ..runner import Task, drop_stale_markers, marker_dir
 from . import authorities as auth
 from . import curation
@@ -122,14 +123,6 @@ def plan(wf: Workflow) -> tuple[dict[str, Path], Settings]:
     return needed, settings
 
 
-def _records_fingerprint(out: Path, glob: str) -> str:
-    h = hashlib.sha256()
-    for p in sorted(out.glob(glob)):
-        st = p.stat()
-        h.update(f"{p.relative_to(out)}:{st.st_size}:{int(st.st_mtime_ns)}".encode())
-    return h.hexdigest()
-
-
 def run(ctx: BuildContext) -> dict[str, int]:
     wf, out = ctx.workflow, Path(ctx.out).resolve()
     needed, settings = plan(wf)
@@ -152,7 +145,7 @@ def run(ctx: BuildContext) -> dict[str, int]:
     loaded = ctx.runner.run(LOAD_STAGE, load_tasks, outputs=(cache,))
     sd = settings_dict(settings)
     fp = hashlib.sha256(json.dumps({"settings": sd, "authorities": fps,
-                                    "records": _records_fingerprint(out, settings.records_glob),
+                                    "records": files_fingerprint(out, settings.records_glob),
                                     "version": auth.LOADER_VERSION}, sort_keys=True, default=str).encode())
     key = f"reconcile.{fp.hexdigest()[:16]}"
     if not all((out / "taxonomy" / f"{n}.parquet").exists() for n in OUTPUTS):

@@ -43,6 +43,7 @@ from ..errors import ConfigError, InputError
 from ..fileio import atomic_path, retrieve
 from ..manifest import check_digests, resolve_ref
 from ..records import RANKS
+from ..sql import ident, literal
 from . import languages
 
 LOADER_VERSION = "2"  # part of every authority's fingerprint: bump when the tables change meaning
@@ -207,8 +208,8 @@ def load_task(out: str, name: str, manifest_path: str, kingdom_synonyms: dict[st
         con = duckdb.connect(str(tmp))
         try:
             con.execute(f"SET threads={max(1, int(threads))}")
-            con.execute(f"SET memory_limit='{memory_limit}'")
-            con.execute(f"SET temp_directory='{_q(str(tmpdir))}'")
+            con.execute("SET memory_limit = ?", [memory_limit])  # validated at load (sql.MEMORY_LIMIT)
+            con.execute("SET temp_directory = ?", [str(tmpdir)])
             con.execute("SET preserve_insertion_order=false")
             _kingdom_table(con, kingdom_synonyms)
             loader = {"itis_chains": _load_itis, "gbif_dwca": _load_gbif, "eol_dh": _load_eol,
@@ -233,10 +234,6 @@ def load_task(out: str, name: str, manifest_path: str, kingdom_synonyms: dict[st
 
 def authority_db(out: str | Path, name: str) -> Path:
     return Path(out) / "cache" / "taxonomy" / f"{name}.duckdb"
-
-
-def _q(s: str) -> str:
-    return s.replace("'", "''")
 
 
 def _kingdom_table(con, kingdom_synonyms: dict[str, str]) -> None:
@@ -265,12 +262,12 @@ def _opt(cols: dict[str, str], name: str) -> str:
 
 def _tsv(path: Path) -> str:
     # DwC-A text files of GBIF and EOL use no quoting: a quote character is data
-    return (f"read_csv('{_q(str(path))}', delim='\t', header=true, quote='', escape='', all_varchar=true, "
+    return (f"read_csv({literal(str(path))}, delim='\t', header=true, quote='', escape='', all_varchar=true, "
             "null_padding=true, auto_detect=true, strict_mode=false)")
 
 
 def _csv(path: Path) -> str:
-    return f"read_csv('{_q(str(path))}', header=true, all_varchar=true, null_padding=true, strict_mode=false)"
+    return f"read_csv({literal(str(path))}, header=true, all_varchar=true, null_padding=true, strict_mode=false)"
 
 
 def _clean_sql(expr: str) -> str:
@@ -633,4 +630,4 @@ def open_authority(con, out: str | Path, name: str) -> None:
     path = authority_db(out, name)
     if not path.exists():
         raise InputError(path, f"authority '{name}' is not loaded (run the taxonomy stage)")
-    con.execute(f"ATTACH '{_q(str(path))}' AS \"{name}\" (READ_ONLY)")
+    con.execute(f"ATTACH {literal(str(path))} AS {ident(name)} (READ_ONLY)")

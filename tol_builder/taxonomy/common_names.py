@@ -58,7 +58,7 @@ def _candidates(s) -> list[str]:
     """SELECTs of every (taxon_id, language, common_name, src, o, via, q) the authorities of the order give:
     o = position in the order, via = 0 keyed by page/category, 1 by scientific name, q = the authority's
     quality (lower = better)."""
-    from .reconcile import _in
+    from ..sql import in_list as _in
 
     parts = []
     sci_key = auth.nk("t.scientific_name")

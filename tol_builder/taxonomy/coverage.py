@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..errors import TolError
 from ..records import RANKS
+from ..sql import ident, literal
 
 RANK_SQL = "['kingdom','phylum','class','order','family','genus','species']"
 
@@ -85,7 +86,7 @@ def create_views(con, page_sources: list[str], min_images: int) -> None:
         FROM lineage_map WHERE taxon_id IS NULL ORDER BY images DESC, source, lineage_key""")
 
 
-def _check_rank(rank: str) -> None:
+def check_rank(rank: str) -> None:
     if rank not in RANKS:
         raise TolError(f"--rank: expected one of {', '.join(RANKS)}, got {rank!r}")
 
@@ -114,12 +115,12 @@ def coverage_table(out: Path, rank: str = "class", top: int | None = None) -> pa
     """Images per name at `rank`, one column per source plus `images` and `taxa` (distinct taxa below it).
 
     Records without that rank are counted under '(no <rank>)', unresolved ones under '(unresolved)'."""
-    _check_rank(rank)
+    check_rank(rank)
     out = Path(out)
     sources = [r["source"] for r in _query(out, "SELECT DISTINCT source FROM lineage_map ORDER BY source").to_pylist()]
     name = "t.genus || ' ' || t.species" if rank == "species" else f't."{rank}"'
-    per_source = ", ".join(f"sum(CASE WHEN m.source = '{s.replace(chr(39), chr(39) * 2)}' THEN m.images ELSE 0 END)"
-                           f"::BIGINT AS \"{s}\"" for s in sources)
+    per_source = ", ".join(f"sum(CASE WHEN m.source = {literal(s)} THEN m.images ELSE 0 END)::BIGINT AS {ident(s)}"
+                           for s in sources)
     limit = f"LIMIT {int(top)}" if top else ""
     sql = f"""SELECT CASE WHEN m.taxon_id IS NULL THEN '(unresolved)' ELSE coalesce({name}, '(no {rank})') END
                      AS "{rank}", {per_source + ',' if per_source else ''} sum(m.images)::BIGINT AS images,
@@ -140,7 +141,7 @@ def plot_coverage(out: Path, rank: str = "class", path: Path | str = "coverage.p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    _check_rank(rank)
+    check_rank(rank)
     out, path = Path(out), Path(path)
     t = coverage_table(out, rank)
     sources = [c for c in t.column_names if c not in (rank, "images", "taxa")]

@@ -57,6 +57,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..fileio import atomic_path
 from ..records import RANKS
+from ..sql import in_list as _in, literal, literal_list
 from . import authorities as auth
 from . import names as gn
 
@@ -87,18 +88,7 @@ class Settings:
     threads: int = 0  # 0 = all cores
     memory_limit: str = "4GB"
     records_glob: str = "records/*/*.parquet"
-
-
-def _sql_list(values) -> str:
-    vals = [v for v in values]
-    if not vals:
-        return "NULL"
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in vals)
-
-
-def _in(expr: str, values) -> str:
-    vals = list(values)
-    return f"({expr} IN ({_sql_list(vals)}))" if vals else "false"
+    output_dir: str = "taxonomy"  # relative to the build; evaluation sets reconcile into evalsets/taxonomy
 
 
 def lineage_key_sql(page_sources: list[str], alias: str = "", ref: str | None = None) -> str:
@@ -121,10 +111,10 @@ def _connect(out: Path, s: Settings):
     tmp = out / "cache" / "taxonomy" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET threads={s.threads or os.cpu_count() or 1}")
-    con.execute(f"SET memory_limit='{s.memory_limit}'")
-    con.execute(f"SET temp_directory='{auth._q(str(tmp))}'")
+    con.execute("SET memory_limit = ?", [s.memory_limit])  # validated at load (sql.MEMORY_LIMIT)
+    con.execute("SET temp_directory = ?", [str(tmp)])
     con.execute("SET preserve_insertion_order=false")
-    con.execute(f"SET file_search_path='{auth._q(str(out))}'")
+    con.execute("SET file_search_path = ?", [str(out)])
     return con
 
 
@@ -155,7 +145,7 @@ def reconcile_task(out: str, settings: dict) -> dict[str, int]:
         cn = assign_common_names(con, s)
         conflicts(con, s)
         timings["finish"] = time.time() - t
-        counters = write_outputs(con, out_p)
+        counters = write_outputs(con, out_p / s.output_dir)
         counters.update(cn)
         counters.update({f"ms_{k}": int(v * 1000) for k, v in timings.items()})
         return counters
@@ -404,7 +394,7 @@ def _score(con, s: Settings) -> None:
     complete = " + ".join(f"(c.anchor >= {i} AND c.{A[i]} IS NOT NULL)::INT" for i in range(7))
     lin = "concat_ws('|', " + ", ".join(
         f"CASE WHEN c.anchor >= {i} THEN coalesce(c.{A[i]}, '') ELSE '' END" for i in range(7)) + ")"
-    kpri = f"coalesce(list_position([{_sql_list(s.kingdom_priority)}], c.a0), 999)" if s.kingdom_priority else "999"
+    kpri = f"coalesce(list_position({literal_list(s.kingdom_priority)}, c.a0), 999)" if s.kingdom_priority else "999"
     synonyms_ok = "true" if s.resolve_synonyms else "status <> 'synonym'"
     con.execute(f"""CREATE TABLE scored AS
         SELECT c.*, {" + ".join(g_contra)} AS g_contra, {" + ".join(g_agree)} AS g_agree,
@@ -573,8 +563,7 @@ CONFLICT_COLUMNS = {
 }
 
 
-def write_outputs(con, out: Path) -> dict[str, int]:
-    d = out / "taxonomy"
+def write_outputs(con, d: Path) -> dict[str, int]:
     raw_cols = ", ".join(f'r."{c}" AS raw_{c}' for c in RANKS)
     queries = {
         "lineage_map": f"""SELECT f.source, f.lineage_key, f.taxon_id, f.authority, f.rule, f.authority_id,
@@ -589,7 +578,7 @@ def write_outputs(con, out: Path) -> dict[str, int]:
     }
     for name, q in queries.items():
         with atomic_path(d / f"{name}.parquet") as tmp:
-            con.execute(f"COPY ({q}) TO '{auth._q(str(tmp))}' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({q}) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
     c: dict[str, int] = {}
     row = con.execute("""SELECT count(*), count(taxon_id), sum(images), sum(CASE WHEN taxon_id IS NOT NULL THEN images END)
                      FROM final""").fetchall()[0]

@@ -1,0 +1,88 @@
+"""Robustness (issue 13): the rough edges, each one line and before any work starts, and the network cases
+(a gzip-encoded image, an archive server asking to wait)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import socket
+import time
+
+import pytest
+
+from conftest import run_cli
+from conftest_fetch import fault_server, jpeg_bytes, noise_image  # noqa: F401  (fixture)
+from tol_builder.config import ConfigError, load_workflow
+
+
+def _workflow(tmp, source_id: str = "pool") -> str:
+    (tmp / "m.toml").write_text('source = "table"\n[[files]]\nname = "t.csv"\nrole = "metadata"\n')
+    wf = tmp / "wf.toml"
+    wf.write_text(f'name = "t"\nout = "{tmp / "b"}"\n[[sources]]\nname = "table"\nid = "{source_id}"\n'
+                  'manifest = "m.toml"\n')
+    return str(wf)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_source_id_with_a_space_fails_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.id"):
+        load_workflow(_workflow(tmp_path, "my pool"))
+
+
+def test_an_unreachable_scheduler_is_one_line_within_seconds(tmp_path):
+    wf = _workflow(tmp_path)
+    t0 = time.monotonic()
+    r = run_cli("build", wf, "--scheduler", f"tcp://127.0.0.1:{_free_port()}", "--quiet")
+    took = time.monotonic() - t0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and "cannot reach the Dask scheduler" in lines[0], r.stderr
+    assert took < 25, took  # Dask's client alone waits 30 s
+    assert not (tmp_path / "b" / "records").exists()  # no work started
+
+
+def test_a_missing_scheduler_file_is_named(tmp_path):
+    wf = _workflow(tmp_path)
+    r = run_cli("build", wf, "--scheduler", str(tmp_path / "nothing" / "scheduler.json"), "--quiet")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and "scheduler.json" in lines[0], r.stderr
+    assert "missing port number" not in r.stderr
+
+
+def test_coverage_with_a_bad_rank_prints_nothing_but_the_error(tmp_path):
+    (tmp_path / "b").mkdir()
+    r = run_cli("coverage", str(tmp_path / "b"), "--rank", "foo")
+    assert r.returncode != 0 and r.stdout == "" and "--rank" in r.stderr
+
+
+def test_a_gzip_encoded_image_is_decoded_and_a_gzip_bomb_is_capped(fault_server):
+    from tol_builder.config import FetchConfig
+    from tol_builder.fetch.tasks import fetch_items
+
+    img = jpeg_bytes(noise_image(200, 150, seed=5))
+    fault_server.images["a"] = img
+    cfg = FetchConfig(attempts=1, max_side=64, max_bytes=2_000_000)
+    rows = {}
+    urls = [f"{fault_server.url}/gzip/a", f"{fault_server.url}/gzip/__zeros__"]
+    fetch_items([{"uid": f"u{i}", "source": "t", "media_uri": u, "media_member": None} for i, u in enumerate(urls)],
+                cfg, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0)
+    ok = rows[urls[0]]
+    assert ok["status"] == "ok" and ok["sha256"] == hashlib.sha256(img).hexdigest()  # the image, not its gzip
+    assert (rows[urls[1]]["status"], rows[urls[1]]["error_class"]) == ("failed", "too_large")
+    assert gzip.decompress(gzip.compress(b"x")) == b"x"
+
+
+def test_archive_downloads_honour_retry_after(fault_server, tmp_path):
+    from tol_builder.config import FetchConfig
+    from tol_builder.fetch.archives import download_resumable
+
+    fault_server.files["a.tar"] = b"z" * 5000
+    cfg = FetchConfig(archive_attempts=5, backoff_base=0.0, backoff_max=0.0, max_retry_after=10)
+    download_resumable(f"{fault_server.url}/file-ra/1/2/a.tar", tmp_path / "a.part", cfg=cfg)
+    assert (tmp_path / "a.part").read_bytes() == b"z" * 5000
+    times = [t for t, path, _ in fault_server.log if path.startswith("/file-ra/")]
+    assert len(times) == 3 and times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95  # waited as asked

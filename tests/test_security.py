@@ -1,0 +1,344 @@
+"""Security: each attack of issue 12 tried for real, so that a regression fails CI.
+
+* `tol query` and every catalog read: only read statements run; no file outside the build is read, nothing
+  is written anywhere, no extension is installed; the build directory is byte-identical afterwards.
+* Settings that reach SQL (workflow, manifest, source options) cannot smuggle SQL in: refused at load
+  time, or bound as values; nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from tol_builder import catalog
+from tol_builder.config import ConfigError, from_dict, load_workflow
+from tol_builder.errors import TolError
+from tol_builder.records import RECORD_SCHEMA, make_uid
+
+INJECT = "x'); COPY (SELECT 42) TO '{target}'; --"
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under root (catalog included) and its sha256: equal before and after = nothing written."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def build(tmp_path) -> Path:
+    out = tmp_path / "build"
+    rows = [{"uid": make_uid("s", str(i)), "source": "s", "source_id": str(i), "media_uri": f"http://x/{i}.jpg",
+             "genus": "Pica", "species": "hudsonia"} for i in range(3)]
+    (out / "records" / "s").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), out / "records" / "s" / "p0.parquet")
+    catalog.register_parquet(out, "records", "records/*/*.parquet")
+    (out / "workflow.json").write_text('{"name": "t"}')
+    return out
+
+
+def attacks(out: Path, outside: Path) -> dict[str, str]:
+    """name -> SQL that would write, read outside the build, or reach the network."""
+    return {
+        "copy_outside": f"COPY (SELECT 1) TO '{outside / 'x.csv'}'",
+        "copy_forged_records": f"COPY (SELECT * FROM records) TO '{out / 'records' / 's' / 'forged.parquet'}'",
+        "copy_over_workflow": f"COPY (SELECT 1) TO '{out / 'workflow.json'}' (FORMAT csv)",
+        "explain_analyze_copy": f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{out / 'records' / 's' / 'y.parquet'}'",
+        "read_csv_passwd": "SELECT * FROM read_csv('/etc/passwd')",
+        "read_text_passwd": "SELECT * FROM read_text('/etc/passwd')",
+        "glob_root": "SELECT * FROM glob('/*')",
+        "attach_writable": f"ATTACH '{outside / 'w.db'}' (READ_ONLY false)",
+        "attach_then_create": f"ATTACH '{outside / 'w2.db'}' AS w; CREATE TABLE w.t AS SELECT 1",
+        "create_table": "CREATE TABLE x AS SELECT 1",
+        "install": "INSTALL httpfs",
+        "load": "LOAD httpfs",
+        "set_external_access": "SELECT 1; SET enable_external_access = true",
+        "pragma": "PRAGMA enable_profiling",
+        "export": f"EXPORT DATABASE '{outside / 'dump'}'",
+        "second_statement_writes": f"SELECT 1; COPY (SELECT 1) TO '{outside / 'y.csv'}'",
+    }
+
+
+def test_every_query_attack_is_refused_and_nothing_changes(build, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    before = tree_digest(build)
+    for name, sql in attacks(build, outside).items():
+        with pytest.raises(Exception) as e:
+            catalog.query(build, sql)
+        assert "refused" in str(e.value) or "disabled by configuration" in str(e.value), (name, str(e.value))
+        assert tree_digest(build) == before, name
+        assert not any(outside.iterdir()), name
+
+
+def test_read_statements_still_work_and_a_moved_build_keeps_its_views(build, tmp_path):
+    for sql in ("SELECT count(*) AS n FROM records", "WITH a AS (SELECT 1 AS n) SELECT * FROM a",
+                "DESCRIBE records", "SHOW TABLES", "EXPLAIN SELECT * FROM records", "SUMMARIZE records",
+                "FROM records LIMIT 1"):
+        assert catalog.query(build, sql).num_rows >= 1, sql
+    moved = tmp_path / "elsewhere" / "b"
+    shutil.move(str(build), moved)
+    assert catalog.query(moved, "SELECT count(*) AS n FROM records").column("n")[0].as_py() == 3
+
+
+def test_the_cli_refuses_with_one_line_naming_the_statement_type(build, tmp_path):
+    before = tree_digest(build)
+    r = run_cli("query", str(build), f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{build / 'records' / 's' / 'z.parquet'}'")
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "EXPLAIN COPY" in lines[0] and "read-only" in lines[0]
+    r = run_cli("query", str(build), "SELECT * FROM read_csv('/etc/passwd')")
+    assert r.returncode != 0 and "root:" not in r.stdout + r.stderr
+    assert tree_digest(build) == before
+
+
+def test_blobs_print_as_their_size(build):
+    r = run_cli("query", str(build), "SELECT '\\xFF\\xD8\\xFF\\xE0'::BLOB AS jpeg, 'ab'::BLOB AS other")
+    assert r.returncode == 0 and "<jpeg 4 bytes>" in r.stdout and "<blob 2 bytes>" in r.stdout
+
+
+# ---------------------------------------------------------------------------- settings that reach SQL
+def _workflow(tmp: Path, extra: str) -> Path:
+    (tmp / "m.toml").write_text('source = "table"\n[[files]]\nname = "t.csv"\nrole = "metadata"\n')
+    wf = tmp / "wf.toml"
+    wf.write_text(f'name = "t"\nout = "{tmp / "b"}"\n[[sources]]\nname = "table"\nmanifest = "m.toml"\n{extra}\n')
+    return wf
+
+
+def test_memory_limit_injection_is_refused_at_load(tmp_path):
+    target = tmp_path / "pwned.csv"
+    wf = _workflow(tmp_path, f'[taxonomy]\nmemory_limit = "4GB\'; COPY (SELECT 42) TO \'{target}\'; --"')
+    with pytest.raises(ConfigError, match=r"taxonomy\.memory_limit"):
+        load_workflow(wf)
+    assert not target.exists() and not (tmp_path / "b").exists()
+    load_workflow(_workflow(tmp_path, '[taxonomy]\nmemory_limit = "1.5GiB"'))  # the grammar's good values load
+
+
+def test_table_source_options_cannot_inject(tmp_path):
+    from tol_builder.ingest import plan_task, read_task
+    from tol_builder.sources.table import TableOptions
+
+    target = tmp_path / "pwned.csv"
+    with pytest.raises(ConfigError, match=r"options\.delimiter"):
+        from_dict(TableOptions, {"delimiter": f"',x'); COPY (SELECT 42) TO '{target}'; --"}, "wf.toml",
+                  prefix="sources[0].options")
+    # a column name from the workflow is an identifier, quoted: a strange name is a missing column, no SQL
+    (tmp_path / "t.csv").write_text("id,url\n1,http://x/1.jpg\n")
+    (tmp_path / "m.toml").write_text('source = "table"\n[[files]]\nname = "t.csv"\nrole = "metadata"\nurl = "t.csv"\n')
+    evil = 'id" FROM read_csv(\'/etc/passwd\')) --'
+    source = {"name": "table", "manifest": str(tmp_path / "m.toml"), "id": "t",
+              "options": {"columns": {"source_id": evil, "media_uri": "url"}}}
+    common = dict(out=str(tmp_path / "b"), source=source, manifest_path=str(tmp_path / "m.toml"), threads=1,
+                  config_file="")
+    plan_task(**common)
+    with pytest.raises(TolError, match="not in the table"):
+        read_task(**common, partition={"key": "table-0000", "inputs": [["path", str(tmp_path / "t.csv")],
+                                                                       ["format", ""], ["split", ""]]})
+    assert not target.exists()
+
+
+def test_kingdom_priority_and_source_ids_are_quoted_values(tmp_path):
+    """Values spliced into generated SQL (lists of names) go through tol_builder.sql's one quoting helper."""
+    import duckdb
+
+    from tol_builder.sql import in_list, literal, literal_list
+
+    target = tmp_path / "pwned.csv"
+    evil = INJECT.format(target=target)
+    con = duckdb.connect()
+    assert con.sql(f"SELECT {literal(evil)}").fetchall()[0][0] == evil
+    assert con.sql(f"SELECT {literal_list([evil, 'Animalia'])}").fetchall()[0][0] == [evil, "Animalia"]
+    assert con.sql(f"SELECT {in_list('?', [evil])}", params=[evil]).fetchall()[0][0] is True
+    assert not target.exists()
+    with pytest.raises(ValueError):
+        literal("a\x00b")
+
+
+# ------------------------------------------------------------------------------- per-record attacks
+from conftest_fetch import fault_server, jpeg_bytes, noise_image  # noqa: E402,F401  (fixture)
+
+
+def _fetch(urls: list[str], local_media: bool = False, **cfg) -> dict[str, dict]:
+    from tol_builder.config import FetchConfig
+    from tol_builder.fetch.tasks import fetch_items
+
+    c = FetchConfig(**{"attempts": 1, "backoff_base": 0.01, "max_side": 64, "max_redirects": 3,
+                       "user_agent": "tol_builder/0.1 (tests)", **cfg})
+    rows: dict[str, dict] = {}
+    items = [{"uid": f"u{i}", "source": "t", "media_uri": u, "media_member": None} for i, u in enumerate(urls)]
+    fetch_items(items, c, lambda r: rows.__setitem__(r["media_uri"], r), pass_no=0, local_media=local_media)
+    return rows
+
+
+def _nothing_of(row: dict, secret: bytes) -> None:
+    """Nothing of the file a record pointed at is stored: no bytes, no hash, nothing in the message."""
+    assert row["status"] == "failed" and row.get("jpeg") is None
+    assert row.get("sha256") is None and row.get("md5") is None and row.get("pdq") is None
+    assert secret.decode() not in (row.get("error_message") or "")
+
+
+def test_local_paths_in_third_party_metadata_are_not_read(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:TOPSECRET")
+    urls = [str(secret), secret.as_uri(), "file://localhost" + str(secret), "/etc/passwd", "file://otherhost/etc/passwd"]
+    rows = _fetch(urls)
+    for u in urls:
+        assert rows[u]["error_class"] in ("local_path_refused", "unsupported_scheme"), (u, rows[u])
+        _nothing_of(rows[u], b"TOPSECRET")
+    # a source that declares local media reads them: a file that is not an image leaves nothing behind
+    rows = _fetch([str(secret)], local_media=True)
+    assert rows[str(secret)]["error_class"] == "not_image"
+    _nothing_of(rows[str(secret)], b"TOPSECRET")
+    assert "root:" not in rows[str(secret)]["error_message"]
+
+
+def test_redirects_stay_on_the_web_and_off_private_addresses(fault_server):
+    from tol_builder.urlpolicy import host_is_private, is_private_address, redirect_problem
+
+    img = jpeg_bytes(noise_image(200, 150, seed=3))
+    fault_server.images["a"] = img
+    u = fault_server.url
+    rows = _fetch([f"{u}/to?location=file:///etc/passwd", f"{u}/to?location=ftp://example.org/x",
+                   f"{u}/to?location={u}/img/a"])
+    assert rows[f"{u}/to?location=file:///etc/passwd"]["error_class"] == "bad_redirect"
+    assert rows[f"{u}/to?location=ftp://example.org/x"]["error_class"] == "bad_redirect"
+    assert rows[f"{u}/to?location={u}/img/a"]["status"] == "ok"  # loopback to loopback: the first host was one
+    for address in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "224.0.0.1",
+                    "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1"):
+        assert is_private_address(address), address
+    for address in ("93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946"):
+        assert not is_private_address(address), address
+    assert host_is_private("localhost") and host_is_private("127.0.0.1")
+    # a public page redirecting to the cloud metadata address, to loopback, to a private LAN: refused
+    for target in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8080/admin", "http://10.0.0.5/"):
+        problem = redirect_problem("https://images.example.org/a.jpg", target, original_private=False,
+                                   target_private=True, allow_private=False)
+        assert problem is not None and problem[0] == "private_redirect"
+        assert redirect_problem("https://images.example.org/a.jpg", target, original_private=False,
+                                target_private=True, allow_private=True) is None
+
+
+def test_creators_opt_out_is_honoured(fault_server):
+    img = jpeg_bytes(noise_image(200, 150, seed=4))
+    fault_server.images["a"] = img
+    u = fault_server.url
+    opted = [f"{u}/robots/a?tag=noai", f"{u}/robots/a?tag=noimageai,%20nofollow", f"{u}/robots/a?tag=NOINDEX",
+             f"{u}/robots/a?tag=tol_builder:%20noai", f"{u}/robots/a?tag=nofollow&tag=noimageindex"]
+    kept = [f"{u}/robots/a?tag=otherbot:%20noai", f"{u}/robots/a?tag=nofollow", f"{u}/robots/a"]
+    rows = _fetch(opted + kept)
+    for url in opted:
+        assert (rows[url]["status"], rows[url]["error_class"]) == ("failed", "opted_out"), url
+        _nothing_of(rows[url], b"NOTHING")
+    for url in kept:
+        assert rows[url]["status"] == "ok", url
+    rows = _fetch(opted[:1], disallowed_directives=[])  # the setting turns it off
+    assert rows[opted[0]]["status"] == "ok"
+
+
+def _bz2_bomb_zip(path: Path, lie: bool) -> dict:
+    """A zip whose bzip2 member inflates to 400 MB; with `lie`, its central directory says 1,000 bytes."""
+    import zipfile
+
+    from tol_builder.fetch import archives
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("bomb.jpg"), b"\0" * (400 << 20), compress_type=zipfile.ZIP_BZIP2)
+    entry = next(r for b in archives.zip_index(path) for r in pa.Table.from_batches([b]).to_pylist())
+    if lie:
+        entry["size"] = 1000
+    return entry
+
+
+def test_zip_members_inflate_under_the_cap(tmp_path):
+    """A bzip2 member is inflated a bounded piece at a time: a lying central directory does not help a bomb
+    (measured in a fresh process: its peak memory stays near the cap, not near 400 MB)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tol_builder.fetch import archives
+
+    entry = _bz2_bomb_zip(tmp_path / "b.zip", lie=True)
+    with archives.ZipReader(tmp_path / "b.zip") as r:
+        with pytest.raises(archives.MemberError) as e:
+            r.read(entry, 5_000_000)
+    assert e.value.error_class == "too_large"
+    code = textwrap.dedent(f"""
+        import resource, sys, zipfile
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_security import _bz2_bomb_zip
+        from tol_builder.fetch import archives
+        entry = _bz2_bomb_zip(Path({str(tmp_path / 'c.zip')!r}), lie=True)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            archives.ZipReader(Path({str(tmp_path / 'c.zip')!r})).read(entry, 5_000_000)
+        except archives.MemberError as e:
+            print(e.error_class, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    kind, grew_mb = out.stdout.split()
+    assert kind == "too_large" and int(grew_mb) < 60, out.stdout + out.stderr
+
+
+def test_unknown_zip_methods_are_refused_by_name(tmp_path):
+    import zipfile
+
+    from tol_builder.fetch import archives
+
+    with zipfile.ZipFile(tmp_path / "l.zip", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("x.jpg"), b"abc" * 100, compress_type=zipfile.ZIP_LZMA)
+    entry = next(r for b in archives.zip_index(tmp_path / "l.zip") for r in pa.Table.from_batches([b]).to_pylist())
+    with archives.ZipReader(tmp_path / "l.zip") as r:
+        with pytest.raises(archives.MemberError, match="LZMA") as e:
+            r.read(entry, 1_000_000)
+    assert e.value.error_class == "unsupported_compression"
+
+
+def test_the_guards_already_in_place_still_hold(fault_server, tmp_path):
+    """Escaping and link members, bombs by pixels and by bytes, oversize responses, redirect loops."""
+    import io
+    import tarfile
+    import zipfile
+
+    from tol_builder.fetch import archives
+
+    u = fault_server.url
+    rows = _fetch([f"{u}/bomb.png", f"{u}/big", f"{u}/loop/a"], max_bytes=200_000)
+    assert rows[f"{u}/bomb.png"]["error_class"] == "too_many_pixels"
+    assert rows[f"{u}/big"]["error_class"] == "too_large"
+    assert rows[f"{u}/loop/a"]["error_class"] == "too_many_redirects"
+    # tar: '..', absolute and link members are refused, never read
+    tpath = tmp_path / "t.tar"
+    with tarfile.open(tpath, "w") as tf:
+        for name in ("../evil.jpg", "/etc/evil.jpg", "ok/fine.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+        link = tarfile.TarInfo("ok/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    refused = []
+    got = {m.raw_name: (data, err and err.error_class) for m, data, err in archives.iter_tar(
+        tpath, lambda m: True, 1000, on_refused=lambda m, why: refused.append(m.raw_name))}
+    assert got["ok/fine.jpg"] == (b"abc", None)
+    assert all(got[n] == (None, "unsafe_member") for n in ("../evil.jpg", "/etc/evil.jpg", "ok/link.jpg"))
+    assert sorted(refused) == sorted(["../evil.jpg", "/etc/evil.jpg", "ok/link.jpg"])
+    # zip: an escaping member path is refused; a member over the cap by its declared size too
+    zpath = tmp_path / "z.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("../../evil.jpg", b"abc")
+        zf.writestr("big.jpg", b"x" * 5000, compress_type=zipfile.ZIP_DEFLATED)
+    entries = {r["raw_name"]: r for b in archives.zip_index(zpath) for r in pa.Table.from_batches([b]).to_pylist()}
+    with archives.ZipReader(zpath) as r:
+        for name, kind in (("../../evil.jpg", "unsafe_member"), ("big.jpg", "too_large")):
+            with pytest.raises(archives.MemberError) as e:
+                r.read(entries[name], 1000)
+            assert e.value.error_class == kind, name
