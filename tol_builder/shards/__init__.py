@@ -41,7 +41,8 @@ catalog.document("samples", "one row per (uid, split): the sample plan of the sh
                  "subset of train), with what each sample's .json carries",
                  {"uid": "image id", "split": "train, val or train_small", "shard": "shard number in its split",
                   "position": "position in the shard", "licence_id": "normalised licence (SPDX-style)",
-                  "cluster": "within-pool duplicate cluster that decided the split (its uid when alone)"})
+                  "cluster": "the uid whose hash decided the split: the anchor of the image's within-pool "
+                             "duplicate cluster (its member from the earliest source), the image itself when alone"})
 catalog.document("unselected", "every record that is not a sample, with the reason (stage shards)",
                  {"uid": "image id", "source": "source id", "reason": "first selection rule it failed"})
 catalog.document("shard_index", "every member of every shard: offsets for random access (stage shards)",
@@ -155,16 +156,7 @@ def register(out: Path) -> None:
     """Catalog views over the plan and the shards. Idempotent."""
     catalog.register_parquet(out, "samples", "selection/samples.parquet")
     catalog.register_parquet(out, "unselected", "selection/unselected.parquet")
-    if any((Path(out) / SHARDS / INDEX).glob("*/*.parquet")):
-        con = catalog.connect(out, read_only=False)
-        try:
-            con.execute(f"""CREATE OR REPLACE VIEW shard_index AS
-                SELECT regexp_extract(filename, '{INDEX}/([^/]+)/', 1) AS split,
-                       regexp_extract(filename, '(shard-[0-9]+)\\.parquet$', 1) || '.tar' AS shard,
-                       uid, key, "offset", data_offset, size, position
-                FROM read_parquet('{SHARDS}/{INDEX}/*/*.parquet', filename=true)""")
-        finally:
-            con.close()
+    catalog.register_parquet(out, "shard_index", f"{SHARDS}/{INDEX}/*/*.parquet")
     catalog.register_parquet(out, "licence_map", "selection/licence_map.parquet")  # last: refreshes `tables`
 
 

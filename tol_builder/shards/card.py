@@ -21,10 +21,10 @@ from pathlib import Path
 
 import tomli_w
 
-from .. import catalog
 from ..config import to_dict
 from ..fileio import file_digest, write_bytes_atomic, write_text_atomic
 from ..records import RANKS, duckdb_connection
+from ..sql import literal
 from ..text import text_keys
 from .plan import describe, read_plan, selection_dir
 from .write import INDEX, SHARDS, SampleTexts
@@ -144,15 +144,15 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
     doc = read_plan(out)
     c, s = doc["counts"], doc["settings"]
     languages = doc["languages"]
-    con = catalog.connect(out, read_only=True)
+    con = duckdb_connection()
     try:
-        fetched = dict(con.execute("SELECT source, count(*) FROM media WHERE status = 'ok' GROUP BY ALL").fetchall())
-        samples = str(selection_dir(out) / "samples.parquet")
-        index = str(out / SHARDS / INDEX / "*" / "*.parquet")
+        fetched = dict(con.execute(f"SELECT source, count(*) FROM read_parquet({literal(out / 'media' / '*' / '*.parquet')}, "
+                                   "union_by_name=true) WHERE status = 'ok' GROUP BY ALL").fetchall())
+        samples = selection_dir(out) / "samples.parquet"
+        index = out / SHARDS / INDEX / "*" / "*.parquet"
         # the samples the tars hold (one `json` member per sample in the index), not just the plan
-        con.execute(f"""CREATE TEMP TABLE in_shards AS SELECT s.* FROM read_parquet('{_q(samples)}') s
-            SEMI JOIN (SELECT uid, regexp_extract(filename, '{INDEX}/([^/]+)/', 1) AS split
-                       FROM read_parquet('{_q(index)}', filename=true) WHERE key = 'json') i USING (uid, split)""")
+        con.execute(f"""CREATE TEMP TABLE in_shards AS SELECT s.* FROM read_parquet({literal(samples)}) s
+            SEMI JOIN (SELECT uid, split FROM read_parquet({literal(index)}) WHERE key = 'json') i USING (uid, split)""")
         per_source = con.execute("SELECT source, split, count(*) FROM in_shards GROUP BY ALL").fetchall()
         names = {r: "genus || ' ' || species" if r == "species" else f'"{r}"' for r in RANKS}
         per_rank = con.execute("SELECT " + ", ".join(
@@ -161,7 +161,7 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
         rank_rows = [[r, per_rank[2 * i], per_rank[2 * i + 1]] for i, r in enumerate(RANKS)]
         has_excl = (out / "dedup" / "exclusions.parquet").is_file()
         excl = con.execute(f"""SELECT coalesce(eval_set, '(none)'), coalesce(method, ''), reason, count(DISTINCT uid)
-                               FROM read_parquet('{_q(str(out / "dedup" / "exclusions.parquet"))}')
+                               FROM read_parquet({literal(out / "dedup" / "exclusions.parquet")})
                                GROUP BY ALL ORDER BY ALL""").fetchall() if has_excl else []
         has_clusters = (out / "dedup" / "pool_duplicates.parquet").is_file()
     finally:
@@ -201,8 +201,9 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
               "Rules, in order (the first one an image fails is its reason in the catalog table `unselected`): "
               "include list, fetched, resolved, not excluded by the dedup stage, sources, licences, taxa, minimum "
               "rank, then per taxon the floor and the cap. Splits come from a seeded hash of each image's "
-              "within-pool duplicate cluster, so near copies never straddle train and val and adding a source moves "
-              "no image between splits; a seeded global shuffle across sources orders each split.", ""]
+              "within-pool duplicate cluster (of its member from the earliest source), so near copies never "
+              "straddle train and val and adding a source moves no image between splits; a seeded global shuffle "
+              "across sources orders each split.", ""]
     lines += ["## Evaluation sets and exclusions", ""]
     if not has_excl:
         lines += ["The dedup stage was not run for this build: no evaluation-set image was removed, and every "
@@ -244,10 +245,6 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "(not installed)"
-
-
-def _q(s: str) -> str:
-    return s.replace("'", "''")
 
 
 def write_cards(out: Path, wf, counts: dict[str, dict[str, int]]) -> None:

@@ -18,10 +18,11 @@ Rules (recorded in the dataset card):
    'ok'`), resolved, not excluded by the dedup stage, sources, licences, taxa, minimum rank; then per taxon (a
    species, or a genus/family-only taxon as its own group) the floor and the cap (which images stay under the
    cap: the smallest sha256(seed:cap:uid), so the choice is seeded and does not depend on input order).
-2. Split: sha256(seed:split:<cluster>) < val_fraction * 2^64 -> val, else train, where <cluster> is the
-   image's within-pool duplicate cluster (`dedup/pool_duplicates.parquet`; an image in no cluster is its own
-   cluster, keyed by its uid). Near copies therefore share a split, and adding a source moves no existing
-   image between splits (a cluster's hash depends on nothing else). train_small: the train images with
+2. Split: sha256(seed:split:<anchor>) < val_fraction * 2^64 -> val, else train, where <anchor> is the uid
+   of the image's within-pool duplicate cluster (`dedup/pool_duplicates.parquet`) that comes from the source
+   listed first in the workflow (then the smallest uid); an image in no cluster is its own anchor. Near
+   copies therefore share a split, and adding a source (at the end of the list) moves no existing image
+   between splits: an anchor depends on nothing a later source brings. train_small: the train images with
    sha256(seed:train_small:uid) < train_small_fraction * 2^64.
 3. Order: a seeded global shuffle across sources: within a split, samples sorted by sha256(seed:order:split:
    uid); the n-th sample goes to shard n // samples_per_shard at position n % samples_per_shard.
@@ -41,17 +42,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import catalog
 from ..config import Workflow, from_dict
 from ..errors import ConfigError, InputError, TolError
-from ..fileio import atomic_path
-from ..records import RANKS
+from ..fileio import atomic_path, file_digest, files_fingerprint
+from ..records import RANKS, duckdb_connection
+from ..sql import literal
 from ..text import text_keys
 from .licences import licence_map
 
-PLAN_VERSION = "1"  # part of the fingerprint: bump when the plan's rules change
+PLAN_VERSION = "2"  # part of the fingerprint: bump when the plan's rules change
 SPLITS = ("train", "val", "train_small")
 SELECTION = "selection"
+DEDUP_FILES = ("exclusions.parquet", "pool_duplicates.parquet")  # the dedup stage's outputs, when it ran
 TWO64 = 1 << 64
 
 # the sample columns every later step reads (samples.parquet), besides uid, split, shard, position
@@ -148,10 +150,6 @@ def build_workflow(out: Path) -> Workflow:
     return wf
 
 
-def _file_state(out: Path, pattern: str) -> list[str]:
-    return [f"{p.relative_to(out)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(out.glob(pattern))]
-
-
 def fingerprint(out: Path, wf: Workflow) -> str:
     """What the plan depends on: its settings, the seed, the languages and the state of every input file."""
     out = Path(out)
@@ -159,9 +157,10 @@ def fingerprint(out: Path, wf: Workflow) -> str:
     settings = {k: v for k, v in asdict(wf.shards).items() if k not in ("bucket_rows", "keep_buckets")}
     h.update(json.dumps({"version": PLAN_VERSION, "seed": wf.seed, "shards": settings, "languages": languages(wf),
                          "sources": [s.id for s in wf.sources]}, sort_keys=True).encode())
-    for pattern in ("records/*/*.parquet", "media/*/*.parquet", "taxonomy/*.parquet", "dedup/exclusions.parquet",
-                    "dedup/pool_duplicates.parquet"):
-        h.update("\n".join(_file_state(out, pattern)).encode())
+    h.update(files_fingerprint(out, "records/*/*.parquet", "media/*/*.parquet", "taxonomy/*.parquet").encode())
+    for name in DEDUP_FILES:  # by content: the dedup stage rewrites them (same bytes) on every run
+        path = out / "dedup" / name
+        h.update(f"{name}:{file_digest(path, 'sha256') if path.is_file() else 'absent'}".encode())
     if wf.shards.include_list:
         h.update(include_list_path(wf).read_bytes())
     return h.hexdigest()
@@ -210,8 +209,7 @@ def _load_include_list(con, wf: Workflow) -> str:
                  "|| trim(bioscan_part) ELSE trim(bioscan_part) END || '/' || trim(bioscan_filename)",
                  "nullif(trim(bioscan_filename), '') IS NOT NULL")):
             for sid in by_reader[reader] or [reader]:
-                sid_sql = "'" + sid.replace("'", "''") + "'"
-                parts.append(f"SELECT row, {sid_sql} AS source, '{kind}' AS key_kind, {expr} AS key "
+                parts.append(f"SELECT row, {literal(sid)} AS source, '{kind}' AS key_kind, {expr} AS key "
                              f"FROM inc_raw WHERE {cond}")
         con.execute("CREATE TEMP TABLE inc AS " + " UNION ALL ".join(parts))
     else:
@@ -225,41 +223,52 @@ def _load_include_list(con, wf: Workflow) -> str:
     return "b.uid IN (SELECT uid FROM inc_hit)"
 
 
+INPUTS = (("records", "records/*/*.parquet", "ingest"), ("lineage_map", "taxonomy/lineage_map.parquet", "taxonomy"),
+          ("taxa", "taxonomy/taxa.parquet", "taxonomy"))
+
+
+def inputs(out: Path, wf: Workflow, threads: int = 1, memory_limit: str = "4GB"):
+    """A DuckDB connection of its own (not the catalog: its read-only connections are locked down) with the
+    views the plan reads over the build's parquet: records, lineage_map, taxa, and `images` made by the
+    taxonomy's own view definition."""
+    from ..taxonomy.coverage import create_views
+
+    for name, glob, stage in INPUTS + (("media", "media/*/*.parquet", "fetch"),):
+        if not any(out.glob(glob)):
+            raise TolError(f"{out}: no {name} ({glob}; run the {stage} stage first)")
+    con = duckdb_connection(threads)
+    # 10.4M records with their labels do not fit a worker's share of memory in one go: DuckDB spills
+    tmp = out / "cache" / "selection-tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    con.execute("SET memory_limit = ?", [memory_limit])
+    con.execute("SET temp_directory = ?", [str(tmp)])
+    for name, glob, _ in INPUTS:
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal(out / glob)}, union_by_name=true)")
+    create_views(con, [s.id for s in wf.sources if s.name == "eol"], 1)  # page sources: as taxonomy.plan
+    return con
+
+
 def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit: str = "4GB") -> dict[str, Any]:
     """Plan the samples of the build in `out` into the folder `dest` (see the module docstring)."""
     out = Path(out).resolve()
     cfg, seed = wf.shards, str(wf.seed)
-    con = catalog.connect(out, read_only=True)
+    con = inputs(out, wf, threads, memory_limit)
     try:
-        con.execute(f"SET threads={max(1, int(threads))}")
-        con.execute("SET preserve_insertion_order=true")
-        # 10.4M records with their labels do not fit a worker's share of memory in one go: DuckDB spills
-        tmp = out / "cache" / "selection-tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET memory_limit='{_q(memory_limit)}'")
-        con.execute(f"SET temp_directory='{_q(str(tmp))}'")
-        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        for need, stage in (("records", "ingest"), ("media", "fetch"), ("images", "taxonomy"), ("taxa", "taxonomy")):
-            if need not in have:
-                raise TolError(f"{out}: no `{need}` table in the catalog (run the {stage} stage first)")
         # licences: the build's distinct raw values, mapped in Python (licences.py), selected by pattern
         lic = licence_map(r[0] for r in con.execute("SELECT DISTINCT licence FROM records").fetchall())
         lic_ok = [_licence_selected(i, cfg.include_licences, cfg.exclude_licences) for i in lic["licence_id"].to_pylist()]
         lic = lic.append_column("selected", pa.array(lic_ok, pa.bool_()))
         con.register("lic", lic)
         dedup = out / "dedup"
-        excl = (f"(SELECT uid, min(reason) AS reason FROM read_parquet('{_q(str(dedup / 'exclusions.parquet'))}') "
+        excl = (f"(SELECT uid, min(reason) AS reason FROM read_parquet({literal(dedup / 'exclusions.parquet')}) "
                 "GROUP BY uid)") if (dedup / "exclusions.parquet").is_file() else \
             "(SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS reason WHERE false)"
-        clusters = (f"(SELECT uid, min(cluster_id)::VARCHAR AS cluster_id FROM "
-                    f"read_parquet('{_q(str(dedup / 'pool_duplicates.parquet'))}') GROUP BY uid)") \
-            if (dedup / "pool_duplicates.parquet").is_file() else \
-            "(SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS cluster_id WHERE false)"
+        clusters = _cluster_anchors(con, out, wf)
         langs = extra_languages(wf)
         names = (f"""(SELECT taxon_id, to_json(map(list(language ORDER BY language), list(name ORDER BY language)))
                         AS common_names
                      FROM (SELECT taxon_id, language, min(name) AS name
-                           FROM read_parquet('{_q(str(out / 'taxonomy' / 'common_names.parquet'))}')
+                           FROM read_parquet({literal(out / 'taxonomy' / 'common_names.parquet')})
                            WHERE preferred AND list_contains(?::VARCHAR[], language) GROUP BY ALL)
                      GROUP BY taxon_id)""")
         have_names = bool(langs) and (out / "taxonomy" / "common_names.parquet").is_file()
@@ -277,7 +286,8 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
             JOIN images i USING (uid)
             LEFT JOIN taxa t ON t.taxon_id = i.taxon_id
             LEFT JOIN (SELECT uid, status, sha256, pdq, filename
-                       FROM read_parquet('media/*/*.parquet', filename=true, union_by_name=true)
+                       FROM read_parquet({literal(out / 'media' / '*' / '*.parquet')}, filename=true,
+                                         union_by_name=true)
                        -- fetch keeps one row per uid; should a uid have two, one sample, its ok row first
                        QUALIFY row_number() OVER (PARTITION BY uid ORDER BY status = 'ok' DESC, filename) = 1
                       ) m USING (uid)
@@ -357,11 +367,11 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
                                       ORDER BY n.b, p.media_file, p.uid, p.split""").to_arrow_reader(65536),
                        dest / "routes.parquet", ("bucket",))
         con.execute(f"""COPY (SELECT uid, source, reason FROM judged WHERE reason IS NOT NULL ORDER BY uid)
-                        TO '{_q(str(dest / 'unselected.parquet'))}' (FORMAT parquet, COMPRESSION zstd)""")
+                        TO {literal(dest / 'unselected.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
         if cfg.include_list:
             con.execute(f"""COPY (SELECT i.row, i.source, i.key_kind, i.key FROM inc i
                                   WHERE i.row NOT IN (SELECT row FROM inc_hit) ORDER BY i.row, i.source)
-                            TO '{_q(str(dest / 'include_missing.parquet'))}' (FORMAT parquet)""")
+                            TO {literal(dest / 'include_missing.parquet')} (FORMAT parquet)""")
             counts["include_list_rows"] = con.execute("SELECT count(DISTINCT row) FROM inc").fetchall()[0][0]
             counts["include_list_missing"] = con.execute(
                 "SELECT count(DISTINCT row) FROM inc WHERE row NOT IN (SELECT row FROM inc_hit)").fetchall()[0][0]
@@ -384,8 +394,23 @@ def bucket_size(samples: int, bucket_rows: int) -> int:
     return max(1, min(bucket_rows, max(MIN_BUCKET_ROWS, -(-samples // TARGET_BUCKETS))))
 
 
-def _q(s: str) -> str:
-    return s.replace("'", "''")
+def _cluster_anchors(con, out: Path, wf: Workflow) -> str:
+    """SQL of (uid, cluster_id): for each image in a within-pool duplicate cluster, the cluster's anchor: its
+    member from the source listed first in the workflow, then the smallest uid. The split hashes the anchor.
+    Why not the dedup stage's cluster id (the smallest uid): a source added later can bring a copy with a
+    smaller uid and so move the images already there; sources are added at the end of the list, so the anchor
+    of an existing cluster stays (only a new image joining two existing clusters can move one of them)."""
+    path = out / "dedup" / "pool_duplicates.parquet"
+    if not path.is_file():
+        return "(SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS cluster_id WHERE false)"
+    order = pa.table({"source": [s.id for s in wf.sources], "source_rank": list(range(len(wf.sources)))})
+    con.register("source_order", order)
+    con.execute(f"""CREATE TEMP TABLE anchors AS
+        SELECT p.uid, arg_min(p.member, (coalesce(o.source_rank, 1 << 30), p.member))
+                      OVER (PARTITION BY p.cluster) AS cluster_id
+        FROM (SELECT uid, uid AS member, cluster_id::VARCHAR AS cluster FROM read_parquet({literal(path)})) p
+        JOIN records r ON r.uid = p.member LEFT JOIN source_order o ON o.source = r.source""")
+    return "(SELECT uid, min(cluster_id) AS cluster_id FROM anchors GROUP BY uid)"
 
 
 def _licence_selected(lid: str, include: list[str], exclude: list[str]) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..fileio import atomic_path, write_text_atomic
 from ..records import duckdb_connection
+from ..sql import literal
 from .plan import SPLITS, read_plan, selection_dir
 from .write import INDEX, SHARDS, shard_name
 
@@ -32,9 +33,9 @@ def shard_counts(out: Path) -> dict[str, dict[str, int]]:
             if not n:
                 continue
             files = [str(out / SHARDS / INDEX / split / f"shard-{i:06d}.parquet") for i in range(n)]
-            got = dict(con.execute("SELECT regexp_extract(filename, 'shard-[0-9]+'), count(*) FROM "
-                                   "read_parquet(?, filename=true) WHERE key = 'json' GROUP BY ALL", [files]).fetchall())
-            counts[split] = {shard_name(i): int(got.get(f"shard-{i:06d}", 0)) for i in range(n)}
+            got = dict(con.execute("SELECT shard, count(*) FROM read_parquet(?) WHERE key = 'json' GROUP BY ALL",
+                                   [files]).fetchall())
+            counts[split] = {shard_name(i): int(got.get(shard_name(i), 0)) for i in range(n)}
     finally:
         con.close()
     return counts
@@ -56,7 +57,7 @@ def publish_task(out: str, workflow) -> dict[str, int]:
             con.execute(f"""COPY (SELECT DISTINCT {cols} FROM read_parquet(?) s
                                   SEMI JOIN (SELECT uid FROM read_parquet(?) WHERE key = 'json') i USING (uid)
                                   ORDER BY s.uid)
-                            TO '{str(tmp).replace("'", "''")}' (HEADER, DELIMITER ',')""",
+                            TO {literal(tmp)} (HEADER, DELIMITER ',')""",
                         [str(selection_dir(out_p) / "samples.parquet"), index])
     finally:
         con.close()

@@ -43,8 +43,9 @@ SAMPLE_JSON_FIELDS = ("uid", "source", "source_id", "licence", "licence_id", "ri
                       *RANKS, "scientific_name", "common_name", "common_name_source", "taxon_id", "lowest_rank",
                       "rank_status", "fallback_languages", "texts", "sha256", "pdq")
 
-INDEX_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("offset", pa.int64()),
-                          ("data_offset", pa.int64()), ("size", pa.int64()), ("position", pa.int32())])
+INDEX_SCHEMA = pa.schema([("split", pa.string()), ("shard", pa.string()), ("uid", pa.string()), ("key", pa.string()),
+                          ("offset", pa.int64()), ("data_offset", pa.int64()), ("size", pa.int64()),
+                          ("position", pa.int32())])
 
 
 def shard_name(shard: int) -> str:
@@ -106,16 +107,18 @@ def tar_member(name: str, size: int) -> tarfile.TarInfo:
 class ShardWriter:
     """Writes samples into one tar (a file object) and keeps the member index."""
 
-    def __init__(self, fileobj):
+    def __init__(self, fileobj, split: str, shard: int):
         self.tar = tarfile.open(fileobj=fileobj, mode="w", format=TAR_FORMAT, encoding="utf-8")
         self.index: dict[str, list] = {name: [] for name in INDEX_SCHEMA.names}
+        self.split, self.shard = split, shard_name(shard)
         self.samples = 0
 
     def add(self, uid: str, position: int, members: Iterable[tuple[str, bytes]]) -> None:
         for name, data in members:
             offset = self.tar.offset
             self.tar.addfile(tar_member(name, len(data)), io.BytesIO(data))
-            for col, value in (("uid", uid), ("key", name[len(uid) + 1:]), ("offset", offset),
+            for col, value in (("split", self.split), ("shard", self.shard), ("uid", uid), ("key", name[len(uid) + 1:]),
+                               ("offset", offset),
                                ("data_offset", offset + tarfile.BLOCKSIZE), ("size", len(data)), ("position", position)):
                 self.index[col].append(value)
         self.samples += 1
@@ -146,7 +149,7 @@ def write_task(out: str, selection: str, split: str, shard: int, row_group: int,
     table = rows.select(cols)
     with atomic_path(shard_path(out, split, shard)) as tmp:
         with open(tmp, "wb") as f:
-            writer = ShardWriter(f)
+            writer = ShardWriter(f, split, shard)
             for row in table.to_pylist():  # one shard: samples_per_shard rows
                 got = images.get(row["position"])
                 if got is None:
