@@ -45,9 +45,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fetch_images import make_images  # noqa: E402
 
+from tol_builder import catalog  # noqa: E402
 from tol_builder.fetch.media import MEDIA_SCHEMA, write_table  # noqa: E402
 from tol_builder.fileio import file_digest  # noqa: E402
 from tol_builder.records import make_uid  # noqa: E402
+from tol_builder.shards import SHARD_VIEWS  # noqa: E402
 from tol_builder.shards.images import training_jpeg  # noqa: E402
 
 POOL = 1_000
@@ -71,7 +73,7 @@ def scaled_build(work: Path, demo: Path, name: str, jpegs: list[bytes], sizes: l
         return build
     shutil.rmtree(build, ignore_errors=True)
     keep = lambda d, names: {x for x in names if Path(d) == demo / "build" and x in (  # noqa: E731
-        "shards", "selection", "records", "media", "README.md", "coverage.png", "_markers", "rejects")}
+        "shards", "selection", "records", "media", "README.md", "coverage.png", "_markers")}
     shutil.copytree(demo / "build", build, ignore=keep)
     records = pq.read_table(sorted((demo / "build" / "records").glob("*/*.parquet")))
     media = pq.read_table(sorted((demo / "build" / "media").glob("*/*.parquet")),
@@ -209,6 +211,7 @@ def main() -> None:
         for d in ("shards", "selection", "_markers", "README.md", "coverage.png", "cache/shards", "cache/card"):
             p = build / d
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        catalog.unregister(build, *SHARD_VIEWS)  # their files were just removed
         wf = workflow(demo, build)
         run = run_sampled([sys.executable, "-m", "tol_builder.cli", "build", str(wf), "--stages", "shards", "--quiet"])
         walls = stage_walls(build)

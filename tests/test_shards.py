@@ -28,6 +28,7 @@ from tol_builder.config import load_workflow
 from tol_builder.errors import ConfigError
 from tol_builder.fileio import file_digest
 from tol_builder.records import RANKS
+from tol_builder.shards import SHARD_VIEWS
 from tol_builder.shards import plan as planning
 from tol_builder.shards.images import training_jpeg
 from tol_builder.shards.licences import licence_id
@@ -36,7 +37,6 @@ from tol_builder.text import taxon_texts, text_keys
 pytestmark = pytest.mark.slow
 SPLITS = ("train", "val", "train_small")
 SHARD_OUTPUTS = ("shards", "selection", "README.md", "coverage.png")
-SHARD_VIEWS = ("samples", "unselected", "shard_index", "licence_map")
 
 
 def tol_demo(root: Path) -> Path:
@@ -68,15 +68,7 @@ def variant(demo: Path, tmp_path: Path, name: str, **sections) -> tuple[Path, Pa
         return skip
 
     shutil.copytree(demo / "build", build, ignore=ignore)
-    # the catalog of a build before the shards stage: without the views over the files left out (a view over
-    # files that are gone breaks every read-only connection; the catalog has no call to unregister one)
-    con = catalog.connect(build, read_only=False)
-    try:
-        for view in SHARD_VIEWS:
-            con.execute(f'DROP VIEW IF EXISTS "{view}"')
-        con.execute("DELETE FROM _parquet_views WHERE list_contains(?, name)", [list(SHARD_VIEWS)])
-    finally:
-        con.close()
+    catalog.unregister(build, *SHARD_VIEWS)  # the catalog of a build before the shards stage
     doc = tomllib.loads((demo / "workflow.toml").read_text())
     for section, values in sections.items():
         if isinstance(values, dict):

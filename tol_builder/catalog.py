@@ -128,6 +128,19 @@ def register_parquet(out: Path, name: str, rel_glob: str, select: str = "*") -> 
     return True
 
 
+def unregister(out: Path, *names: str) -> None:
+    """Drop the views `names` (a stage's outputs removed: a view over files that are gone would break every
+    read-only connection, which re-creates the parquet-backed views)."""
+    con = connect(out, read_only=False)
+    try:
+        for name in names:
+            con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
+        if _has_table(con, "_parquet_views"):
+            con.execute("DELETE FROM _parquet_views WHERE list_contains(?, name)", [list(names)])
+    finally:
+        con.close()
+
+
 def store_table(out: Path, name: str, table: pa.Table) -> None:
     con = connect(out, read_only=False)
     try:

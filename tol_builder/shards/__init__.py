@@ -36,6 +36,7 @@ BUCKET_STAGE = "shards.buckets"
 STAGE = "shards"
 PUBLISH_STAGE = "shards.publish"
 IMAGE_SETTINGS = ("image_size", "resize_mode", "resize_filter", "jpeg_quality", "pad_colour")
+SHARD_VIEWS = ("samples", "unselected", "shard_index", "licence_map")  # the catalog views `register` creates
 
 catalog.document("samples", "one row per (uid, split): the sample plan of the shards stage (train_small is a "
                  "subset of train), with what each sample's .json carries",
@@ -160,4 +161,4 @@ def register(out: Path) -> None:
     catalog.register_parquet(out, "licence_map", "selection/licence_map.parquet")  # last: refreshes `tables`
 
 
-__all__ = ["run", "register", "PLAN_STAGE", "BUCKET_STAGE", "STAGE", "PUBLISH_STAGE"]
+__all__ = ["run", "register", "PLAN_STAGE", "BUCKET_STAGE", "STAGE", "PUBLISH_STAGE", "SHARD_VIEWS"]
