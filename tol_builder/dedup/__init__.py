@@ -62,8 +62,8 @@ def settings_of(ctx: BuildContext) -> dict:
     for name in ("pdq_max_distance", "min_pdq_quality"):
         if getattr(cfg, name) < 0:
             raise ConfigError(ctx.workflow.path, f"dedup.{name}", "zero or more", getattr(cfg, name))
-    if cfg.pdq_max_distance > 31:  # multi-index hashing stays exact up to this (index.py)
-        raise ConfigError(ctx.workflow.path, "dedup.pdq_max_distance", "at most 31 (of 256 bits)", cfg.pdq_max_distance)
+    if cfg.pdq_max_distance > 64:  # exact at any distance (index.py), but past 64 of 256 bits unrelated photos match
+        raise ConfigError(ctx.workflow.path, "dedup.pdq_max_distance", "at most 64 (of 256 bits)", cfg.pdq_max_distance)
     for name in ("match_rows", "report_max_pairs"):
         if getattr(cfg, name) < 1:
             raise ConfigError(ctx.workflow.path, f"dedup.{name}", "a positive integer", getattr(cfg, name))
