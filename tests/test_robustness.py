@@ -86,3 +86,44 @@ def test_archive_downloads_honour_retry_after(fault_server, tmp_path):
     assert (tmp_path / "a.part").read_bytes() == b"z" * 5000
     times = [t for t, path, _ in fault_server.log if path.startswith("/file-ra/")]
     assert len(times) == 3 and times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95  # waited as asked
+
+
+def _fetch_stage(tmp, urls: list[str], retry_failed: bool = False) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tol_builder import catalog, fetch
+    from tol_builder.config import FetchConfig, SourceConfig, Workflow
+    from tol_builder.context import BuildContext
+    from tol_builder.records import RAW_COLUMNS, RECORD_SCHEMA, make_uid
+    from tol_builder.runner import Runner
+
+    out = tmp / "build"
+    path = out / "records" / "eol" / "m.parquet"
+    if not path.exists():
+        rows = [{"uid": make_uid("eol", str(i)), "source": "eol", "source_id": str(i), "media_uri": u,
+                 **{c: None for c in RAW_COLUMNS if c not in ("source_id", "media_uri")}} for i, u in enumerate(urls)]
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), path)
+        catalog.register_parquet(out, "records", "records/*/*.parquet")
+    wf = Workflow(name="t", out=str(out), sources=[SourceConfig(name="eol", manifest="none.toml")],
+                  path=tmp / "wf.toml", fetch=FetchConfig(attempts=1, retry_passes=1, backoff_base=0.01, max_side=64))
+    fetch.run(BuildContext(wf, out, Runner(out, None, progress=False), None, retry_failed=retry_failed))
+    return {r["media_uri"]: (r["status"], r["error_class"]) for r in catalog.query(
+        out, "SELECT m.status, m.error_class, r.media_uri FROM media m JOIN records r USING (uid)").to_pylist()}
+
+
+def test_transient_failures_are_retried_by_a_rerun_and_permanent_ones_on_request(fault_server, tmp_path):
+    fault_server.images["a"] = jpeg_bytes(noise_image(200, 150, seed=6))
+    u = fault_server.url
+    down, gone = f"{u}/flaky/503/2/a", f"{u}/flaky/404/1/a"  # 503 twice, then ok; 404 once, then ok
+    first = _fetch_stage(tmp_path, [down, gone])
+    assert first == {down: ("transient", "http_503"), gone: ("failed", "http_404")}
+    second = _fetch_stage(tmp_path, [down, gone])  # the host is back: the transient row is fetched again
+    assert second[down] == ("ok", None) and second[gone] == ("failed", "http_404")
+    assert fault_server.hits["/flaky/503/2/a"] == 3 and fault_server.hits["/flaky/404/1/a"] == 1
+    asked = sum(fault_server.hits.values())
+    third = _fetch_stage(tmp_path, [down, gone])  # nothing transient left: a re-run asks nothing
+    assert third == second and sum(fault_server.hits.values()) == asked
+    fourth = _fetch_stage(tmp_path, [down, gone], retry_failed=True)
+    assert fourth[gone] == ("ok", None)

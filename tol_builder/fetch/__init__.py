@@ -11,7 +11,11 @@ Runner stages, in order (each a set of plain tasks; resume = run again):
    * A tar (iNat21's train.tar.gz: gzip, sequential only) gets `archive_stream_tasks` tasks; each streams
      the archive once and keeps the records whose uid falls in its bucket (first 32 bits of the uid, mod n).
 3. `fetch.retry1` .. `fetch.retry<retry_passes>`: the media chunks holding transient rows are fetched
-   again and rewritten in place, so `media` keeps one row per uid.
+   again and rewritten in place, so `media` keeps one row per uid. A retry task's key carries the chunk's
+   state (size, modification time), so running the build again retries what is still transient (a host
+   that was down is back): the counters of that run's retry markers say what it retried. `tol build
+   --retry-failed` retries permanent failures too (a host that was wrongly refusing), except refusals of
+   the URL policy, which a retry cannot change.
 
 Output: `media/<source>/<task>.<nnnnn>.parquet` (fetch/media.py), registered as the catalog view `media`.
 """
@@ -206,13 +210,15 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
         main_error = e
 
     # 3. retry passes over transient rows
+    statuses = ["transient", "failed"] if getattr(ctx, "retry_failed", False) else ["transient"]
     for p in range(1, cfg.retry_passes + 1):
-        chunks = _chunks_with_transient(con, out, media_root)
+        chunks = _chunks_to_retry(con, out, media_root, statuses)
         if not chunks:
             break
-        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers,
-                                                      local_media=(local_media or {}).get(Path(c).parent.name, False)))
-                 for c in chunks]
+        retry = [Task(f"{Path(c).stem}.{_state(c)}", retry_task, dict(
+            common, chunk=c, zip_infos=zips, pass_no=p, workers=workers, statuses=statuses,
+            local_media=(local_media or {}).get(Path(c).parent.name, False))) for c in chunks]
+        statuses = ["transient"]  # permanent failures once per run; then the usual passes
         try:
             ctx.runner.run(f"{stage}.retry{p}", retry, outputs=(out / media_root,))
         except StageError as e:
@@ -234,12 +240,23 @@ def media_files(out: Path, media_root: str = "media") -> list[str]:
     return sorted(str(p) for p in (Path(out) / media_root).glob("*/*.parquet"))
 
 
-def _chunks_with_transient(con, out: Path, media_root: str) -> list[str]:
+def _state(path: str) -> str:
+    """A short digest of a chunk file's size and modification time: a retry task's key changes with it."""
+    import hashlib
+
+    st = Path(path).stat()
+    return hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+
+
+def _chunks_to_retry(con, out: Path, media_root: str, statuses: list[str]) -> list[str]:
+    from .tasks import POLICY_REFUSALS
+
     files = media_files(out, media_root)
     if not files:
         return []
     rows = con.execute(f"""SELECT filename FROM read_parquet({literal_list(files)}, filename=true)
-        WHERE status = 'transient' GROUP BY filename ORDER BY filename""").fetchall()
+        WHERE list_contains(?::VARCHAR[], status) AND NOT list_contains(?::VARCHAR[], coalesce(error_class, ''))
+        GROUP BY filename ORDER BY filename""", [statuses, list(POLICY_REFUSALS)]).fetchall()
     return [r[0] for r in rows]
 
 

@@ -450,14 +450,19 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
     return {"records": len(uids), "resumed_done": skipped, "archive_unsafe_members": len(refused), **writer.counters}
 
 
+POLICY_REFUSALS = ("local_path_refused", "unsupported_scheme", "private_redirect", "bad_redirect")
+
+
 def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass_no: int, threads: int = 1,
-               workers: int = 1, local_media: bool = False) -> dict:
-    """Fetch the transient rows of one media chunk again and rewrite the chunk with the new rows."""
+               workers: int = 1, local_media: bool = False, statuses: list[str] = (TRANSIENT,)) -> dict:
+    """Fetch the rows of one media chunk whose status is in `statuses` again (transient ones; with
+    --retry-failed permanent ones too, but for the URL policy's refusals) and rewrite the chunk."""
     c = fetch_config(cfg)
     path = Path(chunk)
     table = pq.read_table(path)
     status = table.column("status").to_pylist()
-    transient = [i for i, s in enumerate(status) if s == TRANSIENT]
+    errors = table.column("error_class").to_pylist()
+    transient = [i for i, s in enumerate(status) if s in statuses and errors[i] not in POLICY_REFUSALS]
     if not transient:
         return {"retried": 0}
     items = []
@@ -473,8 +478,9 @@ def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass
 
     stats = fetch_items(items, c, emit, pass_no=pass_no, zip_infos=zip_infos, threads=threads, workers=workers,
                         local_media=local_media)
-    keep = pc.invert(pc.equal(table.column("status"), TRANSIENT))
-    kept = table.filter(keep)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[transient] = False
+    kept = table.filter(pa.array(keep))
     replaced = media.table_of([new_rows[it["uid"]] for it in items if it["uid"] in new_rows])
     lost = [it for it in items if it["uid"] not in new_rows]  # cannot happen; kept as they were if it does
     parts = [kept, replaced] + ([table.filter(pc.is_in(table.column("uid"), pa.array([x["uid"] for x in lost])))]
