@@ -127,3 +127,21 @@ def test_transient_failures_are_retried_by_a_rerun_and_permanent_ones_on_request
     assert third == second and sum(fault_server.hits.values()) == asked
     fourth = _fetch_stage(tmp_path, [down, gone], retry_failed=True)
     assert fourth[gone] == ("ok", None)
+
+
+def test_every_range_and_name_problem_is_listed_at_load(tmp_path):
+    """max_side = -5, jpeg_quality = 500, per_host_concurrency = 0 and a misspelt authority all loaded before;
+    now the load fails, listing each with its dotted key, before any cluster starts."""
+    from tol_builder.errors import ConfigErrors
+
+    wf = tmp_path / "wf.toml"
+    _workflow(tmp_path)
+    wf.write_text(wf.read_text() + '[fetch]\nmax_side = -5\njpeg_quality = 500\nper_host_concurrency = 0\n'
+                  '[taxonomy]\nauthority_order = ["source", "itsi"]\n[dedup]\npdq_max_distance = 300\n')
+    with pytest.raises(ConfigErrors) as e:
+        load_workflow(wf)
+    keys = [k for k, _, _ in e.value.problems]
+    assert keys == ["fetch.max_side", "fetch.per_host_concurrency", "fetch.jpeg_quality",
+                    "taxonomy.authority_order[1]", "dedup.pdq_max_distance"]
+    message = str(e.value)
+    assert message.startswith(f"{wf}: 5 problems") and "'itsi'" in message and "-5" in message

@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 
 from .. import catalog
 from ..context import BuildContext
-from ..errors import ConfigError
 from ..fileio import atomic_path, files_fingerprint
 from ..runner import Task, drop_stale_markers
 from .evalsets import LoadedEvalSet, hold_spec, load_evalsets, prepare
@@ -58,15 +57,10 @@ catalog.document("dedup_summary", "excluded images per reason, evaluation set an
 
 
 def settings_of(ctx: BuildContext) -> dict:
+    from ..validate import dedup_problems, raise_first
+
     cfg = ctx.workflow.dedup
-    for name in ("pdq_max_distance", "min_pdq_quality"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(ctx.workflow.path, f"dedup.{name}", "zero or more", getattr(cfg, name))
-    if cfg.pdq_max_distance > 64:  # exact at any distance (index.py), but past 64 of 256 bits unrelated photos match
-        raise ConfigError(ctx.workflow.path, "dedup.pdq_max_distance", "at most 64 (of 256 bits)", cfg.pdq_max_distance)
-    for name in ("match_rows", "report_max_pairs"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(ctx.workflow.path, f"dedup.{name}", "a positive integer", getattr(cfg, name))
+    raise_first(ctx.workflow.path, dedup_problems(cfg))
     return {"pdq_max_distance": cfg.pdq_max_distance, "min_pdq_quality": cfg.min_pdq_quality,
             "drop_pool_exact": cfg.drop_pool_exact, "drop_pool_near": cfg.drop_pool_near}
 

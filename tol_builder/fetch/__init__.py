@@ -30,7 +30,6 @@ from pathlib import Path
 from .. import catalog
 from ..config import FetchConfig, Workflow
 from ..context import BuildContext
-from ..errors import ConfigError
 from ..runner import StageError, Task
 from ..sql import literal_list
 from . import media  # noqa: F401  (documents the media table in the catalog)
@@ -41,25 +40,11 @@ from .tasks import (archive_info_path, prepare_archive_task, records_task, retry
 STAGE = "fetch"
 ARCHIVES_STAGE = "fetch.archives"
 
-_POSITIVE = ("max_side", "max_pixels", "max_bytes", "per_host_concurrency", "max_redirects", "attempts",
-             "task_concurrency", "partition_size", "archive_stream_tasks", "chunk_rows")
-
-
 def validate(cfg: FetchConfig, file: object) -> None:
-    """Values a type check cannot catch, named by their key (fetch.<name>)."""
-    for name in _POSITIVE:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(file, f"fetch.{name}", "a positive integer", getattr(cfg, name))
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise ConfigError(file, "fetch.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality)
-    for name in ("per_host_rps", "retry_passes", "backoff_base", "backoff_max", "max_retry_after", "archive_attempts"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(file, f"fetch.{name}", "zero or more", getattr(cfg, name))
-    for name in ("connect_timeout", "read_timeout", "total_timeout"):
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(file, f"fetch.{name}", "a positive number of seconds", getattr(cfg, name))
-    if not cfg.user_agent.strip():
-        raise ConfigError(file, "fetch.user_agent", "a non-empty User-Agent", cfg.user_agent)
+    """Values a type check cannot catch (validate.fetch_problems; load_workflow checked them already)."""
+    from ..validate import fetch_problems, raise_first
+
+    raise_first(file, fetch_problems(cfg))
 
 
 def normalize_uri(uri: str) -> str:
