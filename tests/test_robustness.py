@@ -145,3 +145,43 @@ def test_every_range_and_name_problem_is_listed_at_load(tmp_path):
                     "taxonomy.authority_order[1]", "dedup.pdq_max_distance"]
     message = str(e.value)
     assert message.startswith(f"{wf}: 5 problems") and "'itsi'" in message and "-5" in message
+
+
+def test_changing_a_sources_splits_removes_its_old_records_and_keeps_fetched_images(tmp_path):
+    """Issue 13: changing an iNat21 source's splits from train+val to train left the val records in `records`.
+    Now the source is read again (its old records go, said on the console), and the fetch stage re-plans:
+    the val images leave `media`, the train images are carried over, not fetched again."""
+    from tol_builder import catalog, fetch, ingest
+    from tol_builder.config import SourceConfig, Workflow
+    from tol_builder.context import BuildContext
+    from tol_builder.demo import sources as gen
+    from tol_builder.runner import Runner
+
+    files = gen.write_inat21(tmp_path / "data", 17)
+    manifest = gen.write_manifest(tmp_path / "data" / "manifests", files)
+    out, said = tmp_path / "build", []
+
+    class Say:
+        def print(self, message, **kw):
+            said.append(message)
+
+    def run(splits):
+        wf = Workflow(name="t", out=str(out), path=tmp_path / "wf.toml",
+                      sources=[SourceConfig(name="inat21", manifest=str(manifest), options={"splits": splits})])
+        ctx = BuildContext(wf, out, Runner(out, None, progress=False), Say(), threads=1)
+        ingest.run(ctx)
+        fetch.run(ctx)
+        return {r["source_split"]: r["n"] for r in catalog.query(
+            out, "SELECT source_split, count(*) AS n FROM records GROUP BY ALL").to_pylist()}
+
+    both = run(["train", "val"])
+    assert set(both) == {"train", "val"}
+    media_before = {r["uid"]: r["sha256"] for r in catalog.query(out, "SELECT uid, sha256 FROM media").to_pylist()}
+    train_only = run(["train"])
+    assert train_only == {"train": both["train"]}
+    assert any("inat21" in m and "removing the records" in m for m in said)
+    media = catalog.query(out, "SELECT uid, sha256, pass FROM media").to_pylist()
+    records = {r["uid"] for r in catalog.query(out, "SELECT uid FROM records").to_pylist()}
+    assert {m["uid"] for m in media} == records and len(media) == len(records)  # no val rows, one row per uid
+    assert all(media_before[m["uid"]] == m["sha256"] for m in media)
+    assert any("carried over" in m for m in said)

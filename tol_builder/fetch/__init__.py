@@ -18,6 +18,12 @@ Runner stages, in order (each a set of plain tasks; resume = run again):
    the URL policy, which a retry cannot change.
 
 Output: `media/<source>/<task>.<nnnnn>.parquet` (fetch/media.py), registered as the catalog view `media`.
+
+Resume is keyed by what shapes the tasks (`plan_fingerprint`: partition_size, archive_stream_tasks,
+chunk_rows and the records files themselves, in `_markers/<stage>/_fingerprint.json`). When it changes
+(another partition_size, re-ingested records), the stage re-plans: its markers go; media rows of uids no
+longer in the records are removed; every image already fetched is carried over by uid (`carry.py`: one
+file of done uids per records file, which the new tasks skip), never fetched again.
 """
 
 from __future__ import annotations
@@ -118,6 +124,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
     The pool's records go to `media/`; the dedup stage fetches evaluation sets with this same function."""
     from ..records import duckdb_connection
 
+    from .carry import carry_file, replan_if_changed
+
     wf = ctx.workflow
     cfg = wf.fetch
     validate(cfg, wf.path)
@@ -125,6 +133,7 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
     cfg_plain = dataclasses.asdict(cfg)
     con = duckdb_connection(ctx.threads)
     src = f"read_parquet({literal_list(files)}, filename=true, union_by_name=true)"
+    replan_if_changed(ctx, files, media_root, stage)
 
     # 1. archives
     referenced = con.execute(f"""SELECT DISTINCT media_uri FROM {src}
@@ -176,7 +185,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
                 common, source=source, task_key=f"{source}.{path.stem}.{i:05d}", records_file=filename,
                 start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars if has_tar else [],
                 zip_infos={u: zips[u] for u in used if u in zips}, workers=workers, media_root=media_root,
-                local_media=(local_media or {}).get(source, False))))
+                local_media=(local_media or {}).get(source, False),
+                carry_files=[str(carry_file(out, media_root, filename))])))
     for uri in tars:
         sources = [r[0] for r in con.execute(f"SELECT DISTINCT source FROM {src} WHERE media_uri = ? "
                                              "AND media_member IS NOT NULL ORDER BY 1", [uri]).fetchall()]
@@ -187,7 +197,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
                 key = f"{source}.tar-{archive_id(uri)}.{b}-{k}"
                 tasks.append(Task(key, tar_task, dict(
                     out=str(out), cfg=cfg_plain, threads=max(1, ctx.threads), source=source, task_key=key,
-                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k, media_root=media_root)))
+                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k, media_root=media_root,
+                    carry_files=[str(carry_file(out, media_root, f)) for f in src_files])))
     main_error: StageError | None = None
     try:
         ctx.runner.run(stage, tasks, outputs=(out / media_root,))
