@@ -151,11 +151,14 @@ def test_changing_a_sources_splits_removes_its_old_records_and_keeps_fetched_ima
     """Issue 13: changing an iNat21 source's splits from train+val to train left the val records in `records`.
     Now the source is read again (its old records go, said on the console), and the fetch stage re-plans:
     the val images leave `media`, the train images are carried over, not fetched again."""
+    import json
+
     from tol_builder import catalog, fetch, ingest
-    from tol_builder.config import SourceConfig, Workflow
+    from tol_builder.config import SourceConfig, Workflow, to_dict
     from tol_builder.context import BuildContext
     from tol_builder.demo import sources as gen
     from tol_builder.runner import Runner
+    from tol_builder.status import stale_stages
 
     files = gen.write_inat21(tmp_path / "data", 17)
     manifest = gen.write_manifest(tmp_path / "data" / "manifests", files)
@@ -176,6 +179,16 @@ def test_changing_a_sources_splits_removes_its_old_records_and_keeps_fetched_ima
 
     both = run(["train", "val"])
     assert set(both) == {"train", "val"}
+
+    def declare(splits):  # what `tol build` records as the effective workflow of the build
+        wf = Workflow(name="t", out=str(out), path=tmp_path / "wf.toml",
+                      sources=[SourceConfig(name="inat21", manifest=str(manifest), options={"splits": splits})])
+        (out / "workflow.json").write_text(json.dumps({"workflow": str(wf.path), **to_dict(wf)}))
+
+    declare(["train", "val"])
+    assert stale_stages(out) == {}
+    declare(["train"])
+    assert "ingest" in stale_stages(out)
     media_before = {r["uid"]: r["sha256"] for r in catalog.query(out, "SELECT uid, sha256 FROM media").to_pylist()}
     train_only = run(["train"])
     assert train_only == {"train": both["train"]}

@@ -95,8 +95,10 @@ def status(out: Path = typer.Argument(..., help="Build directory.")) -> None:
     for col in ("stage", "tasks done", "counters"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["stage"], f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
-                      ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
+        done = f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}"
+        if r.get("stale"):
+            done += f" (stale: {r['stale']}; the next tol build re-plans it)"
+        table.add_row(r["stage"], done, ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
     Console().print(table)
     from .catalog import catalog_path, query as run_query
 
