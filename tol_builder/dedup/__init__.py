@@ -133,8 +133,13 @@ def finish(out: Path, work: Path) -> dict[str, int]:
                          ("eval_id", "ascending"), ("method", "ascending")])
     for name, table in (("exclusions", excl), ("pool_duplicates", pq.read_table(work / "pool_duplicates.parquet")
                                                 .cast(POOL_DUPLICATE_SCHEMA))):
-        with atomic_path(out / STAGE / f"{name}.parquet") as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        data, target = buf.getvalue().to_pybytes(), out / STAGE / f"{name}.parquet"
+        if target.exists() and target.read_bytes() == data:
+            continue  # unchanged: left as it is, so that what reads it sees no new file
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
     register(out)
     counts = catalog.query(out, "SELECT reason, count(DISTINCT uid) AS n FROM exclusions GROUP BY reason").to_pylist()
     result = {f"excluded_{r['reason']}": r["n"] for r in counts}
