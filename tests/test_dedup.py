@@ -243,7 +243,7 @@ def test_evaluation_images_stay_out_of_the_pool_tables(built):
 
 def test_rerunning_changes_nothing_and_the_survivor_is_the_same_in_any_order(built, tmp_path):
     tmp, out, uids, counters = built
-    before = {p: p.read_bytes() for p in (out / "dedup").glob("*.parquet")}
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "dedup").glob("*.parquet")}
     markers = read_markers(out, stage.STAGE)
     wf = make_workflow(tmp, tmp / "authorities", tuple(SOURCES))
     for s in wf.sources:
@@ -251,7 +251,7 @@ def test_rerunning_changes_nothing_and_the_survivor_is_the_same_in_any_order(bui
     wf.dedup.evalsets = [str(p.relative_to(tmp)) for p in sorted((tmp / "manifests" / "evalsets").glob("*.toml"))]
     ctx = BuildContext(wf, out, Runner(out, client=None, progress=False), None, threads=1)
     again = stage.run(ctx)
-    assert {p: p.read_bytes() for p in (out / "dedup").glob("*.parquet")} == before
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "dedup").glob("*.parquet")} == before
     assert read_markers(out, stage.STAGE) == markers
     assert {k: v for k, v in again.items() if k.startswith("excluded_")} == \
         {k: v for k, v in counters.items() if k.startswith("excluded_")}

@@ -359,3 +359,50 @@ def test_a_task_reads_only_the_row_groups_of_its_slice_and_gets_the_same_rows(tm
     # with a tar excluded, slices are positions among the remaining rows
     kept = [r for r in rows if r["media_uri"] != "x.tar"]
     assert read_slice(str(path), ["x.tar"], 4, 6) == kept[4:10]
+
+
+def test_a_killed_fetch_resumed_with_another_partition_size_fetches_each_image_once(fault_server, client, tmp_path):
+    """Issue 13: resumed with another fetch.partition_size, a killed build never fetched 2 of 6 images (the old
+    markers named other slices). Now the stage re-plans and carries what it fetched over by uid."""
+    from tol_builder import fetch
+
+    out = tmp_path / "build"
+    fault_server.images["a"] = images(1)[0]
+    n = 40
+    urls = [f"{fault_server.url}/img/a?delay=0.15&id={i}" for i in range(n)]
+    uids = write_records(out, "eol", "media_manifest_1", [{"source_id": str(i), "media_uri": urls[i]} for i in range(n)])
+    url_of = dict(zip(uids, urls))
+    wf_dir = tmp_path / "wf"
+    wf_dir.mkdir()
+    (wf_dir / "eol.toml").write_text('source = "eol"\n[[files]]\nname = "m"\nrole = "metadata"\n')
+    cfg = dict(partition_size=10, chunk_rows=2, per_host_concurrency=2, task_concurrency=2, per_host_rps=0.0,
+               attempts=1, max_side=64)
+    script = tmp_path / "run_fetch.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(wf_dir), json.dumps(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    media_dir = out / "media" / "eol"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and len(list(media_dir.glob("*.parquet"))) < 3:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    kept = {u for p in media_dir.glob("*.parquet") for u in pq.read_table(p, columns=["uid"]).column("uid").to_pylist()}
+    assert 6 <= len(kept) < n
+    fault_server.reset_counts()
+    cfg["partition_size"] = 7  # resumed with other slices
+    wf = Workflow(name="k", out=str(out), sources=[SourceConfig(name="eol", manifest="eol.toml")],
+                  fetch=FetchConfig(**cfg), path=wf_dir / "wf.toml")
+    counters = fetch.run(BuildContext(wf, out, Runner(out, client, progress=False), None, threads=1))
+    requested = set(fault_server.paths_requested())
+    assert not requested & {url_of[u].split(fault_server.url)[1] for u in kept}  # nothing fetched twice
+    assert len(requested) == n - len(kept)
+    media = _media(out)  # one row per uid
+    assert set(media) == set(uids) and all(r["status"] == "ok" for r in media.values())
+    assert counters["media_ok"] == n and "media_missing" not in counters
+    again = fetch.run(BuildContext(wf, out, Runner(out, client, progress=False), None, threads=1))
+    assert again["media_ok"] == n  # a re-run with unchanged settings re-plans nothing

@@ -86,3 +86,115 @@ def test_archive_downloads_honour_retry_after(fault_server, tmp_path):
     assert (tmp_path / "a.part").read_bytes() == b"z" * 5000
     times = [t for t, path, _ in fault_server.log if path.startswith("/file-ra/")]
     assert len(times) == 3 and times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95  # waited as asked
+
+
+def _fetch_stage(tmp, urls: list[str], retry_failed: bool = False) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tol_builder import catalog, fetch
+    from tol_builder.config import FetchConfig, SourceConfig, Workflow
+    from tol_builder.context import BuildContext
+    from tol_builder.records import RAW_COLUMNS, RECORD_SCHEMA, make_uid
+    from tol_builder.runner import Runner
+
+    out = tmp / "build"
+    path = out / "records" / "eol" / "m.parquet"
+    if not path.exists():
+        rows = [{"uid": make_uid("eol", str(i)), "source": "eol", "source_id": str(i), "media_uri": u,
+                 **{c: None for c in RAW_COLUMNS if c not in ("source_id", "media_uri")}} for i, u in enumerate(urls)]
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), path)
+        catalog.register_parquet(out, "records", "records/*/*.parquet")
+    wf = Workflow(name="t", out=str(out), sources=[SourceConfig(name="eol", manifest="none.toml")],
+                  path=tmp / "wf.toml", fetch=FetchConfig(attempts=1, retry_passes=1, backoff_base=0.01, max_side=64))
+    fetch.run(BuildContext(wf, out, Runner(out, None, progress=False), None, retry_failed=retry_failed))
+    return {r["media_uri"]: (r["status"], r["error_class"]) for r in catalog.query(
+        out, "SELECT m.status, m.error_class, r.media_uri FROM media m JOIN records r USING (uid)").to_pylist()}
+
+
+def test_transient_failures_are_retried_by_a_rerun_and_permanent_ones_on_request(fault_server, tmp_path):
+    fault_server.images["a"] = jpeg_bytes(noise_image(200, 150, seed=6))
+    u = fault_server.url
+    down, gone = f"{u}/flaky/503/2/a", f"{u}/flaky/404/1/a"  # 503 twice, then ok; 404 once, then ok
+    first = _fetch_stage(tmp_path, [down, gone])
+    assert first == {down: ("transient", "http_503"), gone: ("failed", "http_404")}
+    second = _fetch_stage(tmp_path, [down, gone])  # the host is back: the transient row is fetched again
+    assert second[down] == ("ok", None) and second[gone] == ("failed", "http_404")
+    assert fault_server.hits["/flaky/503/2/a"] == 3 and fault_server.hits["/flaky/404/1/a"] == 1
+    asked = sum(fault_server.hits.values())
+    third = _fetch_stage(tmp_path, [down, gone])  # nothing transient left: a re-run asks nothing
+    assert third == second and sum(fault_server.hits.values()) == asked
+    fourth = _fetch_stage(tmp_path, [down, gone], retry_failed=True)
+    assert fourth[gone] == ("ok", None)
+
+
+def test_every_range_and_name_problem_is_listed_at_load(tmp_path):
+    """max_side = -5, jpeg_quality = 500, per_host_concurrency = 0 and a misspelt authority all loaded before;
+    now the load fails, listing each with its dotted key, before any cluster starts."""
+    from tol_builder.errors import ConfigErrors
+
+    wf = tmp_path / "wf.toml"
+    _workflow(tmp_path)
+    wf.write_text(wf.read_text() + '[fetch]\nmax_side = -5\njpeg_quality = 500\nper_host_concurrency = 0\n'
+                  '[taxonomy]\nauthority_order = ["source", "itsi"]\n[dedup]\npdq_max_distance = 300\n')
+    with pytest.raises(ConfigErrors) as e:
+        load_workflow(wf)
+    keys = [k for k, _, _ in e.value.problems]
+    assert keys == ["fetch.max_side", "fetch.per_host_concurrency", "fetch.jpeg_quality",
+                    "taxonomy.authority_order[1]", "dedup.pdq_max_distance"]
+    message = str(e.value)
+    assert message.startswith(f"{wf}: 5 problems") and "'itsi'" in message and "-5" in message
+
+
+def test_changing_a_sources_splits_removes_its_old_records_and_keeps_fetched_images(tmp_path):
+    """Issue 13: changing an iNat21 source's splits from train+val to train left the val records in `records`.
+    Now the source is read again (its old records go, said on the console), and the fetch stage re-plans:
+    the val images leave `media`, the train images are carried over, not fetched again."""
+    import json
+
+    from tol_builder import catalog, fetch, ingest
+    from tol_builder.config import SourceConfig, Workflow, to_dict
+    from tol_builder.context import BuildContext
+    from tol_builder.demo import sources as gen
+    from tol_builder.runner import Runner
+    from tol_builder.status import stale_stages
+
+    files = gen.write_inat21(tmp_path / "data", 17)
+    manifest = gen.write_manifest(tmp_path / "data" / "manifests", files)
+    out, said = tmp_path / "build", []
+
+    class Say:
+        def print(self, message, **kw):
+            said.append(message)
+
+    def run(splits):
+        wf = Workflow(name="t", out=str(out), path=tmp_path / "wf.toml",
+                      sources=[SourceConfig(name="inat21", manifest=str(manifest), options={"splits": splits})])
+        ctx = BuildContext(wf, out, Runner(out, None, progress=False), Say(), threads=1)
+        ingest.run(ctx)
+        fetch.run(ctx)
+        return {r["source_split"]: r["n"] for r in catalog.query(
+            out, "SELECT source_split, count(*) AS n FROM records GROUP BY ALL").to_pylist()}
+
+    both = run(["train", "val"])
+    assert set(both) == {"train", "val"}
+
+    def declare(splits):  # what `tol build` records as the effective workflow of the build
+        wf = Workflow(name="t", out=str(out), path=tmp_path / "wf.toml",
+                      sources=[SourceConfig(name="inat21", manifest=str(manifest), options={"splits": splits})])
+        (out / "workflow.json").write_text(json.dumps({"workflow": str(wf.path), **to_dict(wf)}))
+
+    declare(["train", "val"])
+    assert stale_stages(out) == {}
+    declare(["train"])
+    assert "ingest" in stale_stages(out)
+    media_before = {r["uid"]: r["sha256"] for r in catalog.query(out, "SELECT uid, sha256 FROM media").to_pylist()}
+    train_only = run(["train"])
+    assert train_only == {"train": both["train"]}
+    assert any("inat21" in m and "removing the records" in m for m in said)
+    media = catalog.query(out, "SELECT uid, sha256, pass FROM media").to_pylist()
+    records = {r["uid"] for r in catalog.query(out, "SELECT uid FROM records").to_pylist()}
+    assert {m["uid"] for m in media} == records and len(media) == len(records)  # no val rows, one row per uid
+    assert all(media_before[m["uid"]] == m["sha256"] for m in media)
+    assert any("carried over" in m for m in said)

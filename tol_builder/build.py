@@ -48,7 +48,7 @@ class BuildSummary:
 
 def build(workflow: Workflow, out: str | Path | None = None, stages: list[str] | None = None,
           scheduler: str | None = None, console: Any = None, progress: bool = True,
-          client: Any = None) -> BuildSummary:
+          client: Any = None, retry_failed: bool = False) -> BuildSummary:
     t0 = time.time()
     if not workflow.sources:
         raise ConfigError(workflow.path, "sources", "at least one [[sources]] entry (workflows/demo.toml has "
@@ -77,7 +77,7 @@ def build(workflow: Workflow, out: str | Path | None = None, stages: list[str] |
             console.print(f"cluster: {client.scheduler.address} ({workers} workers)"
                           + (f"; dashboard: {summary.dashboard}" if summary.dashboard else ""))
         ctx = BuildContext(workflow, out, Runner(out, client, progress=progress, console=console), console,
-                           threads=workflow.cluster.threads_per_worker)
+                           threads=workflow.cluster.threads_per_worker, retry_failed=retry_failed)
         for name in stages:
             run = stage_runner(name)
             if run is None:

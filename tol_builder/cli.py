@@ -65,15 +65,18 @@ def build(workflow: Path = typer.Argument(..., help="Workflow TOML (see workflow
                                                "(default: the workflow's list)."),
           scheduler: Optional[str] = typer.Option(None, help="Address (tcp://host:8786) or scheduler file "
                                                   "of a running Dask cluster; default: a LocalCluster."),
-          quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
-    """Run a workflow's stages. Re-running resumes: completed tasks are skipped."""
+          quiet: bool = typer.Option(False, help="No progress bars."),
+          retry_failed: bool = typer.Option(False, "--retry-failed", help="Fetch permanent failures again too "
+                                            "(transient ones are retried by every run).")) -> None:
+    """Run a workflow's stages. Re-running resumes: completed tasks are skipped; transient fetch failures are
+    retried."""
     from .build import build as run_build
     from .config import load_workflow
 
     try:
         wf = load_workflow(workflow)
         summary = run_build(wf, out=out, stages=stages.split(",") if stages else None, scheduler=scheduler,
-                            console=console, progress=not quiet)
+                            console=console, progress=not quiet, retry_failed=retry_failed)
     except TolError as e:
         _fail(e)
     _print_summary(summary)
@@ -92,8 +95,10 @@ def status(out: Path = typer.Argument(..., help="Build directory.")) -> None:
     for col in ("stage", "tasks done", "counters"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["stage"], f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
-                      ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
+        done = f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}"
+        if r.get("stale"):
+            done += f" (stale: {r['stale']}; the next tol build re-plans it)"
+        table.add_row(r["stage"], done, ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
     Console().print(table)
     from .catalog import catalog_path, query as run_query
 

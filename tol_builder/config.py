@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors
 
 
 class FieldValueError(ValueError):
@@ -341,22 +341,11 @@ def load_workflow(path: str | Path) -> Workflow:
     path = Path(path).resolve()
     wf = from_dict(Workflow, read_toml(path), path)
     wf.path = path
-    for i, stage in enumerate(wf.stages):
-        if stage not in STAGES:
-            raise ConfigError(path, f"stages[{i}]", "one of " + ", ".join(STAGES), stage)
-    seen: set[str] = set()
-    for i, s in enumerate(wf.sources):
-        if not SOURCE_ID.match(s.id):  # it names folders, task keys and catalog rows
-            raise ConfigError(path, f"sources[{i}].id", "an identifier: letters, digits and _, not starting "
-                              "with a digit", s.id)
-        if s.id in seen:
-            raise ConfigError(path, f"sources[{i}].id", "a source id not used before (set `id`)", s.id)
-        seen.add(s.id)
-        if not wf.source_manifest_path(s).exists():
-            raise ConfigError(path, f"sources[{i}].manifest", "an existing manifest file",
-                              str(wf.source_manifest_path(s)))
-    if wf.cluster.scheduler and wf.cluster.scheduler_file:
-        raise ConfigError(path, "cluster", "scheduler or scheduler_file, not both", "both set")
+    from .validate import problems
+
+    found = problems(wf)
+    if found:  # every range and name problem at once, before any work
+        raise ConfigErrors(path, found)
     wf.text.languages = _text_languages(path, wf.text.languages)
     return wf
 

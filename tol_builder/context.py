@@ -17,6 +17,7 @@ class BuildContext:
     runner: Runner
     console: Any = None  # rich Console, or None for silence
     threads: int = 1  # threads one task may use (DuckDB, decoders): the cluster's threads per worker
+    retry_failed: bool = False  # tol build --retry-failed: the fetch stage retries permanent failures too
 
     def log(self, message: str) -> None:
         if self.console is not None:

@@ -23,6 +23,18 @@ class ConfigError(TolError):
         super().__init__(msg)
 
 
+class ConfigErrors(ConfigError):
+    """Several problems of one file at once (validate.problems): each key, what was expected, what was given."""
+
+    def __init__(self, file: object, problems: list[tuple[str, str, object]]):
+        self.problems = problems
+        key, expected, got = problems[0]
+        super().__init__(file, key, expected, got)
+        if len(problems) > 1:
+            lines = "\n".join(f"  key '{k}': expected {e}, got {g!r}" for k, e, g in problems)
+            self.args = (f"{self.file}: {len(problems)} problems:\n{lines}",)
+
+
 class InputError(TolError):
     """Source input that cannot be used at all. Names file, row or member, and field where known."""
 

@@ -3,10 +3,17 @@
 Two runner stages: `ingest.plan` (one task per source: retrieve and unpack metadata into the cache, list the
 partitions) and `ingest` (one task per partition: read, validate, write `records/<source>/<key>.parquet`
 and `rejects/ingest/<source>/<key>.parquet`). Both are plain functions; the runner handles Dask and resume.
+
+Resume is keyed by what defines a source's records: its reader, options and manifest (`source_fingerprint`,
+kept in `records/<source>/_fingerprint.json`). When that changes (another iNat21 `splits`, a new manifest),
+the source's records, rejects, partition list and markers are removed (said on the console) and it is
+ingested again; a source no longer in the workflow loses its records the same way. The uids of records
+that come back are the same (they derive from source and source id), so the fetch stage keeps their images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -81,9 +88,53 @@ def validate_sources(wf: Workflow) -> None:
         load_manifest(wf.source_manifest_path(s))
 
 
+INGEST_VERSION = "1"  # part of every source's fingerprint: bump when records change meaning
+
+
+def source_fingerprint(s: SourceConfig, manifest_path: str | Path) -> str:
+    from .fileio import file_digest
+
+    return hashlib.sha256(json.dumps({"reader": s.name, "options": s.options, "version": INGEST_VERSION,
+                                      "manifest": file_digest(manifest_path, "sha256")},
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def forget_source(out: Path, source_id: str, say, why: str) -> None:
+    """Remove a source's records, rejects, partition list and ingest markers (atomically per file)."""
+    import shutil
+
+    from .runner import marker_dir
+
+    say(f"ingest: {why}: removing the records of '{source_id}' (they are read again)")
+    for d in (out / "records" / source_id, out / "rejects" / STAGE / source_id):
+        if d.exists():
+            shutil.rmtree(d)
+    partitions_file(out, source_id).unlink(missing_ok=True)
+    (marker_dir(out, PLAN_STAGE) / f"{source_id}.json").unlink(missing_ok=True)
+    for m in marker_dir(out, STAGE).glob(f"{source_id}.*.json"):
+        m.unlink()
+
+
+def reconcile_sources(out: Path, wf: Workflow, say) -> None:
+    """Before any ingest work: sources whose definition changed, or that left the workflow, start over."""
+    current = {s.id: source_fingerprint(s, wf.source_manifest_path(s)) for s in wf.sources}
+    root = out / "records"
+    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        if d.name not in current:
+            forget_source(out, d.name, say, f"source '{d.name}' is no longer in the workflow")
+    for sid, fp in current.items():
+        stamp = root / sid / "_fingerprint.json"
+        old = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+        if old is not None and old != fp:
+            forget_source(out, sid, say, f"source '{sid}' changed (reader, options or manifest)")
+        if old != fp:
+            write_text_atomic(stamp, json.dumps({"source": sid, "fingerprint": fp}))
+
+
 def run(ctx: BuildContext) -> dict[str, int]:
     wf = ctx.workflow
     out = str(ctx.out)
+    reconcile_sources(Path(out), wf, ctx.log)
     sources = [(s, str(wf.source_manifest_path(s))) for s in wf.sources]
     plan_tasks = [Task(s.id, plan_task, dict(out=out, source=_plain(s), manifest_path=m, threads=ctx.threads,
                                              config_file=str(wf.path))) for s, m in sources]

@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 
 from .. import catalog
 from ..context import BuildContext
-from ..errors import ConfigError
 from ..fileio import atomic_path, files_fingerprint
 from ..runner import Task, drop_stale_markers
 from .evalsets import LoadedEvalSet, hold_spec, load_evalsets, prepare
@@ -58,15 +57,10 @@ catalog.document("dedup_summary", "excluded images per reason, evaluation set an
 
 
 def settings_of(ctx: BuildContext) -> dict:
+    from ..validate import dedup_problems, raise_first
+
     cfg = ctx.workflow.dedup
-    for name in ("pdq_max_distance", "min_pdq_quality"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(ctx.workflow.path, f"dedup.{name}", "zero or more", getattr(cfg, name))
-    if cfg.pdq_max_distance > 31:  # multi-index hashing stays exact up to this (index.py)
-        raise ConfigError(ctx.workflow.path, "dedup.pdq_max_distance", "at most 31 (of 256 bits)", cfg.pdq_max_distance)
-    for name in ("match_rows", "report_max_pairs"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(ctx.workflow.path, f"dedup.{name}", "a positive integer", getattr(cfg, name))
+    raise_first(ctx.workflow.path, dedup_problems(cfg))
     return {"pdq_max_distance": cfg.pdq_max_distance, "min_pdq_quality": cfg.min_pdq_quality,
             "drop_pool_exact": cfg.drop_pool_exact, "drop_pool_near": cfg.drop_pool_near}
 
@@ -139,8 +133,13 @@ def finish(out: Path, work: Path) -> dict[str, int]:
                          ("eval_id", "ascending"), ("method", "ascending")])
     for name, table in (("exclusions", excl), ("pool_duplicates", pq.read_table(work / "pool_duplicates.parquet")
                                                 .cast(POOL_DUPLICATE_SCHEMA))):
-        with atomic_path(out / STAGE / f"{name}.parquet") as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        data, target = buf.getvalue().to_pybytes(), out / STAGE / f"{name}.parquet"
+        if target.exists() and target.read_bytes() == data:
+            continue  # unchanged: left as it is, so that what reads it sees no new file
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
     register(out)
     counts = catalog.query(out, "SELECT reason, count(DISTINCT uid) AS n FROM exclusions GROUP BY reason").to_pylist()
     result = {f"excluded_{r['reason']}": r["n"] for r in counts}

@@ -530,9 +530,16 @@ def clusters(pairs: NearPairs) -> np.ndarray:
     under the smaller, then pointers jump until each row points at its root; repeat until no pair joins
     two roots. A component's smallest row is never hooked (no smaller root reaches it), so it ends as the
     root of all of them."""
-    n = pairs.rep.size
+    parent = components(pairs.rep.size, pairs.i, pairs.j)
+    parent[pairs.rep < 0] = -1
+    return parent
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of n rows linked by the pairs (i, j): per row, the smallest row of its component
+    (see `clusters`; any links, e.g. near pairs and byte-identical copies together)."""
     parent = np.arange(n, dtype=np.int64)
-    i, j = pairs.i, pairs.j
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     while i.size:
         ri, rj = parent[i], parent[j]
         joined = ri != rj
@@ -545,5 +552,4 @@ def clusters(pairs: NearPairs) -> np.ndarray:
             if np.array_equal(grand, parent):
                 break
             parent = grand
-    parent[pairs.rep < 0] = -1
     return parent

@@ -63,13 +63,13 @@ def _con(out: Path, threads: int):
 # -------------------------------------------------------------------------------------------- index
 def index_task(out: str, work: str, holds: dict, settings: dict, threads: int = 1) -> dict[str, int]:
     """Index the evaluation images of every set that holds its images out."""
-    from .index import PDQIndex, pdq_codes
+    from .index import PDQIndex
 
     out_p, work_p = Path(out), Path(work)
     sets = sorted(name for name, h in holds.items() if h["hold_images"])
     con = _con(out_p, threads)
     records, media = _files(out_p, EVAL_RECORDS), _files(out_p, EVAL_MEDIA)
-    con.execute(f"""CREATE TEMP TABLE keys (eval_uid VARCHAR, eval_set VARCHAR, eval_id VARCHAR,
+    con.execute("""CREATE TEMP TABLE keys (eval_uid VARCHAR, eval_set VARCHAR, eval_id VARCHAR,
         source_taxon_id VARCHAR, status VARCHAR, sha256 VARCHAR, md5 VARCHAR, pdq VARCHAR, pdq_quality INTEGER,
         source_url VARCHAR, media_uri VARCHAR, final_url VARCHAR)""")
     if sets and records and media:  # every record of the sets; hashes of those fetched

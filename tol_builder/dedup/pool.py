@@ -6,7 +6,7 @@ not exact. `pool_task` (one runner task; it needs every pool hash at once) finds
 * exact: media rows with the same sha256 (DuckDB, GROUP BY: no Python object per image);
 * near: PDQ Hamming distance <= `dedup.pdq_max_distance` between trusted hashes, through the index's
   within-set search (index.near_pairs: never N x N);
-* clusters: connected components of those links (scipy.sparse.csgraph), so a chain of near copies is one
+* clusters: connected components of those links (index.components), so a chain of near copies is one
   cluster. `pool_duplicates(uid, cluster_id, method, distance)` lists every image in a cluster of two or
   more: cluster_id = the smallest uid of the cluster (deterministic), method = sha256 when the image has a
   byte-exact copy else pdq, distance = its smallest distance to another member. The shard stage keeps a
@@ -83,10 +83,7 @@ def _survivors(con, members: pa.Table, out: Path, sources: list[str], page_sourc
 def pool_task(out: str, work: str, sources: list[str], page_sources: list[str], settings: dict,
               threads: int = 1) -> dict[str, int]:
     """Within-pool clusters -> pool_duplicates.parquet and pool_exclusions.parquet (see the module doc)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    from .index import near_pairs
+    from .index import components, near_pairs
 
     out_p, work_p = Path(out), Path(work)
     con = _con(out_p, threads)
@@ -113,20 +110,16 @@ def pool_task(out: str, work: str, sources: list[str], page_sources: list[str], 
     i = np.concatenate([ex_i, nr_i]).astype(np.int64)
     j = np.concatenate([ex_j, nr_j]).astype(np.int64)
     d = np.concatenate([np.zeros(len(ex_i), np.int64), nr_d])
-    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    size = np.bincount(labels)
+    labels = components(n, i, j)  # per row, the smallest row of its cluster: uids are sorted, so the smallest uid
+    size = np.bincount(labels, minlength=n)
     in_cluster = np.flatnonzero(size[labels] > 1)
-    # cluster id: the smallest uid of the cluster (uids are sorted: the smallest position)
-    first = np.full(len(size), n, dtype=np.int64)
-    np.minimum.at(first, labels, np.arange(n, dtype=np.int64))
     best = np.full(n, np.iinfo(np.int64).max)
     np.minimum.at(best, i, d)
     np.minimum.at(best, j, d)
     exact_member = np.zeros(n, dtype=bool)
     exact_member[ex_pos] = True
     dup = pa.table({"uid": uids.take(pa.array(in_cluster)),
-                    "cluster_id": uids.take(pa.array(first[labels[in_cluster]])),
+                    "cluster_id": uids.take(pa.array(labels[in_cluster])),
                     "method": pa.array(np.where(exact_member[in_cluster], "sha256", "pdq")),
                     "distance": pa.array(best[in_cluster].astype(np.int32))}, schema=POOL_DUPLICATE_SCHEMA)
     _write(work_p / "pool_duplicates.parquet", dup)

@@ -11,9 +11,19 @@ Runner stages, in order (each a set of plain tasks; resume = run again):
    * A tar (iNat21's train.tar.gz: gzip, sequential only) gets `archive_stream_tasks` tasks; each streams
      the archive once and keeps the records whose uid falls in its bucket (first 32 bits of the uid, mod n).
 3. `fetch.retry1` .. `fetch.retry<retry_passes>`: the media chunks holding transient rows are fetched
-   again and rewritten in place, so `media` keeps one row per uid.
+   again and rewritten in place, so `media` keeps one row per uid. A retry task's key carries the chunk's
+   state (size, modification time), so running the build again retries what is still transient (a host
+   that was down is back): the counters of that run's retry markers say what it retried. `tol build
+   --retry-failed` retries permanent failures too (a host that was wrongly refusing), except refusals of
+   the URL policy, which a retry cannot change.
 
 Output: `media/<source>/<task>.<nnnnn>.parquet` (fetch/media.py), registered as the catalog view `media`.
+
+Resume is keyed by what shapes the tasks (`plan_fingerprint`: partition_size, archive_stream_tasks,
+chunk_rows and the records files themselves, in `_markers/<stage>/_fingerprint.json`). When it changes
+(another partition_size, re-ingested records), the stage re-plans: its markers go; media rows of uids no
+longer in the records are removed; every image already fetched is carried over by uid (`carry.py`: one
+file of done uids per records file, which the new tasks skip), never fetched again.
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ from pathlib import Path
 from .. import catalog
 from ..config import FetchConfig, Workflow
 from ..context import BuildContext
-from ..errors import ConfigError
 from ..runner import StageError, Task
 from ..sql import literal_list
 from . import media  # noqa: F401  (documents the media table in the catalog)
@@ -37,25 +46,11 @@ from .tasks import (archive_info_path, prepare_archive_task, records_task, retry
 STAGE = "fetch"
 ARCHIVES_STAGE = "fetch.archives"
 
-_POSITIVE = ("max_side", "max_pixels", "max_bytes", "per_host_concurrency", "max_redirects", "attempts",
-             "task_concurrency", "partition_size", "archive_stream_tasks", "chunk_rows")
-
-
 def validate(cfg: FetchConfig, file: object) -> None:
-    """Values a type check cannot catch, named by their key (fetch.<name>)."""
-    for name in _POSITIVE:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(file, f"fetch.{name}", "a positive integer", getattr(cfg, name))
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise ConfigError(file, "fetch.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality)
-    for name in ("per_host_rps", "retry_passes", "backoff_base", "backoff_max", "max_retry_after", "archive_attempts"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(file, f"fetch.{name}", "zero or more", getattr(cfg, name))
-    for name in ("connect_timeout", "read_timeout", "total_timeout"):
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(file, f"fetch.{name}", "a positive number of seconds", getattr(cfg, name))
-    if not cfg.user_agent.strip():
-        raise ConfigError(file, "fetch.user_agent", "a non-empty User-Agent", cfg.user_agent)
+    """Values a type check cannot catch (validate.fetch_problems; load_workflow checked them already)."""
+    from ..validate import fetch_problems, raise_first
+
+    raise_first(file, fetch_problems(cfg))
 
 
 def normalize_uri(uri: str) -> str:
@@ -129,6 +124,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
     The pool's records go to `media/`; the dedup stage fetches evaluation sets with this same function."""
     from ..records import duckdb_connection
 
+    from .carry import carry_file, replan_if_changed
+
     wf = ctx.workflow
     cfg = wf.fetch
     validate(cfg, wf.path)
@@ -136,6 +133,7 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
     cfg_plain = dataclasses.asdict(cfg)
     con = duckdb_connection(ctx.threads)
     src = f"read_parquet({literal_list(files)}, filename=true, union_by_name=true)"
+    replan_if_changed(ctx, files, media_root, stage)
 
     # 1. archives
     referenced = con.execute(f"""SELECT DISTINCT media_uri FROM {src}
@@ -187,7 +185,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
                 common, source=source, task_key=f"{source}.{path.stem}.{i:05d}", records_file=filename,
                 start=i * cfg.partition_size, count=cfg.partition_size, exclude_uris=tars if has_tar else [],
                 zip_infos={u: zips[u] for u in used if u in zips}, workers=workers, media_root=media_root,
-                local_media=(local_media or {}).get(source, False))))
+                local_media=(local_media or {}).get(source, False),
+                carry_files=[str(carry_file(out, media_root, filename))])))
     for uri in tars:
         sources = [r[0] for r in con.execute(f"SELECT DISTINCT source FROM {src} WHERE media_uri = ? "
                                              "AND media_member IS NOT NULL ORDER BY 1", [uri]).fetchall()]
@@ -198,7 +197,8 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
                 key = f"{source}.tar-{archive_id(uri)}.{b}-{k}"
                 tasks.append(Task(key, tar_task, dict(
                     out=str(out), cfg=cfg_plain, threads=max(1, ctx.threads), source=source, task_key=key,
-                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k, media_root=media_root)))
+                    archive=infos[uri], records_files=src_files, bucket=b, buckets=k, media_root=media_root,
+                    carry_files=[str(carry_file(out, media_root, f)) for f in src_files])))
     main_error: StageError | None = None
     try:
         ctx.runner.run(stage, tasks, outputs=(out / media_root,))
@@ -206,13 +206,15 @@ def fetch_records(ctx: BuildContext, files: list[str], *, media_root: str, stage
         main_error = e
 
     # 3. retry passes over transient rows
+    statuses = ["transient", "failed"] if getattr(ctx, "retry_failed", False) else ["transient"]
     for p in range(1, cfg.retry_passes + 1):
-        chunks = _chunks_with_transient(con, out, media_root)
+        chunks = _chunks_to_retry(con, out, media_root, statuses)
         if not chunks:
             break
-        retry = [Task(Path(c).stem, retry_task, dict(common, chunk=c, zip_infos=zips, pass_no=p, workers=workers,
-                                                      local_media=(local_media or {}).get(Path(c).parent.name, False)))
-                 for c in chunks]
+        retry = [Task(f"{Path(c).stem}.{_state(c)}", retry_task, dict(
+            common, chunk=c, zip_infos=zips, pass_no=p, workers=workers, statuses=statuses,
+            local_media=(local_media or {}).get(Path(c).parent.name, False))) for c in chunks]
+        statuses = ["transient"]  # permanent failures once per run; then the usual passes
         try:
             ctx.runner.run(f"{stage}.retry{p}", retry, outputs=(out / media_root,))
         except StageError as e:
@@ -234,12 +236,23 @@ def media_files(out: Path, media_root: str = "media") -> list[str]:
     return sorted(str(p) for p in (Path(out) / media_root).glob("*/*.parquet"))
 
 
-def _chunks_with_transient(con, out: Path, media_root: str) -> list[str]:
+def _state(path: str) -> str:
+    """A short digest of a chunk file's size and modification time: a retry task's key changes with it."""
+    import hashlib
+
+    st = Path(path).stat()
+    return hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+
+
+def _chunks_to_retry(con, out: Path, media_root: str, statuses: list[str]) -> list[str]:
+    from .tasks import POLICY_REFUSALS
+
     files = media_files(out, media_root)
     if not files:
         return []
     rows = con.execute(f"""SELECT filename FROM read_parquet({literal_list(files)}, filename=true)
-        WHERE status = 'transient' GROUP BY filename ORDER BY filename""").fetchall()
+        WHERE list_contains(?::VARCHAR[], status) AND NOT list_contains(?::VARCHAR[], coalesce(error_class, ''))
+        GROUP BY filename ORDER BY filename""", [statuses, list(POLICY_REFUSALS)]).fetchall()
     return [r[0] for r in rows]
 
 

@@ -341,17 +341,32 @@ def read_slice(records_file: str, exclude_uris: list[str], start: int, count: in
 
 def records_task(out: str, source: str, task_key: str, records_file: str, start: int, count: int,
                  exclude_uris: list[str], zip_infos: dict[str, dict], cfg: dict, threads: int = 1,
-                 workers: int = 1, media_root: str = "media", local_media: bool = False) -> dict:
+                 workers: int = 1, media_root: str = "media", local_media: bool = False,
+                 carry_files: list[str] = ()) -> dict:
     c = fetch_config(cfg)
     items = read_slice(records_file, exclude_uris, start, count)
     directory = media.media_dir(out, source, media_root)
-    done = media.done_uids(media.chunk_files(directory, task_key))
+    # done: this task's own chunks (a killed run), and images an earlier plan fetched (carried over by uid)
+    done = media.done_uids(media.chunk_files(directory, task_key)) | carried_uids(carry_files, items)
     todo = [it for it in items if it["uid"] not in done]
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
     stats = fetch_items(todo, c, writer.add, pass_no=0, zip_infos=zip_infos, threads=threads, workers=workers,
                         local_media=local_media)
     writer.close()
     return {"records": len(items), "resumed_done": len(done), **stats, **writer.counters}
+
+
+def carried_uids(carry_files: list[str], items: list[dict]) -> set[str]:
+    """The uids among `items` that an earlier fetch plan already fetched (fetch/carry.py)."""
+    files = [f for f in carry_files if Path(f).exists()]
+    if not files or not items:
+        return set()
+    wanted = pa.array([it["uid"] for it in items], pa.string())
+    found: set[str] = set()
+    for f in files:
+        uids = pq.read_table(f, columns=["uid"]).column("uid")
+        found.update(uids.filter(pc.is_in(uids, value_set=wanted)).to_pylist())
+    return found
 
 
 def _bucket_rows(records_files: list[str], uri: str, bucket: int, buckets: int) -> pa.Table:
@@ -372,12 +387,14 @@ def _member_key(name: str) -> int:
 
 
 def tar_task(out: str, source: str, task_key: str, archive: dict, records_files: list[str], bucket: int,
-             buckets: int, cfg: dict, threads: int = 1, media_root: str = "media") -> dict:
+             buckets: int, cfg: dict, threads: int = 1, media_root: str = "media",
+             carry_files: list[str] = ()) -> dict:
     """Stream one tar archive and process the members that this bucket's records ask for."""
     c = fetch_config(cfg)
     directory = media.media_dir(out, source, media_root)
-    done = media.done_uids(media.chunk_files(directory, task_key))
     rows = _bucket_rows(records_files, archive["uri"], bucket, buckets)
+    done = media.done_uids(media.chunk_files(directory, task_key)) | carried_uids(
+        carry_files, [{"uid": u} for u in rows.column("uid").to_pylist()])
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
     uids = rows.column("uid").to_pylist()
     members = rows.column("media_member").to_pylist()
@@ -450,14 +467,19 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
     return {"records": len(uids), "resumed_done": skipped, "archive_unsafe_members": len(refused), **writer.counters}
 
 
+POLICY_REFUSALS = ("local_path_refused", "unsupported_scheme", "private_redirect", "bad_redirect")
+
+
 def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass_no: int, threads: int = 1,
-               workers: int = 1, local_media: bool = False) -> dict:
-    """Fetch the transient rows of one media chunk again and rewrite the chunk with the new rows."""
+               workers: int = 1, local_media: bool = False, statuses: list[str] = (TRANSIENT,)) -> dict:
+    """Fetch the rows of one media chunk whose status is in `statuses` again (transient ones; with
+    --retry-failed permanent ones too, but for the URL policy's refusals) and rewrite the chunk."""
     c = fetch_config(cfg)
     path = Path(chunk)
     table = pq.read_table(path)
     status = table.column("status").to_pylist()
-    transient = [i for i, s in enumerate(status) if s == TRANSIENT]
+    errors = table.column("error_class").to_pylist()
+    transient = [i for i, s in enumerate(status) if s in statuses and errors[i] not in POLICY_REFUSALS]
     if not transient:
         return {"retried": 0}
     items = []
@@ -473,8 +495,9 @@ def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass
 
     stats = fetch_items(items, c, emit, pass_no=pass_no, zip_infos=zip_infos, threads=threads, workers=workers,
                         local_media=local_media)
-    keep = pc.invert(pc.equal(table.column("status"), TRANSIENT))
-    kept = table.filter(keep)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[transient] = False
+    kept = table.filter(pa.array(keep))
     replaced = media.table_of([new_rows[it["uid"]] for it in items if it["uid"] in new_rows])
     lost = [it for it in items if it["uid"] not in new_rows]  # cannot happen; kept as they were if it does
     parts = [kept, replaced] + ([table.filter(pc.is_in(table.column("uid"), pa.array([x["uid"] for x in lost])))]

@@ -33,9 +33,9 @@ from ..runner import Task, drop_stale_markers, marker_dir
 from . import authorities as auth
 from . import curation
 from . import languages
-from .common_names import COMMON_NAME_AUTHORITIES, COMMON_NAMES_COLUMNS
+from .common_names import COMMON_NAMES_COLUMNS
 from .coverage import VIEW_DOCS, create_views
-from .reconcile import (CONFLICT_COLUMNS, KNOWN_AUTHORITIES, LINEAGE_MAP_COLUMNS, TAXA_COLUMNS, Settings,
+from .reconcile import (CONFLICT_COLUMNS, LINEAGE_MAP_COLUMNS, TAXA_COLUMNS, Settings,
                         reconcile_task, settings_dict)
 
 LOAD_STAGE = "taxonomy.load"
@@ -78,18 +78,10 @@ def curated_paths(wf: Workflow) -> dict[str, Path]:
 
 def plan(wf: Workflow) -> tuple[dict[str, Path], Settings]:
     """Validate the taxonomy settings; the authority manifests to load and the reconcile settings."""
+    from ..validate import raise_first, taxonomy_problems
+
     cfg = wf.taxonomy
-    for i, a in enumerate(cfg.authority_order):
-        if a not in KNOWN_AUTHORITIES:
-            raise ConfigError(wf.path, f"taxonomy.authority_order[{i}]", "one of " + ", ".join(KNOWN_AUTHORITIES), a)
-    if len(set(cfg.authority_order)) != len(cfg.authority_order):
-        raise ConfigError(wf.path, "taxonomy.authority_order", "each authority once", cfg.authority_order)
-    for i, a in enumerate(cfg.common_name_order):
-        if a not in COMMON_NAME_AUTHORITIES:
-            raise ConfigError(wf.path, f"taxonomy.common_name_order[{i}]", "one of " +
-                              ", ".join(COMMON_NAME_AUTHORITIES), a)
-    if cfg.min_images < 1:
-        raise ConfigError(wf.path, "taxonomy.min_images", "an integer >= 1", cfg.min_images)
+    raise_first(wf.path, taxonomy_problems(cfg))  # names and ranges (load_workflow checked them already)
     paths = curated_paths(wf)
     available = auth.discover(paths["authorities_dir"])
     page_sources = [s.id for s in wf.sources if s.name == "eol"]

@@ -1,0 +1,104 @@
+"""Load-time checks of a workflow's values: every range and every name, all problems in one error.
+
+The type of each setting is checked by config.from_dict while the TOML loads; this module checks what a type
+cannot say (a positive size, a quality of 1-100, an authority that exists, a stage that exists) before any
+cluster starts or any work is done. `problems(wf)` lists them as (dotted key, expected, got); load_workflow
+raises one ConfigError listing them all. A stage may call the part for its own section again when it is
+given a Workflow built in code rather than loaded.
+
+Why not pydantic or msgspec: the dataclasses and from_dict already give file + dotted key + expectation for
+types; what was missing is these range and name rules, which fit in this one table-like module without a
+new dependency or a second way of declaring settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Problem = tuple[str, str, Any]
+
+
+def _positive(section: str, cfg: Any, names: tuple[str, ...]) -> list[Problem]:
+    return [(f"{section}.{n}", "a positive integer", getattr(cfg, n)) for n in names if getattr(cfg, n) < 1]
+
+
+def cluster_problems(cfg) -> list[Problem]:
+    return _positive("cluster", cfg, ("n_workers", "threads_per_worker", "jobs"))
+
+
+def fetch_problems(cfg) -> list[Problem]:
+    out = _positive("fetch", cfg, ("max_side", "max_pixels", "max_bytes", "per_host_concurrency", "max_redirects",
+                                   "attempts", "task_concurrency", "partition_size", "archive_stream_tasks",
+                                   "chunk_rows"))
+    if not 1 <= cfg.jpeg_quality <= 100:
+        out.append(("fetch.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality))
+    for n in ("per_host_rps", "retry_passes", "backoff_base", "backoff_max", "max_retry_after", "archive_attempts"):
+        if getattr(cfg, n) < 0:
+            out.append((f"fetch.{n}", "zero or more", getattr(cfg, n)))
+    for n in ("connect_timeout", "read_timeout", "total_timeout"):
+        if getattr(cfg, n) <= 0:
+            out.append((f"fetch.{n}", "a positive number of seconds", getattr(cfg, n)))
+    if not cfg.user_agent.strip():
+        out.append(("fetch.user_agent", "a non-empty User-Agent", cfg.user_agent))
+    return out
+
+
+def taxonomy_problems(cfg) -> list[Problem]:
+    from .taxonomy.common_names import COMMON_NAME_AUTHORITIES
+    from .taxonomy.reconcile import KNOWN_AUTHORITIES
+
+    out: list[Problem] = []
+    for i, a in enumerate(cfg.authority_order):
+        if a not in KNOWN_AUTHORITIES:
+            out.append((f"taxonomy.authority_order[{i}]", "one of " + ", ".join(KNOWN_AUTHORITIES), a))
+        elif a in cfg.authority_order[:i]:
+            out.append((f"taxonomy.authority_order[{i}]", "each authority once", a))
+    for i, a in enumerate(cfg.common_name_order):
+        if a not in COMMON_NAME_AUTHORITIES:
+            out.append((f"taxonomy.common_name_order[{i}]", "one of " + ", ".join(COMMON_NAME_AUTHORITIES), a))
+    if cfg.min_images < 1:
+        out.append(("taxonomy.min_images", "an integer >= 1", cfg.min_images))
+    if cfg.threads < 0:
+        out.append(("taxonomy.threads", "0 (all cores) or more", cfg.threads))
+    return out
+
+
+def dedup_problems(cfg) -> list[Problem]:
+    out = _positive("dedup", cfg, ("match_rows", "report_max_pairs"))
+    if not 0 <= cfg.pdq_max_distance <= 64:  # exact at any distance (dedup/index.py); past 64 unrelated photos match
+        out.append(("dedup.pdq_max_distance", "an integer from 0 to 64 (of 256 bits)", cfg.pdq_max_distance))
+    if not 0 <= cfg.min_pdq_quality <= 100:
+        out.append(("dedup.min_pdq_quality", "an integer from 0 to 100", cfg.min_pdq_quality))
+    return out
+
+
+def problems(wf) -> list[Problem]:
+    """Every range and name problem of a workflow (types were checked when it loaded)."""
+    from .config import SOURCE_ID, STAGES
+
+    out: list[Problem] = []
+    for i, stage in enumerate(wf.stages):
+        if stage not in STAGES:
+            out.append((f"stages[{i}]", "one of " + ", ".join(STAGES), stage))
+    seen: set[str] = set()
+    for i, s in enumerate(wf.sources):
+        if not SOURCE_ID.match(s.id):  # it names folders, task keys and catalog rows
+            out.append((f"sources[{i}].id", "an identifier: letters, digits and _, not starting with a digit", s.id))
+        elif s.id in seen:
+            out.append((f"sources[{i}].id", "a source id not used before (set `id`)", s.id))
+        seen.add(s.id)
+        if not wf.source_manifest_path(s).exists():
+            out.append((f"sources[{i}].manifest", "an existing manifest file", str(wf.source_manifest_path(s))))
+    if wf.cluster.scheduler and wf.cluster.scheduler_file:
+        out.append(("cluster", "scheduler or scheduler_file, not both", "both set"))
+    out += cluster_problems(wf.cluster) + fetch_problems(wf.fetch) + taxonomy_problems(wf.taxonomy)
+    out += dedup_problems(wf.dedup)
+    return out
+
+
+def raise_first(file, found: list[Problem]) -> None:
+    """For a stage checking its own section: the first problem as a ConfigError."""
+    from .errors import ConfigError
+
+    if found:
+        raise ConfigError(file, *found[0])
