@@ -310,13 +310,18 @@ def test_include_list_in_both_layouts_reports_what_it_lacks(demo, tmp_path):
     ("pad_colour = [1, 2]", "shards.pad_colour"),
     ("include_list = 'nowhere.csv'", "shards.include_list"),
 ])
-def test_bad_shard_settings_name_their_key(demo, line, key):
+def test_bad_shard_settings_name_their_key_at_load(demo, line, key):
     doc = (demo / "workflow.toml").read_text()
     path = demo / "workflow-bad.toml"
     path.write_text(doc.replace("[shards]\n", f"[shards]\n{line}\n"))
     with pytest.raises(ConfigError) as e:
-        planning.validate(load_workflow(path))
+        load_workflow(path)  # before any cluster starts
     assert key in str(e.value) and str(path) in str(e.value)
+    wf = load_workflow(demo / "workflow.toml")
+    setattr(wf.shards, *next(iter(tomllib.loads(line).items())))  # the same value set in code ...
+    with pytest.raises(ConfigError) as e:
+        planning.validate(wf)  # ... is named by the stage's own check
+    assert key in str(e.value)
 
 
 @pytest.mark.parametrize("raw,lid", [
@@ -443,11 +448,8 @@ def test_dataset_card_licences_and_catalog(demo):
 
 def _files(build: Path) -> dict[Path, tuple]:
     # every output and marker; not the catalog (stats refreshed), workflow.json (rewritten by every build) and
-    # the runner's per-stage list of task keys (_plan.json, rewritten by every stage run). The dedup stage
-    # writes its two tables again on every run: compared by content only
-    rewritten = {"exclusions.parquet", "pool_duplicates.parquet"}
-    return {p: (0 if p.name in rewritten else p.stat().st_mtime_ns,
-                file_digest(p, "sha256") if p.suffix == ".tar" or p.name in rewritten else "")
+    # the runner's per-stage list of task keys (_plan.json, rewritten by every stage run)
+    return {p: (p.stat().st_mtime_ns, file_digest(p, "sha256") if p.suffix == ".tar" else "")
             for p in build.rglob("*") if p.is_file() and p.name not in ("catalog.duckdb", "workflow.json", "_plan.json")}
 
 

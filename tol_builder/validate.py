@@ -72,6 +72,48 @@ def dedup_problems(cfg) -> list[Problem]:
     return out
 
 
+def shards_problems(wf) -> list[Problem]:
+    """[shards]: sizes, fractions, taxa as "rank:Name", sources of this workflow, the include list, the text key."""
+    from .records import RANKS
+    from .shards.plan import include_list_path, parse_taxon
+    from .text import text_keys
+
+    cfg = wf.shards
+    out = _positive("shards", cfg, ("image_size", "samples_per_shard", "bucket_rows"))
+    if cfg.samples_per_shard > 1_000_000:
+        out.append(("shards.samples_per_shard", "at most 1,000,000 (one parquet row group per shard)",
+                    cfg.samples_per_shard))
+    if not 1 <= cfg.jpeg_quality <= 100:
+        out.append(("shards.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality))
+    if len(cfg.pad_colour) != 3 or not all(0 <= c <= 255 for c in cfg.pad_colour):
+        out.append(("shards.pad_colour", "three integers from 0 to 255 (RGB)", cfg.pad_colour))
+    for n in ("val_fraction", "train_small_fraction"):
+        if not 0.0 <= getattr(cfg, n) < 1.0:
+            out.append((f"shards.{n}", "a number from 0 to below 1", getattr(cfg, n)))
+    for n in ("max_per_species", "min_per_species"):
+        if getattr(cfg, n) < 0:
+            out.append((f"shards.{n}", "zero (off) or a positive integer", getattr(cfg, n)))
+    for n in ("include_taxa", "exclude_taxa"):
+        for i, spec in enumerate(getattr(cfg, n)):
+            if parse_taxon(spec) is None:
+                out.append((f"shards.{n}[{i}]", "'rank:Name' with rank one of " + ", ".join(RANKS)
+                            + " (species: 'species:Genus epithet')", spec))
+    known = [s.id for s in wf.sources]
+    for n in ("include_sources", "exclude_sources"):
+        for i, s in enumerate(getattr(cfg, n)):
+            if s not in known:
+                out.append((f"shards.{n}[{i}]", "a source id of this workflow: " + ", ".join(known), s))
+    if cfg.include_list and not include_list_path(wf).is_file():
+        out.append(("shards.include_list", "an existing CSV file", str(include_list_path(wf))))
+    try:
+        keys = text_keys(("en", *wf.text.languages))
+    except ValueError:  # a bad language code: text.languages gets its own error
+        keys = text_keys()
+    if cfg.default_text not in keys:
+        out.append(("shards.default_text", "one of the text keys " + ", ".join(keys), cfg.default_text))
+    return out
+
+
 def problems(wf) -> list[Problem]:
     """Every range and name problem of a workflow (types were checked when it loaded)."""
     from .config import SOURCE_ID, STAGES
@@ -92,7 +134,7 @@ def problems(wf) -> list[Problem]:
     if wf.cluster.scheduler and wf.cluster.scheduler_file:
         out.append(("cluster", "scheduler or scheduler_file, not both", "both set"))
     out += cluster_problems(wf.cluster) + fetch_problems(wf.fetch) + taxonomy_problems(wf.taxonomy)
-    out += dedup_problems(wf.dedup)
+    out += dedup_problems(wf.dedup) + shards_problems(wf)
     return out
 
 

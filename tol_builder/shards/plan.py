@@ -34,7 +34,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,11 +42,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import Workflow, from_dict
-from ..errors import ConfigError, InputError, TolError
+from ..errors import InputError, TolError
 from ..fileio import atomic_path, file_digest, files_fingerprint
 from ..records import RANKS, duckdb_connection
 from ..sql import literal
-from ..text import text_keys
 from .licences import licence_map
 
 PLAN_VERSION = "2"  # part of the fingerprint: bump when the plan's rules change
@@ -99,39 +97,10 @@ def parse_taxon(spec: str) -> tuple[str, str] | None:
 
 
 def validate(wf: Workflow) -> None:
-    """Values a type check cannot catch, named by their key (shards.<name>)."""
-    cfg, file = wf.shards, wf.path
-    for name in ("image_size", "samples_per_shard", "bucket_rows"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(file, f"shards.{name}", "a positive integer", getattr(cfg, name))
-    if cfg.samples_per_shard > 1_000_000:
-        raise ConfigError(file, "shards.samples_per_shard", "at most 1,000,000 (one parquet row group per shard)",
-                          cfg.samples_per_shard)
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise ConfigError(file, "shards.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality)
-    if len(cfg.pad_colour) != 3 or not all(0 <= c <= 255 for c in cfg.pad_colour):
-        raise ConfigError(file, "shards.pad_colour", "three integers from 0 to 255 (RGB)", cfg.pad_colour)
-    for name in ("val_fraction", "train_small_fraction"):
-        if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise ConfigError(file, f"shards.{name}", "a number from 0 to below 1", getattr(cfg, name))
-    for name in ("max_per_species", "min_per_species"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(file, f"shards.{name}", "zero (off) or a positive integer", getattr(cfg, name))
-    for name in ("include_taxa", "exclude_taxa"):
-        for i, spec in enumerate(getattr(cfg, name)):
-            if parse_taxon(spec) is None:
-                raise ConfigError(file, f"shards.{name}[{i}]", "'rank:Name' with rank one of " + ", ".join(RANKS)
-                                  + " (species: 'species:Genus epithet')", spec)
-    known = [s.id for s in wf.sources]
-    for name in ("include_sources", "exclude_sources"):
-        for i, s in enumerate(getattr(cfg, name)):
-            if s not in known:
-                raise ConfigError(file, f"shards.{name}[{i}]", "a source id of this workflow: " + ", ".join(known), s)
-    if cfg.include_list and not include_list_path(wf).is_file():
-        raise ConfigError(file, "shards.include_list", "an existing CSV file", str(include_list_path(wf)))
-    keys = text_keys(languages(wf))
-    if cfg.default_text not in keys:
-        raise ConfigError(file, "shards.default_text", "one of the text keys " + ", ".join(keys), cfg.default_text)
+    """The [shards] checks of validate.py (load_workflow ran them already; a Workflow built in code has not)."""
+    from ..validate import raise_first, shards_problems
+
+    raise_first(wf.path, shards_problems(wf))
 
 
 def include_list_path(wf: Workflow) -> Path:
@@ -158,7 +127,7 @@ def fingerprint(out: Path, wf: Workflow) -> str:
     h.update(json.dumps({"version": PLAN_VERSION, "seed": wf.seed, "shards": settings, "languages": languages(wf),
                          "sources": [s.id for s in wf.sources]}, sort_keys=True).encode())
     h.update(files_fingerprint(out, "records/*/*.parquet", "media/*/*.parquet", "taxonomy/*.parquet").encode())
-    for name in DEDUP_FILES:  # by content: the dedup stage rewrites them (same bytes) on every run
+    for name in DEDUP_FILES:  # by content (small files): a dedup re-run with the same result re-shards nothing
         path = out / "dedup" / name
         h.update(f"{name}:{file_digest(path, 'sha256') if path.is_file() else 'absent'}".encode())
     if wf.shards.include_list:
