@@ -34,7 +34,15 @@ class MissingTrainExtra(TolError):
 
 def train_extra_missing() -> list[str]:
     """Names of the `train` extra's packages that cannot be imported here."""
-    return [name for name in ("torch", "torchvision", "open_clip") if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ("torch", "torchvision", "open_clip"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or blocked installation counts as missing
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def require_torch() -> None:
