@@ -199,11 +199,12 @@ def train(target: Path = typer.Argument(..., help="Workflow TOML (its \\[train] 
     torchrun --nproc_per_node 8 -m tol_builder.cli train WORKFLOW. Re-running resumes from the run's latest
     checkpoint; checkpoints load with plain open_clip (see bench/README_train.md)."""
     _require_train_extra()
-    from .train.loop import train as run_train
     from .train.settings import load_settings
 
     try:
-        build_dir, cfg, source = load_settings(target, set_)
+        build_dir, cfg, source = load_settings(target, set_)  # a bad setting fails before torch loads
+        from .train.loop import train as run_train
+
         run_train(build_dir, cfg, console=console, progress=not quiet, source=source)
     except TolError as e:
         _fail(e)
@@ -218,12 +219,12 @@ def _run_eval(task: str, target: Path, checkpoint: Optional[str], model: Optiona
               eval_set: Optional[str], set_: list[str], json_out: Optional[Path], plot: Optional[Path]) -> None:
     _require_train_extra()
     from .train import report
-    from .train.evaluate import run_few_shot, run_zero_shot
-    from .train.loop import run_dir_of
-    from .train.settings import load_settings
+    from .train.settings import load_settings, run_dir_of
 
     try:
         build_dir, cfg, _ = load_settings(target, set_)
+        from .train.evaluate import run_few_shot, run_zero_shot
+
         if not checkpoint and not model:
             checkpoint = str(run_dir_of(build_dir, cfg))  # the run of the settings
         if not split and not eval_set:

@@ -28,7 +28,7 @@ from ..errors import TolError
 from ..fileio import write_text_atomic
 from . import checkpoint as ckpt
 from . import data, distributed, models, optim
-from .settings import check_settings
+from .settings import check_settings, run_dir_of
 from .shards import open_split, split_folder
 
 LOG = "log.jsonl"
@@ -47,10 +47,6 @@ class TrainResult:
     samples_per_s: float | None = None  # over this process's steps (all ranks, after the first step)
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # of the steps this call ran
-
-
-def run_dir_of(build_dir: Path, cfg: TrainConfig) -> Path:
-    return Path(cfg.run) if cfg.run else Path(build_dir) / "train" / cfg.run_name
 
 
 class Trainer:

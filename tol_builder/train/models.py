@@ -26,7 +26,7 @@ from typing import Any
 import open_clip
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TolError
 from ..fileio import write_text_atomic
 
 TINY = "tol-tiny"
@@ -136,6 +136,8 @@ def load_for_eval(checkpoint: str | Path = "", model: str = "", *, seed: int = 0
 
     if checkpoint:
         path = Path(checkpoint)
+        if not path.exists():
+            raise TolError(f"{path}: no such checkpoint folder, run folder or weights file")
         if path.is_dir():
             folder = ckpt.resolve_folder(path)
             name = f"{LOCAL_DIR}{folder}"

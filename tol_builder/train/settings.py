@@ -67,6 +67,11 @@ def load_settings(target: Path, overrides: list[str] = ()) -> tuple[Path, TrainC
     return build, cfg, source
 
 
+def run_dir_of(build_dir: Path, cfg: TrainConfig) -> Path:
+    """Where a run's checkpoints and logs go: `run`, or BUILD/train/<run_name>."""
+    return Path(cfg.run) if cfg.run else Path(build_dir) / "train" / cfg.run_name
+
+
 def check_settings(cfg: TrainConfig, source: str) -> None:
     """What the types alone do not say: ranges, known text keys, matching weights."""
     def bad(key: str, expected: str, got) -> ConfigError:
