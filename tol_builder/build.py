@@ -27,6 +27,7 @@ STAGE_MODULES: dict[str, str] = {
     "ingest": "tol_builder.ingest",
     "fetch": "tol_builder.fetch",
     "taxonomy": "tol_builder.taxonomy",
+    "shards": "tol_builder.shards",
 }
 
 

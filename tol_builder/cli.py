@@ -15,7 +15,7 @@ from .errors import TolError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tol_builder: rebuild, extend and train on TreeOfLife-scale image-text datasets.")
-shards_app = typer.Typer(no_args_is_help=True, help="Webdataset shards: check what a build wrote.")
+shards_app = typer.Typer(no_args_is_help=True, help="Webdataset shards: plan the selection, check what a build wrote.")
 app.add_typer(shards_app, name="shards")
 
 console = Console(stderr=True)
@@ -165,10 +165,43 @@ def coverage(out: Path = typer.Argument(..., help="Build directory."),
         _fail(e)
 
 
+@shards_app.command("plan")
+def shards_plan(out: Path = typer.Argument(..., help="Build directory (after the taxonomy stage)."),
+                workflow: Optional[Path] = typer.Option(None, help="Plan with this workflow's [shards] and [text] "
+                                                        "settings instead of the build's own (workflow.json).")) -> None:
+    """Show the sample selection and its counts: images per split and source, what is left out and why.
+
+    Writes the plan to DIR/selection (the shards stage reuses it when nothing changed)."""
+    from .config import load_workflow
+    from .shards.plan import build_workflow, describe, plan
+
+    try:
+        wf = load_workflow(workflow) if workflow else build_workflow(out)
+        doc = plan(out, wf)
+    except TolError as e:
+        _fail(e)
+    for line in describe(doc):
+        Console(width=200).print(line, markup=False, highlight=False)
+
+
 @shards_app.command("verify")
-def shards_verify(out: Path = typer.Argument(..., help="Build directory.")) -> None:
-    """Re-read every shard and check it against its index and sizes.json (needs the shards stage)."""
-    _not_yet("shards verify", "the shards stage")
+def shards_verify(out: Path = typer.Argument(..., help="Build directory."),
+                  workers: int = typer.Option(2, help="Processes checking shards in parallel.")) -> None:
+    """Re-read every shard: every sample has every key, every image decodes, counts equal sizes.json, the
+    plan and the member index. Each problem is printed with its shard and key; exit 1 on any."""
+    from .shards.verify import verify
+
+    try:
+        totals, problems = verify(out, workers=workers)
+    except TolError as e:
+        _fail(e)
+    for p in problems:
+        console.print(str(p), markup=False, highlight=False)
+    counted = ", ".join(f"{split} {n:,}" for split, n in totals.items())
+    if problems:
+        console.print(f"[bold red]{len(problems)} problem(s)[/] in the shards of {out} (samples read: {counted})")
+        raise typer.Exit(1)
+    console.print(f"shards of {out}: all good ({counted} samples)")
 
 
 def _require_train_extra() -> None:

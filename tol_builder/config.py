@@ -123,6 +123,19 @@ class TaxonomyConfig:
 
 
 @dataclass
+class TextConfig:
+    """The texts of the samples (issue 8): which languages get common-name text keys in the shards.
+
+    English is implied: it is BioCLIP's `common_name`, `com`, `sci_com` ... and always there, so
+    `languages = ["es"]` means English and Spanish (listing "en" is allowed; it is put first). Each other
+    language L adds the `_L` twins of text.LANGUAGE_TYPES (`com_es`, `taxon_com_es`). Codes are those of
+    taxonomy/languages.csv's `code` column (ISO 639-1 where the language has one: es, fr, de, zh); checked
+    at load. This only selects text keys: the catalog's `common_names` table keeps every language."""
+
+    languages: list[str] = field(default_factory=lambda: ["en"])
+
+
+@dataclass
 class DedupConfig:
     """Removal of evaluation-set images from the pool."""
 
@@ -133,12 +146,38 @@ class DedupConfig:
 
 @dataclass
 class ShardsConfig:
-    image_size: int = 224
-    resize_mode: Literal["squash", "keep_ratio", "center_crop"] = "squash"
+    """The shards stage (issue 9, tol_builder/shards/): which images, which split, which shard, at what size.
+
+    Selection settings apply in the order the dataset card lists them; every image left out gets its reason
+    in the catalog table `unselected`. Taxa are written "rank:Name" ("class:Aves", "species:Pica hudsonia");
+    licence patterns match the normalised `licence_id` (shards/licences.py) with shell wildcards."""
+
+    # what a sample's image is
+    image_size: int = 224  # square side of every .jpg
+    resize_mode: Literal["squash", "keep_ratio", "center_crop"] = "squash"  # squash as BioCLIP
+    resize_filter: Literal["bicubic", "bilinear", "box", "lanczos"] = "bicubic"  # BioCLIP: bicubic
+    jpeg_quality: int = 95  # fixed encoder settings (baseline, 4:2:0, no optimisation) for byte-identical shards
+    pad_colour: list[int] = field(default_factory=lambda: [0, 0, 0])  # keep_ratio's padding, RGB
+    # splits and layout
     samples_per_shard: int = 10_000
     val_fraction: float = 0.05
-    train_small_fraction: float = 0.10
+    train_small_fraction: float = 0.10  # of train
     default_text: str = "taxon_com"  # written as .txt so unmodified open_clip trains on the shards
+    # selection
+    include_sources: list[str] = field(default_factory=list)  # [] = every source
+    exclude_sources: list[str] = field(default_factory=list)
+    include_taxa: list[str] = field(default_factory=list)  # "rank:Name"; [] = every taxon
+    exclude_taxa: list[str] = field(default_factory=list)
+    include_licences: list[str] = field(default_factory=list)  # licence_id patterns, e.g. "CC-BY*", "CC0-1.0"
+    exclude_licences: list[str] = field(default_factory=list)  # e.g. ["CC-BY-NC*"]: no non-commercial images
+    min_rank: Literal["", "kingdom", "phylum", "class", "order", "family", "genus", "species"] = ""  # "" = any
+    max_per_species: int = 0  # cap of images per taxon (0 = no cap); which ones stay is seeded
+    min_per_species: int = 0  # floor: a taxon with fewer selected images is dropped or kept whole ...
+    below_min_per_species: Literal["drop", "keep"] = "drop"  # ... as this says
+    include_list: str = ""  # CSV (source,source_id or the TreeOfLife-10M catalog.csv), relative to the workflow
+    # work
+    bucket_rows: int = 50_000  # at most this many samples per first-pass task (fewer for small builds; shards/plan.py)
+    keep_buckets: bool = False  # keep the first pass's buckets (BUILD/cache/shards) after the shards are written
 
 
 
@@ -216,6 +255,7 @@ class Workflow:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -339,7 +379,34 @@ def load_workflow(path: str | Path) -> Workflow:
                               str(wf.source_manifest_path(s)))
     if wf.cluster.scheduler and wf.cluster.scheduler_file:
         raise ConfigError(path, "cluster", "scheduler or scheduler_file, not both", "both set")
+    wf.text.languages = _text_languages(path, wf.text.languages)
     return wf
+
+
+def _text_languages(path: Path, given: list[str]) -> list[str]:
+    """[text] languages checked against taxonomy/languages.csv: "en" first (implied), then the others in
+    the order given, each once; no code that names no language (und, mul, mis, zxx)."""
+    for i, code in enumerate(given):
+        if code in given[:i]:
+            raise ConfigError(path, f"text.languages[{i}]", "each language once", code)
+    extra = [code for code in given if code != "en"]
+    if not extra:
+        return ["en"]
+    from .taxonomy.languages import NOT_A_LANGUAGE, default_path, read_languages
+
+    table = default_path()
+    if not table.exists():
+        raise ConfigError(path, "text.languages", f"the language table {table} (the project's taxonomy/ folder "
+                          "is missing)", given)
+    langs = read_languages(table)
+    for i, code in enumerate(given):
+        key = f"text.languages[{i}]"
+        if code not in langs.names or code in NOT_A_LANGUAGE:
+            meant = langs.suggest(code)
+            hint = f" (did you mean '{meant}'?)" if meant and meant not in NOT_A_LANGUAGE else ""
+            raise ConfigError(path, key, "a code of the `code` column of taxonomy/languages.csv (es, fr, de ...; "
+                              f"not und, mul, mis or zxx){hint}", code)
+    return ["en", *extra]
 
 
 def to_dict(obj: Any) -> Any:

@@ -150,8 +150,8 @@ def taxon_texts(ranks: Mapping[str, str | None], common_name: str | None = None,
     common_names = common_names or {}
     fallbacks = []
     for code in ("en", *extra):
-        raw = common_name if code == "en" else None
-        common = _clean(raw, "common_name") or _clean(common_names.get(code), f"common_names[{code!r}]")
+        given = common_name if code == "en" else None
+        common = _clean(given, "common_name") or _clean(common_names.get(code), f"common_names[{code!r}]")
         suffix = "" if code == "en" else f"_{code}"
         if common and _squash(common) not in scientific_forms:
             names.update({f"common_name{suffix}": common, f"com{suffix}": common,
@@ -165,5 +165,6 @@ def taxon_texts(ranks: Mapping[str, str | None], common_name: str | None = None,
 
     keys = _keys(tuple(languages))
     names = {key: names[key] for key in keys}
+    # name keys are the NAME_TYPES and their language twins (common_name_es): no caption key starts with one
     captions = {key: name if key.startswith(NAME_TYPES) else f"a photo of {name}." for key, name in names.items()}
     return TaxonTexts(captions, names, lowest, status, tuple(fallbacks))

@@ -6,11 +6,12 @@ Two runner stages, like ingest:
   authority under `<out>/cache/taxonomy/`, loaded once per build. A task's key carries the authority's
   fingerprint (manifest, files, kingdom synonyms), so changing an authority reloads it and nothing else.
 * `taxonomy`: one task (reconcile.py; a DuckDB job on the distinct raw lineages) ->
-  `<out>/taxonomy/{lineage_map,taxa,conflicts}.parquet`. Its key fingerprints the settings, the curated
+  `<out>/taxonomy/{lineage_map,taxa,conflicts,common_names}.parquet`. Its key fingerprints the settings, the curated
   files, the authorities and the records, so a re-run after any of them changed reconciles again, and a
   re-run after nothing changed does nothing.
 
-Then `register` puts it all in the catalog: `taxa`, `lineage_map`, `conflicts` (parquet views), the
+Then `register` puts it all in the catalog: `taxa`, `lineage_map`, `conflicts`, `common_names` (every
+common name of every taxon in every language: common_names.py) as parquet views, the
 `images` view (every record with its taxon; unresolved ones with empty ranks) and the coverage views
 (coverage.py). Stages never import cluster code; the runner hands the tasks to Dask.
 """
@@ -30,20 +31,24 @@ from ..errors import ConfigError
 from ..runner import Task, marker_dir
 from . import authorities as auth
 from . import curation
-from .common_names import COMMON_NAME_AUTHORITIES
+from . import languages
+from .common_names import COMMON_NAME_AUTHORITIES, COMMON_NAMES_COLUMNS
 from .coverage import VIEW_DOCS, create_views
 from .reconcile import (CONFLICT_COLUMNS, KNOWN_AUTHORITIES, LINEAGE_MAP_COLUMNS, TAXA_COLUMNS, Settings,
                         reconcile_task, settings_dict)
 
 LOAD_STAGE = "taxonomy.load"
 STAGE = "taxonomy"
-OUTPUTS = ("lineage_map", "taxa", "conflicts")
+OUTPUTS = ("lineage_map", "taxa", "conflicts", "common_names")
 
 catalog.document("taxa", "resolved taxa: one row per distinct seven-rank lineage (stage taxonomy)", TAXA_COLUMNS)
 catalog.document("lineage_map", "every distinct raw lineage of the records, with its taxon and how it was "
                  "resolved (authority, rule, matched id)", LINEAGE_MAP_COLUMNS)
 catalog.document("conflicts", "decisions where an authority and a given (or EOL context) rank disagreed, "
                  "ties, synonyms and overrides", CONFLICT_COLUMNS)
+catalog.document("common_names", "every common name of every resolved taxon, in every language, from the "
+                 "authorities of taxonomy.common_name_order; one preferred per taxon and language "
+                 "(English: taxa.common_name)", COMMON_NAMES_COLUMNS)
 for _name, (_desc, _cols) in VIEW_DOCS.items():
     catalog.document(_name, _desc, _cols)
 
@@ -137,18 +142,21 @@ def _drop_stale_markers(out: Path, stage: str, keep: set[str]) -> None:
 def run(ctx: BuildContext) -> dict[str, int]:
     wf, out = ctx.workflow, Path(ctx.out).resolve()
     needed, settings = plan(wf)
-    ksyn = json.dumps(settings.kingdom_synonyms, sort_keys=True)
+    languages_csv = languages.default_path()  # the project's table (taxonomy/languages.csv)
+    languages.read_languages(languages_csv)  # a bad row fails here, naming its line, before any task runs
+    extra = auth.curated_extra(settings.kingdom_synonyms, languages_csv)
     cache = ctx.cache("taxonomy")
     load_tasks, fps = [], {}
     for name, manifest in sorted(needed.items()):
-        fp = auth.fingerprint(manifest, ksyn)
+        fp = auth.fingerprint(manifest, extra)
         fps[name] = fp
         key = f"{name}.{fp[:16]}"
         if not auth.authority_db(out, name).exists():  # cache removed by hand: load again
             (marker_dir(out, LOAD_STAGE) / f"{key}.json").unlink(missing_ok=True)
         load_tasks.append(Task(key, auth.load_task, dict(
             out=str(out), name=name, manifest_path=str(manifest), kingdom_synonyms=settings.kingdom_synonyms,
-            threads=settings.threads or max(1, ctx.threads), memory_limit=settings.memory_limit)))
+            threads=settings.threads or max(1, ctx.threads), memory_limit=settings.memory_limit,
+            languages_csv=str(languages_csv))))
     _drop_stale_markers(out, LOAD_STAGE, {t.key for t in load_tasks})
     loaded = ctx.runner.run(LOAD_STAGE, load_tasks, outputs=(cache,))
     sd = settings_dict(settings)

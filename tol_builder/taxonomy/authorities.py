@@ -10,8 +10,13 @@ atomically. Every authority gives the same tables, whatever its format:
   the canonical name, the binomial for a species);
 * `names(nk, rank, auth_id, accepted_id, status)`: the lookup key (lower case, accents stripped) of every
   accepted name and synonym at the seven ranks, pointing to the accepted taxon in `lineages`;
-* `vernaculars(kind, key, kingdom, common_name, quality)`: English common names, keyed by scientific name
-  (`kind` = 'sci', `key` = lookup key), EOL page ('page') or category id ('category'); lower quality = better;
+* `vernacular_names(kind, key, kingdom, name, language, language_given, quality)`: every common name the
+  authority gives, in every language, keyed by scientific name (`kind` = 'sci', `key` = lookup key), EOL
+  page ('page') or category id ('category'); `language` is the code of languages.py's rule (taxonomy/
+  languages.csv; `und` when empty or unknown), `language_given` the value as the file wrote it; lower
+  quality = better (ITIS: 0 = the chain's first name in that language, as BioCLIP took the first English
+  one; EOL: 0 preferred by EOL, 1 by the resource, 2 other; GBIF: 1);
+* `vernaculars(kind, key, kingdom, common_name, quality)`: a view of its English names (language 'en');
 * `eol_dh` only: `pages(page_id, auth_id, exact)` (EOL page -> nearest ranked DH taxon; exact = the page's
   own node is ranked) and `page_names(page_id,
   name)` (provider_ids' preferred canonical name of pages the DH does not hold);
@@ -38,8 +43,10 @@ from ..errors import ConfigError, InputError
 from ..fileio import atomic_path, retrieve
 from ..manifest import check_digests, resolve_ref
 from ..records import RANKS
+from . import languages
 
-LOADER_VERSION = "1"  # part of every authority's fingerprint: bump when the tables change meaning
+LOADER_VERSION = "2"  # part of every authority's fingerprint: bump when the tables change meaning
+# 2: vernacular_names in every language (vernaculars became its English view)
 
 RANK_INDEX = {r: i for i, r in enumerate(RANKS)}
 # rank names of the authorities -> one of the seven (botanical "division" is the phylum)
@@ -125,9 +132,16 @@ def discover(directory: str | Path) -> dict[str, Path]:
     return found
 
 
+def curated_extra(kingdom_synonyms: dict[str, str], languages_csv: str | Path = "") -> str:
+    """The curated data a load depends on, for `fingerprint`: kingdom synonyms and languages.csv's bytes."""
+    langs = Path(languages_csv) if languages_csv else languages.default_path()
+    digest = hashlib.sha256(langs.read_bytes()).hexdigest() if langs.exists() else "-"
+    return json.dumps(kingdom_synonyms, sort_keys=True) + f"\nlanguages:{digest}"
+
+
 def fingerprint(manifest_path: str | Path, extra: str = "") -> str:
     """Identifies what a loaded authority was built from: manifest text, local files' size and mtime,
-    the kingdom synonyms (extra) and the loader version."""
+    the curated data (extra: `curated_extra`) and the loader version."""
     m = load_manifest(manifest_path)
     h = hashlib.sha256()
     h.update(Path(manifest_path).read_bytes())
@@ -177,11 +191,13 @@ def _extract(archive: Path, member: str, dest_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- loading
 def load_task(out: str, name: str, manifest_path: str, kingdom_synonyms: dict[str, str], threads: int = 1,
-              memory_limit: str = "4GB") -> dict[str, int]:
-    """Runner task: load one authority into `<out>/cache/taxonomy/<name>.duckdb` (atomically)."""
+              memory_limit: str = "4GB", languages_csv: str = "") -> dict[str, int]:
+    """Runner task: load one authority into `<out>/cache/taxonomy/<name>.duckdb` (atomically).
+    languages_csv: the languages table ("" = the project's taxonomy/languages.csv)."""
     import duckdb
 
     m = load_manifest(manifest_path)
+    langs = languages.read_languages(languages_csv or None)
     cache = Path(out) / "cache" / "taxonomy"
     files = local_files(m, cache)
     dest = authority_db(out, name)
@@ -197,12 +213,14 @@ def load_task(out: str, name: str, manifest_path: str, kingdom_synonyms: dict[st
             _kingdom_table(con, kingdom_synonyms)
             loader = {"itis_chains": _load_itis, "gbif_dwca": _load_gbif, "eol_dh": _load_eol,
                       "inat_common_names": _load_inat_names}[m.format]
-            counters = loader(con, files)
+            con.execute(f"CREATE TEMP TABLE vraw ({VERNACULAR_COLUMNS})")
+            counters = loader(con, files, langs)
             _ensure_common_tables(con)
+            counters.update(_vernacular_tables(con))
             con.execute("CREATE TABLE info (key VARCHAR, value VARCHAR)")
             con.executemany("INSERT INTO info VALUES (?, ?)", [
                 ("name", name), ("format", m.format), ("version", m.version),
-                ("fingerprint", fingerprint(manifest_path, json.dumps(kingdom_synonyms, sort_keys=True))),
+                ("fingerprint", fingerprint(manifest_path, curated_extra(kingdom_synonyms, languages_csv))),
                 *[(f"count.{k}", str(v)) for k, v in counters.items()]])
             con.execute("CHECKPOINT")
         finally:
@@ -270,8 +288,47 @@ def _ensure_common_tables(con) -> None:
                 "phylum VARCHAR, class VARCHAR, \"order\" VARCHAR, family VARCHAR, genus VARCHAR, species VARCHAR)")
     con.execute("CREATE TABLE IF NOT EXISTS names (nk VARCHAR, rank VARCHAR, auth_id VARCHAR, accepted_id VARCHAR, "
                 "status VARCHAR)")
-    con.execute("CREATE TABLE IF NOT EXISTS vernaculars (kind VARCHAR, key VARCHAR, kingdom VARCHAR, "
-                "common_name VARCHAR, quality INTEGER)")
+
+
+# the loaders' common-name rows, before `_vernacular_tables` keeps them
+VERNACULAR_COLUMNS = ("kind VARCHAR, key VARCHAR, kingdom VARCHAR, name VARCHAR, language VARCHAR, "
+                      "language_given VARCHAR, quality INTEGER")
+
+
+def _language_map(con, langs: languages.Languages, values_sql: str) -> None:
+    """Temp table `langmap(language_given, language, known)` for the distinct values `values_sql` selects
+    (NULL = empty): each looked up once by languages.py's rule, and handed to DuckDB as an Arrow table,
+    never pasted into SQL. Join with `LEFT JOIN langmap USING (language_given)` and
+    `coalesce(language, 'und')`."""
+    import pyarrow as pa
+
+    given = sorted({r[0] for r in con.execute(values_sql).fetchall() if r[0] is not None})
+    codes = [langs.lookup(g) for g in given]
+    con.register("_langmap_in", pa.table({
+        "language_given": pa.array(given, pa.string()),
+        "language": pa.array([c or languages.UNDETERMINED for c in codes], pa.string()),
+        "known": pa.array([c is not None for c in codes], pa.bool_())}))
+    con.execute("CREATE OR REPLACE TEMP TABLE langmap AS SELECT * FROM _langmap_in")
+    con.unregister("_langmap_in")
+
+
+def _vernacular_tables(con) -> dict[str, int]:
+    """`vernacular_names` from the loader's rows in temp table `vraw` (blank names and keys dropped) and
+    its English view `vernaculars`. Counters: English rows (`vernaculars`, as before), all rows, languages,
+    and rows whose language the file gave but languages.csv does not know (recorded as 'und')."""
+    con.execute(f"CREATE TABLE vernacular_names ({VERNACULAR_COLUMNS})")
+    con.execute("""INSERT INTO vernacular_names SELECT kind, key, kingdom, name, language, language_given, quality
+                   FROM vraw WHERE coalesce(name, '') <> '' AND coalesce(key, '') <> ''""")
+    con.execute("""CREATE VIEW vernaculars AS SELECT kind, key, kingdom, name AS common_name, quality
+                   FROM vernacular_names WHERE language = 'en'""")
+    english, total, langs_ = con.execute("""SELECT count(*) FILTER (WHERE language = 'en'), count(*),
+        count(DISTINCT language) FROM vernacular_names""").fetchall()[0]
+    unknown = 0
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'langmap' AND temporary").fetchall()[0][0]:
+        unknown = con.execute("""SELECT count(*) FROM vernacular_names v JOIN langmap m USING (language_given)
+                                 WHERE NOT m.known""").fetchall()[0][0]
+    return {"vernaculars": english, "vernacular_names": total, "vernacular_languages": langs_,
+            "vernaculars_language_unknown": unknown}
 
 
 NK = "lower(strip_accents({}))"  # the lookup key of a name
@@ -282,7 +339,7 @@ def nk(expr: str) -> str:
 
 
 # ------------------------------------------------------------------------------- ITIS chains CSV
-def _load_itis(con, files: dict[str, Path]) -> dict[str, int]:
+def _load_itis(con, files: dict[str, Path], langs: languages.Languages) -> dict[str, int]:
     path = files["chains"]
     rel = _csv(path)
     cols = _columns(con, f"SELECT * FROM {rel}")
@@ -304,11 +361,13 @@ def _load_itis(con, files: dict[str, Path]) -> dict[str, int]:
         FROM chains ch LEFT JOIN ksyn ks ON ks.name = ch.k0""")
     return _chains_to_tables(con, "ch", id_of_rank=lambda r: (
         "coalesce(tsns[list_position(ranks, 'phylum')], tsns[list_position(ranks, 'division')])"
-        if r == "phylum" else f"tsns[list_position(ranks, '{r}')]"), vernacular=True)
+        if r == "phylum" else f"tsns[list_position(ranks, '{r}')]"), langs=langs)
 
 
-def _chains_to_tables(con, table: str, id_of_rank, vernacular: bool = False, prefix: str = "itis") -> dict:
-    """Lineages and names from a table of denormalised chains (k, p, c, o, f, g, binomial, epithet, tsn)."""
+def _chains_to_tables(con, table: str, id_of_rank, langs: languages.Languages | None = None,
+                      prefix: str = "itis") -> dict:
+    """Lineages and names from a table of denormalised chains (k, p, c, o, f, g, binomial, epithet, tsn);
+    with `langs`, the chains' vernaculars (vern, vlang) into `vraw`."""
     cols = ["k", "p", "c", "o", "f", "g"]
     parts = [f"""SELECT tsn AS auth_id, 'species' AS rank, binomial AS name, k, p, c, o, f,
                     coalesce(g, split_part(binomial, ' ', 1)) AS g, epithet AS s
@@ -328,18 +387,23 @@ def _chains_to_tables(con, table: str, id_of_rank, vernacular: bool = False, pre
         FROM chain_lineages ORDER BY auth_id, rank, name, kingdom, phylum, class, "order", family, genus""")
     con.execute(f"""CREATE TABLE names AS SELECT DISTINCT {nk('name')} AS nk, rank, auth_id, auth_id AS accepted_id,
         'accepted' AS status FROM lineages""")
-    n_vern = 0
-    if vernacular:
-        # as BioCLIP: the first English name of terminal_vernacular (names and languages comma-separated)
-        con.execute(f"""CREATE TABLE vernaculars AS
-            SELECT 'sci' AS kind, {nk('binomial')} AS key, k AS kingdom,
-                   trim(list_extract(string_split(vern, ', '), list_position(
-                        string_split(replace(vlang, ' ', ''), ','), 'English'))) AS common_name,
-                   0 AS quality
-            FROM {table} WHERE binomial IS NOT NULL AND vern IS NOT NULL AND vern <> ''""")
-        con.execute("DELETE FROM vernaculars WHERE common_name IS NULL OR common_name = ''")
-        n_vern = con.execute("SELECT count(*) FROM vernaculars").fetchall()[0][0]
-    return {"taxa": con.execute("SELECT count(*) FROM lineages").fetchall()[0][0], "vernaculars": n_vern}
+    if langs is not None:
+        # terminal_vernacular and terminal_vernacular_lang: names and their languages' English names, both
+        # comma-separated ("pie d'Amérique, black-billed magpie" / "French, English"), paired by position.
+        # BioCLIP took the first English one: the first name of each language gets quality 0, later ones 1
+        con.execute(f"""CREATE TEMP TABLE chain_vern AS
+            SELECT chain, key, kingdom, trim(names[i]) AS name, nullif(trim(langs[i]), '') AS language_given, i AS pos
+            FROM (SELECT *, unnest(generate_series(1, len(names))) AS i
+                  FROM (SELECT row_number() OVER () AS chain, {nk('binomial')} AS key, k AS kingdom,
+                               string_split(vern, ', ') AS names, string_split(coalesce(vlang, ''), ',') AS langs
+                        FROM {table} WHERE binomial IS NOT NULL AND vern IS NOT NULL AND vern <> ''))""")
+        _language_map(con, langs, "SELECT DISTINCT language_given FROM chain_vern")
+        con.execute("""INSERT INTO vraw
+            SELECT 'sci', key, kingdom, name, coalesce(m.language, 'und'), v.language_given,
+                   CASE WHEN row_number() OVER (PARTITION BY chain, coalesce(m.language, 'und') ORDER BY pos) = 1
+                        THEN 0 ELSE 1 END
+            FROM chain_vern v LEFT JOIN langmap m USING (language_given)""")
+    return {"taxa": con.execute("SELECT count(*) FROM lineages").fetchall()[0][0]}
 
 
 # --------------------------------------------------------------------------- parent-link authorities
@@ -464,7 +528,7 @@ def _tree_tables(con, raw: str, status_expr: str) -> dict[str, int]:
 _STATUS_SQL = ("CASE WHEN lower(coalesce(status, '')) IN ('doubtful') THEN 'doubtful' ELSE 'accepted' END")
 
 
-def _load_gbif(con, files: dict[str, Path]) -> dict[str, int]:
+def _load_gbif(con, files: dict[str, Path], langs: languages.Languages) -> dict[str, int]:
     path = files["taxon"]
     rel = _tsv(path)
     cols = _columns(con, f"SELECT * FROM {rel}")
@@ -475,22 +539,23 @@ def _load_gbif(con, files: dict[str, Path]) -> dict[str, int]:
         {c['taxonomicStatus']} AS status FROM {rel}""")
     counters = _tree_tables(con, "raw", _STATUS_SQL)
     vpath = files.get("vernacular")
-    con.execute("CREATE TABLE vernaculars (kind VARCHAR, key VARCHAR, kingdom VARCHAR, common_name VARCHAR, "
-                "quality INTEGER)")
     if vpath is not None:
         vrel = _tsv(vpath)
         vc = _need(_columns(con, f"SELECT * FROM {vrel}"), ["taxonID", "vernacularName", "language"], vpath)
-        # no preference flag in the backbone: the name most often given for the taxon wins (quality 1)
-        con.execute(f"""INSERT INTO vernaculars
-            SELECT 'sci', {nk('l.name')}, l.kingdom, trim(v.{vc['vernacularName']}), 1
+        # no preference flag in the backbone: the name most often given for the taxon wins (quality 1);
+        # `language` is ISO 639-1 (en, es ...) and often empty
+        con.execute(f"""CREATE TEMP TABLE gbif_vern AS
+            SELECT {nk('l.name')} AS key, l.kingdom, trim(v.{vc['vernacularName']}) AS name,
+                   nullif(trim(v.{vc['language']}), '') AS language_given
             FROM {vrel} v JOIN ranked_of ro ON ro.id = v.{vc['taxonID']} JOIN lineages l ON l.auth_id = ro.rid
-            WHERE lower(trim(v.{vc['language']})) IN ('en', 'eng', 'english')
-              AND l.auth_id = ro.id AND trim(v.{vc['vernacularName']}) <> ''""")
-    counters["vernaculars"] = con.execute("SELECT count(*) FROM vernaculars").fetchall()[0][0]
+            WHERE l.auth_id = ro.id AND trim(v.{vc['vernacularName']}) <> ''""")
+        _language_map(con, langs, "SELECT DISTINCT language_given FROM gbif_vern")
+        con.execute("""INSERT INTO vraw SELECT 'sci', key, kingdom, name, coalesce(m.language, 'und'),
+                       v.language_given, 1 FROM gbif_vern v LEFT JOIN langmap m USING (language_given)""")
     return counters
 
 
-def _load_eol(con, files: dict[str, Path]) -> dict[str, int]:
+def _load_eol(con, files: dict[str, Path], langs: languages.Languages) -> dict[str, int]:
     path = files["taxon"]
     rel = _tsv(path)
     cols = _columns(con, f"SELECT * FROM {rel}")  # some DH dumps lack `authority`: read by header
@@ -521,8 +586,6 @@ def _load_eol(con, files: dict[str, Path]) -> dict[str, int]:
             AND page_id NOT IN (SELECT page_id FROM pages) GROUP BY page_id""")
     counters["pages"] = con.execute("SELECT count(*) FROM pages").fetchall()[0][0]
     counters["page_names"] = con.execute("SELECT count(*) FROM page_names").fetchall()[0][0]
-    con.execute("CREATE TABLE vernaculars (kind VARCHAR, key VARCHAR, kingdom VARCHAR, common_name VARCHAR, "
-                "quality INTEGER)")
     vpath = files.get("vernacular")
     if vpath is not None:
         vrel = _csv(vpath)
@@ -532,19 +595,22 @@ def _load_eol(con, files: dict[str, Path]) -> dict[str, int]:
         yes = "NOT (lower(trim(coalesce({}, ''))) IN ('', 'false', 'f', '0', 'no'))"
         quality = f"CASE WHEN {yes.format(by_eol)} THEN 0 WHEN {yes.format(by_res)} THEN 1 ELSE 2 END"
         strip = "trim(regexp_replace(regexp_replace({}, '<[^>]*>', '', 'g'), '\\s+', ' ', 'g'))"
+        # language_code: ISO 639-2 (eng, spa, fre or fra ...), mapped by languages.py's rule
         con.execute(f"""CREATE TEMP TABLE vn AS SELECT trim({vc['page_id']}) AS page_id,
-                {strip.format(vc['canonical_form'])} AS canon, {strip.format(vc['vernacular_string'])} AS common_name,
-                {quality} AS quality
-            FROM {vrel} WHERE lower(trim({vc['language_code']})) IN ('eng', 'en')""")
-        con.execute("""INSERT INTO vernaculars SELECT 'page', page_id, NULL, common_name, quality FROM vn
-                       WHERE common_name <> '' AND page_id <> ''""")
-        con.execute(f"""INSERT INTO vernaculars SELECT 'sci', {nk('canon')}, NULL, common_name, quality FROM vn
-                        WHERE common_name <> '' AND canon <> ''""")
-    counters["vernaculars"] = con.execute("SELECT count(*) FROM vernaculars").fetchall()[0][0]
+                {strip.format(vc['canonical_form'])} AS canon, {strip.format(vc['vernacular_string'])} AS name,
+                {quality} AS quality, nullif(trim({vc['language_code']}), '') AS language_given
+            FROM {vrel}""")
+        _language_map(con, langs, "SELECT DISTINCT language_given FROM vn")
+        con.execute("""CREATE TEMP TABLE vnl AS SELECT vn.*, coalesce(m.language, 'und') AS language
+                       FROM vn LEFT JOIN langmap m USING (language_given)""")
+        con.execute("""INSERT INTO vraw SELECT 'page', page_id, NULL, name, language, language_given, quality
+                       FROM vnl""")
+        con.execute(f"""INSERT INTO vraw SELECT 'sci', {nk('canon')}, NULL, name, language, language_given, quality
+                        FROM vnl""")
     return counters
 
 
-def _load_inat_names(con, files: dict[str, Path]) -> dict[str, int]:
+def _load_inat_names(con, files: dict[str, Path], langs: languages.Languages) -> dict[str, int]:
     """BioCLIP's iNat21 common names: a JSON object {category index: English name} (from iNaturalist's
     DwC-A taxonomy; data/inat/common-names-mapping.json in Imageomics/bioclip)."""
     path = files["common_names"]
@@ -555,11 +621,11 @@ def _load_inat_names(con, files: dict[str, Path]) -> dict[str, int]:
     if not isinstance(mapping, dict):
         raise InputError(path, "not a JSON object of category -> common name")
     _ensure_common_tables(con)
-    rows = [("category", str(int(k)), None, " ".join(str(v).split()), 0) for k, v in sorted(mapping.items())
-            if str(k).strip().lstrip("-").isdigit() and v and str(v).strip()]
+    rows = [("category", str(int(k)), None, " ".join(str(v).split()), "en", None, 0)  # English names
+            for k, v in sorted(mapping.items()) if str(k).strip().lstrip("-").isdigit() and v and str(v).strip()]
     if rows:
-        con.executemany("INSERT INTO vernaculars VALUES (?, ?, ?, ?, ?)", rows)
-    return {"vernaculars": len(rows)}
+        con.executemany("INSERT INTO vraw VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    return {}
 
 
 def open_authority(con, out: str | Path, name: str) -> None:

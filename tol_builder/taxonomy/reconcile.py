@@ -2,7 +2,7 @@
 
 Works on distinct raw lineages (a few hundred thousand), never on images, in DuckDB. One runner task
 (`reconcile_task`) reads the records parquet and the loaded authorities (authorities.py) and writes
-`<out>/taxonomy/{lineage_map,taxa,conflicts}.parquet`.
+`<out>/taxonomy/{lineage_map,taxa,conflicts,common_names}.parquet` (common names: common_names.py).
 
 The rules, in the order they apply (taxonomy/README.md says the same, shorter, for users):
 
@@ -557,7 +557,7 @@ TAXA_COLUMNS = {
     **{c: f"{c} (resolved)" for c in OUT_COLS[:6]},
     "species": "species epithet (lower case); scientific_name holds the binomial",
     "scientific_name": "'Genus epithet' when the species is known, else the most specific name",
-    "common_name": "English common name, by the workflow's common_name_order",
+    "common_name": "English common name, by the workflow's common_name_order (common_names' preferred 'en' row)",
     "common_name_source": "authority that gave the common name (itis, inaturalist, eol_preferred, eol, gbif, source)",
     "lowest_rank": "most specific rank present",
     "images": "records resolved to this taxon",
@@ -584,6 +584,8 @@ def write_outputs(con, out: Path) -> dict[str, int]:
         "taxa": """SELECT taxon_id, kingdom, phylum, class, "order", family, genus, species, scientific_name,
                 common_name, common_name_source, lowest_rank, images FROM taxa ORDER BY taxon_id""",
         "conflicts": """SELECT * FROM conflicts ORDER BY lineage_key, authority, rank, decision, rule, value_refused""",
+        "common_names": """SELECT taxon_id, language, name, source, preferred FROM common_names
+                ORDER BY taxon_id, language, preferred DESC, name""",
     }
     for name, q in queries.items():
         with atomic_path(d / f"{name}.parquet") as tmp:

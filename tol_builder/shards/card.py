@@ -1,0 +1,261 @@
+"""The dataset card: `BUILD/README.md`, and the same card as `BUILD/shards/README.md` for the shard folder.
+
+Owns the two cards and `coverage.png` beside each. The shard folder's card starts with the YAML header
+Hugging Face reads (`configs` naming each split's tars), so `load_dataset("BUILD/shards")` loads the tars
+as webdataset with the splits train, validation and train_small: without it, `datasets` would take
+train_small/ for a part of train (its split keywords match "train_*" folders) and a split of one tar plus
+sizes.json for a JSON dataset.
+
+Sections: what is where and how to use it (open_clip, webdataset, Hugging Face), sources and counts, taxa per
+rank, the selection, exclusions per evaluation set and method, the coverage picture, texts (keys, languages,
+how many exceed CLIP's 77-token context), licences, the exact workflow, versions, the authorities' checksums.
+Reads the catalog and the plan; writes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import tomli_w
+
+from .. import catalog
+from ..config import to_dict
+from ..fileio import file_digest, write_bytes_atomic, write_text_atomic
+from ..records import RANKS, duckdb_connection
+from ..text import text_keys
+from .plan import describe, read_plan, selection_dir
+from .write import INDEX, SHARDS, SampleTexts
+
+CONTEXT_LENGTH = 77  # CLIP's text context (open_clip's default, BioCLIP's)
+HF_SPLITS = {"train": "train", "val": "validation", "train_small": "train_small"}
+VERSIONED = ("tol_builder", "pillow", "numpy", "pyarrow", "duckdb", "dask", "distributed", "webdataset",
+             "open_clip_torch", "torch", "datasets", "pdqhash")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    def cell(v):
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return lines
+
+
+def hf_header(counts: dict[str, dict[str, int]]) -> list[str]:
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split, sizes in counts.items():
+        if sizes:
+            lines += [f"  - split: {HF_SPLITS[split]}", f"    path: {split}/shard-*.tar"]
+    lines += ["license: other", "tags:", "- biology", "- biodiversity", "- image-text", "- webdataset", "---", ""]
+    return lines
+
+
+def token_counts(out: Path, languages: list[str]) -> tuple[list[list], str]:
+    """Rows (key, samples, samples over the context, distinct texts over it) and a note on the tokenizer."""
+    try:
+        import open_clip
+
+        tokenizer = open_clip.get_tokenizer("ViT-B-16")  # CLIP's BPE, bundled with open_clip: no download
+        encode = tokenizer.encode
+        note = (f"Tokens counted with open_clip {metadata.version('open_clip_torch')}'s CLIP tokenizer (ViT-B-16, "
+                f"BioCLIP's); a text longer than {CONTEXT_LENGTH} tokens with its start and end tokens is cut "
+                "when tokenised for training.")
+    except Exception as e:  # open_clip is an optional extra
+        return [], (f"Tokens were not counted: open_clip's tokenizer could not be imported ({type(e).__name__}). "
+                    "Install it (`pip install 'tol_builder[train]'`) and run `tol build` again (only the card is "
+                    "rewritten) to get how many texts exceed CLIP's 77-token context.")
+    con = duckdb_connection()
+    try:
+        rows = con.execute("""SELECT s.taxon_id, any_value(s.common_name), s.common_names,
+                   any_value(s.lowest_rank), count(DISTINCT s.uid)::BIGINT AS n,
+                   """ + ", ".join(f'any_value(s."{r}")' for r in RANKS) + """
+            FROM read_parquet(?) s SEMI JOIN (SELECT DISTINCT uid FROM read_parquet(?)) i USING (uid)
+            GROUP BY s.taxon_id, s.common_name, s.common_names ORDER BY ALL""",
+                           [str(selection_dir(out) / "samples.parquet"),
+                            str(out / SHARDS / INDEX / "*" / "*.parquet")]).fetchall()
+    finally:
+        con.close()
+    texts = SampleTexts(languages)
+    over: dict[str, list[int]] = {k: [0, 0, 0] for k in text_keys(languages)}
+    for taxon_id, common_name, common_names, lowest_rank, n, *ranks in rows:
+        t = texts.of({"taxon_id": taxon_id, "common_name": common_name, "common_names": common_names,
+                      "lowest_rank": lowest_rank, **dict(zip(RANKS, ranks))})
+        for key in over:
+            over[key][0] += n
+            if len(encode(t.captions[key])) + 2 > CONTEXT_LENGTH:
+                over[key][1] += n
+                over[key][2] += 1
+    return [[k, *v] for k, v in over.items()], note
+
+
+def _versions() -> list[list]:
+    from PIL import features
+
+    rows = [["python", platform.python_version()]]
+    for dist in VERSIONED:
+        try:
+            rows.append([dist, metadata.version(dist)])
+        except metadata.PackageNotFoundError:
+            rows.append([dist, "not installed"])
+    rows.append(["libjpeg (Pillow's JPEG codec)", f"{features.version('jpg')}"
+                 + (" (libjpeg-turbo)" if features.check_feature("libjpeg_turbo") else "")])
+    return rows
+
+
+def _digest(path: Path, cache: dict) -> str:
+    st = path.stat()
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    if key not in cache:
+        cache[key] = file_digest(path, "sha256")
+    return cache[key]
+
+
+def authority_rows(out: Path, wf) -> list[list]:
+    """Each file of each authority the build used: declared size/checksums and the sha256 of the local copy."""
+    from ..taxonomy import plan as taxonomy_plan
+    from ..taxonomy.authorities import load_manifest
+
+    try:
+        needed, _ = taxonomy_plan(wf)
+    except Exception as e:  # e.g. the workflow file moved since the build: say so instead of failing the card
+        return [["(authorities not listed)", f"{type(e).__name__}: {e}", "", "", ""]]
+    cache_file = out / "cache" / "card" / "checksums.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    rows = []
+    for name, manifest in sorted(needed.items()):
+        m = load_manifest(manifest)
+        for f in m.files:
+            url = m.url(f)
+            local = Path(url[7:] if url.startswith("file://") else url)
+            if not local.is_file():
+                local = out / "cache" / "taxonomy" / "downloads" / m.name / f.name
+            got = _digest(local, cache) if local.is_file() else "(no local copy)"
+            declared = ", ".join(x for x in (f"md5 {f.md5}" if f.md5 else "", f"sha256 {f.sha256}" if f.sha256 else "",
+                                             f"{f.bytes:,} bytes" if f.bytes else "") if x) or "none"
+            rows.append([name, f"{m.title or m.name} {m.version}".strip(), f.name, declared, f"`{got}`"])
+    write_text_atomic(cache_file, json.dumps(cache, sort_keys=True))
+    return rows
+
+
+def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
+    doc = read_plan(out)
+    c, s = doc["counts"], doc["settings"]
+    languages = doc["languages"]
+    con = catalog.connect(out, read_only=True)
+    try:
+        fetched = dict(con.execute("SELECT source, count(*) FROM media WHERE status = 'ok' GROUP BY ALL").fetchall())
+        samples = str(selection_dir(out) / "samples.parquet")
+        index = str(out / SHARDS / INDEX / "*" / "*.parquet")
+        in_shards = f"(SELECT * FROM read_parquet('{_q(samples)}') s SEMI JOIN (SELECT DISTINCT uid, " \
+                    f"regexp_extract(filename, '{INDEX}/([^/]+)/', 1) AS split FROM read_parquet('{_q(index)}', " \
+                    "filename=true)) i USING (uid, split))"
+        per_source = con.execute(f"SELECT source, split, count(*) FROM {in_shards} GROUP BY ALL").fetchall()
+        rank_rows = []
+        for r in RANKS:
+            name = "genus || ' ' || species" if r == "species" else f'"{r}"'
+            n_taxa, n_img = con.execute(f"SELECT count(DISTINCT {name}), count(DISTINCT uid) FILTER (WHERE {name} "
+                                        f"IS NOT NULL) FROM {in_shards}").fetchall()[0]
+            rank_rows.append([r, n_taxa, n_img])
+        has_excl = (out / "dedup" / "exclusions.parquet").is_file()
+        excl = con.execute(f"""SELECT coalesce(eval_set, '(none)'), coalesce(method, ''), reason, count(DISTINCT uid)
+                               FROM read_parquet('{_q(str(out / "dedup" / "exclusions.parquet"))}')
+                               GROUP BY ALL ORDER BY ALL""").fetchall() if has_excl else []
+        has_clusters = (out / "dedup" / "pool_duplicates.parquet").is_file()
+    finally:
+        con.close()
+    lines = [f"# {wf.name}: image-text shards of the tree of life", "",
+             f"Built by tol_builder {_version('tol_builder')} from the workflow `{wf.path}` (seed {wf.seed}). "
+             "Webdataset shards of images with their taxonomic texts, in the layout of BioCLIP's TreeOfLife-10M "
+             "(arXiv 2311.18803), rebuilt reproducibly: the same inputs and seed give byte-identical shards.", ""]
+    lines += ["## What is here", ""]
+    lines += _table(["split", "samples", "shards", "files"], [
+        [split, sum(v.values()), len(v), f"`shards/{split}/shard-%06d.tar`, `shards/{split}/sizes.json`"]
+        for split, v in counts.items()])
+    lines += ["", f"train_small is a subset of train ({s['train_small_fraction']:.0%} of it). Each sample "
+              f"(`__key__` = its uid) holds `.jpg` ({s['image_size']}x{s['image_size']}, {s['resize_mode']}), one "
+              f"`.<key>.txt` per text key, `.txt` (= `{s['default_text']}`) and `.json` (source, licence, rights "
+              "holder, source URL, lineage, common name and its authority, every text, sha256, PDQ). "
+              "`shards/licenses.csv` lists every image's licence; `shards/__index__/<split>/*.parquet` gives "
+              "every member's offset and size (catalog view `shard_index`).", "",
+              "Train unmodified open_clip on it (sizes.json gives the split's size):", "", "```bash",
+              f"python -m open_clip_train.main --train-data '{out / SHARDS}/train/shard-{{000000..{max(len(counts.get('train', {})) - 1, 0):06d}}}.tar' "
+              "--dataset-type webdataset --model ViT-B-16 --batch-size 256 --epochs 100 --lr 1e-4 --wd 0.2 "
+              "--warmup 1000", "```", "",
+              "Or read it with `webdataset.WebDataset(urls)`, or `datasets.load_dataset(\"<build>/shards\")` "
+              "(this card's header names the splits), or query `catalog.duckdb` with `tol query`.", ""]
+    lines += ["## Sources", ""]
+    by_src: dict[str, dict[str, int]] = {}
+    for src, split, n in per_source:
+        by_src.setdefault(src, {})[split] = n
+    lines += _table(["source", "records", "fetched", "selected", "train", "val", "train_small"], [
+        [src, v["records"], fetched.get(src, 0), v["selected"], *(by_src.get(src, {}).get(sp, 0) for sp in
+                                                                  ("train", "val", "train_small"))]
+        for src, v in c["per_source"].items()])
+    lines += ["", "## Taxa per rank", "", "Distinct names at each rank among the images in the shards, and how many "
+              "images are resolved down to it.", ""]
+    lines += _table(["rank", "taxa", "images"], rank_rows)
+    lines += ["", "## Selection", "", *[f"    {x}" for x in describe(doc)], "",
+              "Rules, in order (the first one an image fails is its reason in the catalog table `unselected`): "
+              "include list, fetched, resolved, not excluded by the dedup stage, sources, licences, taxa, minimum "
+              "rank, then per taxon the floor and the cap. Splits come from a seeded hash of each image's "
+              "within-pool duplicate cluster, so near copies never straddle train and val and adding a source moves "
+              "no image between splits; a seeded global shuffle across sources orders each split.", ""]
+    lines += ["## Evaluation sets and exclusions", ""]
+    if not has_excl:
+        lines += ["The dedup stage was not run for this build: no evaluation-set image was removed, and every "
+                  "image is its own duplicate cluster for the split" + (" (but within-pool duplicate clusters "
+                                                                       "were given)." if has_clusters else "."), ""]
+    else:
+        lines += _table(["evaluation set", "method", "reason", "images excluded"], [list(r) for r in excl])
+        lines += ["", "Within-pool duplicate clusters: " + ("from `dedup/pool_duplicates.parquet`." if has_clusters
+                                                          else "none given (every image its own cluster)."), ""]
+    lines += ["## Coverage", "", "![coverage by class and most specific rank](coverage.png)", ""]
+    rows, note = token_counts(out, languages)
+    lines += ["## Texts", "", f"Languages: {', '.join(languages)}. Keys: " + ", ".join(f"`{k}`" for k in text_keys(languages))
+              + f". The default `.txt` is `{s['default_text']}`.", "", note, ""]
+    if rows:
+        lines += _table(["key", "samples", f"over {CONTEXT_LENGTH} tokens", "distinct texts over"], rows)
+        lines.append("")
+    lines += ["## Licences", "", "`licence_id` normalises each source's own licence strings (SPDX ids where one "
+              "exists; the raw value is kept in licenses.csv and the .json).", ""]
+    lines += _table(["licence_id", "images selected"], [[k, v] for k, v in c["licences"].items()])
+    lines += ["", "## Workflow", "", "```toml", tomli_w.dumps(_plain(to_dict(wf))).rstrip(), "```", ""]
+    lines += ["## Versions", ""] + _table(["package", "version"], _versions())
+    lines += ["", "## Taxonomic authorities", ""]
+    lines += _table(["authority", "release", "file", "declared", "sha256 of the file used"], authority_rows(out, wf))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _plain(value):
+    """TOML has no null: drop None values (none are expected in a workflow, but a card must not fail on one)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _q(s: str) -> str:
+    return s.replace("'", "''")
+
+
+def write_cards(out: Path, wf, counts: dict[str, dict[str, int]]) -> None:
+    from ..taxonomy.coverage import plot_coverage
+
+    out = Path(out)
+    png = plot_coverage(out, "class", out / "cache" / "card" / "coverage.png").read_bytes()
+    text = card_text(out, wf, counts)
+    for folder, head in ((out, []), (out / SHARDS, hf_header(counts))):  # each card with its picture beside it
+        write_bytes_atomic(folder / "coverage.png", png)
+        write_text_atomic(folder / "README.md", "\n".join(head) + text)
