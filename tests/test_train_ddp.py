@@ -75,11 +75,9 @@ def child(build: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from train_fixtures import write_shards
+    from train_fixtures import demo_build
 
-    build = tmp_path_factory.mktemp("ddp")
-    write_shards(build, "val", 1, per_shard=8)
-    return build
+    return demo_build(tmp_path_factory)  # shards written by the real shard stage (`tol demo`)
 
 
 def _torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -123,9 +121,6 @@ def test_two_processes_step_like_one_with_the_global_batch(shards, tmp_path):
 @pytest.mark.slow
 def test_tol_train_runs_under_torchrun(shards, tmp_path):
     """The CLI under torchrun: 2 processes share the run, rank 0 writes checkpoint and log once."""
-    from train_fixtures import write_shards
-
-    write_shards(shards, "train", 2, per_shard=8)
     run = tmp_path / "run"
     r = _torchrun(2, "-m", "tol_builder.cli", "train", str(shards), "--quiet", "--set", "model=tol-tiny",
                   "--set", "batch_size=4", "--set", "steps=2", "--set", "workers=0", "--set", "threads=1",

@@ -1,6 +1,6 @@
-"""The training loop on CPU with the tiny model, on real shards read back from disk: the loss falls, a resumed
-run takes exactly the uninterrupted run's next step, accumulation and the precision / checkpointing paths
-work, and checkpoints load with plain open_clip."""
+"""The training loop on CPU with the tiny model: on the demo's shards (written by the real shard stage) the loss
+falls, a resumed run takes exactly the uninterrupted run's next step, and checkpoints load with plain open_clip;
+accumulation and the precision / gradient-checkpointing paths on small fixture shards."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tol_builder.train import models
 from tol_builder.train.distributed import Dist
 from tol_builder.train.loop import Trainer, train
 
-from train_fixtures import write_shards
+from train_fixtures import demo_build, write_shards
 
 SMALL = dict(model=models.TINY, batch_size=8, lr=1e-3, warmup=2, workers=0, threads=1, log_every=1,
              shuffle_buffer=32, shuffle_initial=8, segment_samples=40)
@@ -26,8 +26,13 @@ SMALL = dict(model=models.TINY, batch_size=8, lr=1e-3, warmup=2, workers=0, thre
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
+    return demo_build(tmp_path_factory)  # shards written by the real shard stage (`tol demo`, ~40 s once)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
     b = tmp_path_factory.mktemp("loop")
-    write_shards(b, "train", 4, per_shard=16)
+    write_shards(b, "train", 2, per_shard=16)
     return b
 
 
@@ -35,6 +40,7 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_resume_takes_the_same_next_step(build, tmp_path):
     # uninterrupted: 10 steps, checkpoints every 4 (segment_samples=40: the stream restarts its segment at
     # sample 40, inside step 5, so the resume also crosses a segment boundary)
@@ -57,6 +63,7 @@ def test_loss_falls_and_resume_takes_the_same_next_step(build, tmp_path):
     assert again.start_step == 10 and again.losses == []
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_data_layout(build, tmp_path):
     cfg = TrainConfig(**SMALL, steps=4, checkpoint_every=2, run=str(tmp_path / "r"))
     train(build, cfg, progress=False, stop_after=2)
@@ -76,7 +83,7 @@ def _batch(build: Path, n: int):
     return images, tokens
 
 
-def _step(build, micro, **settings) -> tuple[dict, dict]:
+def _step(micro, **settings) -> tuple[dict, dict]:
     torch.set_num_threads(1)
     model = models.build(models.TINY, seed=0)
     trainer = Trainer(model, TrainConfig(**{**SMALL, **settings}), Dist(), total_steps=10)
@@ -84,29 +91,30 @@ def _step(build, micro, **settings) -> tuple[dict, dict]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats
 
 
-def test_accumulation_equals_the_whole_batch(build):
-    images, tokens = _batch(build, 16)
-    whole, s1 = _step(build, [(images, tokens)])
-    accum, s2 = _step(build, [(images[:8], tokens[:8]), (images[8:], tokens[8:])], accum_freq=2)
-    halves, _ = _step(build, [(images[:8], tokens[:8])])
+def test_accumulation_equals_the_whole_batch(small):
+    images, tokens = _batch(small, 16)
+    whole, s1 = _step([(images, tokens)])
+    accum, s2 = _step([(images[:8], tokens[:8]), (images[8:], tokens[8:])], accum_freq=2)
+    halves, _ = _step([(images[:8], tokens[:8])])
     assert abs(s1["loss"] - s2["loss"]) < 1e-5  # negatives span both micro-batches
     diff = max((whole[k] - accum[k]).abs().max().item() for k in whole)
     assert diff < 5e-5 < max((whole[k] - halves[k]).abs().max().item() for k in whole)
 
 
-def test_gradient_checkpointing_and_mixed_precision_paths(build):
-    images, tokens = _batch(build, 8)
-    plain, s_plain = _step(build, [(images, tokens)])
-    checkpointed, s_ckpt = _step(build, [(images, tokens)], grad_checkpointing=True)
+def test_gradient_checkpointing_and_mixed_precision_paths(small):
+    images, tokens = _batch(small, 8)
+    plain, s_plain = _step([(images, tokens)])
+    checkpointed, s_ckpt = _step([(images, tokens)], grad_checkpointing=True)
     assert abs(s_plain["loss"] - s_ckpt["loss"]) < 1e-5
     assert max((plain[k] - checkpointed[k]).abs().max().item() for k in plain) < 5e-5
     for precision in ("amp", "amp_bf16"):  # fp16 autocast with loss scaling, bf16 autocast: both run on CPU
-        params, stats = _step(build, [(images, tokens)], precision=precision)
+        params, stats = _step([(images, tokens)], precision=precision)
         assert abs(stats["loss"] - s_plain["loss"]) < 0.05, precision
         if precision == "amp":  # the scaler's first step may be skipped (inf check) but must not corrupt
             assert all(torch.isfinite(v).all() for v in params.values())
 
 
+@pytest.mark.slow
 def test_tiny_checkpoint_loads_with_plain_open_clip(build, tmp_path):
     r = train(build, TrainConfig(**SMALL, steps=2, run=str(tmp_path / "run")), progress=False)
     folder = r.checkpoint

@@ -95,15 +95,28 @@ EVAL_IMAGE_COLUMNS = ["uid", "eval_set", "eval_id", "taxon_id", *RANKS, "scienti
                       "lowest_rank"]
 
 
+def catalog_taxa(build: Path) -> dict:
+    """lineage (seven ranks, None = unknown) -> (taxon_id, common_name) from a real build's `taxa` table."""
+    rows = catalog.query(build, 'SELECT taxon_id, kingdom, phylum, "class", "order", family, genus, species, '
+                                "common_name FROM taxa").to_pylist()
+    return {tuple(r[k] or None for k in RANKS): (r["taxon_id"], r["common_name"] or None) for r in rows}
+
+
 def write_eval_set(build: Path, eval_set: str, per_taxon: int, *, seed: int = 17, sizes=((320, 240), (256, 256),
-                   (240, 300))) -> int:
+                   (240, 300)), from_catalog: bool = False) -> int:
     """Fresh pictures of every distinct demo taxon as evaluation set `eval_set`, in parquet with the documented
-    columns of `eval_images` and `eval_media`, registered as those catalog views. Returns the image count."""
+    columns of `eval_images` and `eval_media`, registered as those catalog views. Returns the image count.
+
+    from_catalog: taxon ids and common names from the build's `taxa` (as the integrator's evaluation sets get
+    lineages reconciled like the pool's), else made up here."""
     img_rows = {c: [] for c in EVAL_IMAGE_COLUMNS}
     media_rows = {c: [] for c in ("uid", "eval_set", "status", "sha256", "md5", "pdq", "pdq_quality", "width",
                                   "height", "jpeg")}
+    known = catalog_taxa(build) if from_catalog else {}
     for t in distinct_taxa():
         sp = species_of(t)
+        if from_catalog:
+            sp["taxon_id"], sp["common_name"] = known[tuple(sp["ranks"][r] for r in RANKS)]
         texts = taxon_texts(sp["ranks"], sp["common_name"])
         for i in range(per_taxon):
             w, h = sizes[i % len(sizes)]
@@ -125,3 +138,20 @@ def write_eval_set(build: Path, eval_set: str, per_taxon: int, *, seed: int = 17
     catalog.register_parquet(build, "eval_images", "evalsets/*/images.parquet")
     catalog.register_parquet(build, "eval_media", "evalsets/*/media.parquet")
     return len(img_rows["uid"])
+
+
+_DEMO_BUILDS: dict = {}
+
+
+def demo_build(tmp_path_factory, heldout_per_taxon: int = 13) -> Path:
+    """A real `tol demo` build (shards written by the shard stage), made once per test session, with a held-out
+    evaluation set `demo_eval` of fresh pictures (13 per taxon: 208 images) in the catalog's eval views."""
+    if "build" not in _DEMO_BUILDS:
+        from tol_builder.demo import run_demo
+
+        out = tmp_path_factory.getbasetemp() / "train-demo"
+        summary = run_demo(out, progress=False)
+        build = Path(summary.out)
+        write_eval_set(build, "demo_eval", heldout_per_taxon, from_catalog=True)
+        _DEMO_BUILDS["build"] = build
+    return _DEMO_BUILDS["build"]

@@ -180,7 +180,6 @@ class ShardsConfig:
     keep_buckets: bool = False  # keep the first pass's buckets (BUILD/cache/shards) after the shards are written
 
 
-
 @dataclass
 class TrainConfig:
     """`tol train` / `tol eval` (tol_builder/train, needs the `train` extra): CLIP training on the shards.
