@@ -170,12 +170,13 @@ def train(build_dir: Path, cfg: TrainConfig, *, console: Any = None, progress: b
     dist = distributed.init(cfg.device)
     say = console.print if (console is not None and dist.is_main) else (lambda *a, **k: None)
     try:
-        return _train(Path(build_dir), cfg, dist, say, progress and dist.is_main, stop_after, t_start)
+        return _train(Path(build_dir), cfg, dist, say, progress and dist.is_main, stop_after, t_start,
+                      console if dist.is_main else None)
     finally:
         distributed.shutdown(dist)
 
 
-def _train(build_dir, cfg, dist, say, progress, stop_after, t_start) -> TrainResult:
+def _train(build_dir, cfg, dist, say, progress, stop_after, t_start, console) -> TrainResult:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     split = open_split(split_folder(build_dir, cfg.split))
@@ -231,7 +232,7 @@ def _train(build_dir, cfg, dist, say, progress, stop_after, t_start) -> TrainRes
         start_batch=start * cfg.accum_freq)
     batches: Iterator = iter(data.train_loader(plan, cfg.workers))
     end = total if stop_after is None else min(total, stop_after)
-    bar = _progress_bar(progress, start, total)
+    bar = _progress_bar(progress, start, total, console)
     log = open(log_path, "a", encoding="utf-8") if dist.is_main else None
     timed_steps, timed_seconds = 0, 0.0
     try:
@@ -284,13 +285,13 @@ def _train(build_dir, cfg, dist, say, progress, stop_after, t_start) -> TrainRes
     return result
 
 
-def _progress_bar(enabled: bool, start: int, total: int):
+def _progress_bar(enabled: bool, start: int, total: int, console: Any = None):
     if not enabled:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), transient=False)
+                   TimeRemainingColumn(), transient=False, **({"console": console} if console is not None else {}))
     task = bar.add_task("", total=total, completed=start)
     bar.start()
     return bar, task
