@@ -145,3 +145,32 @@ def test_builtin_architecture_checkpoint_loads_with_pretrained_path(tmp_path):
 def test_pretrained_tags_are_never_downloaded():
     with pytest.raises(ConfigError, match="never downloaded"):
         models.build("ViT-B-16", "openai")
+
+
+def test_bioclip_optimiser_settings_weight_decay_groups_schedule_and_clipping(small):
+    from tol_builder.train.optim import lr_at, param_groups
+
+    model = models.build(models.TINY, seed=0)
+    no_decay, decay = param_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.2
+    assert all(p.ndim >= 2 for p in decay["params"])  # weight matrices only
+    assert {"logit_scale", "ln_final.weight", "visual.class_embedding"} <= {names[id(p)] for p in no_decay["params"]}
+    assert all(p.ndim < 2 or names[id(p)] in ("logit_scale",) or "bias" in names[id(p)]
+               or "ln" in names[id(p)] for p in no_decay["params"])
+    # BioCLIP's schedule: 1000 linear warmup steps to 1e-4, then cosine to 0
+    assert lr_at(0, 1e-4, 1000, 30_000) == pytest.approx(1e-7) and lr_at(999, 1e-4, 1000, 30_000) == 1e-4
+    assert lr_at(15_500, 1e-4, 1000, 30_000) == pytest.approx(5e-5) and lr_at(30_000, 1e-4, 1000, 30_000) < 1e-12
+    # clipping: the gradients the optimiser used have at most the clip norm
+    images, tokens = _batch(small, 8)
+    torch.set_num_threads(1)
+    clipped = models.build(models.TINY, seed=0)
+    Trainer(clipped, TrainConfig(**SMALL, grad_clip_norm=0.01), Dist(), 10).step(0, [(images, tokens)])
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in clipped.parameters()]))
+    assert norm.item() == pytest.approx(0.01, rel=1e-3)
+
+
+def test_epochs_count_steps_from_sizes_json(small, tmp_path):
+    r = train(small, TrainConfig(**{**SMALL, "batch_size": 5}, epochs=2, steps=0, run=str(tmp_path / "e")),
+              progress=False, stop_after=1)
+    assert r.total_steps == 2 * 7  # 32 samples (sizes.json) / 5 per step -> 7 steps an epoch

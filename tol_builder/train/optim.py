@@ -1,7 +1,8 @@
 """Optimiser, learning-rate schedule and precision of a CLIP training run (open_clip_train's choices).
 
-Owns: AdamW with weight decay on weight matrices only (not on gains, biases, the logit scale, embeddings of
-position or class: every parameter with fewer than 2 dimensions or named as such), linear warmup then cosine
+Owns: AdamW with weight decay on weight matrices and embeddings, not on gains, biases, the logit scale and the
+class embedding (open_clip_train's rule: fewer than 2 dimensions, or bn/ln/bias/logit_scale in the name), linear
+warmup then cosine
 decay as a pure function of the step (so resuming needs only the step), and the autocast / loss-scaler pair.
 """
 
