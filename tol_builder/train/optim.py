@@ -2,8 +2,8 @@
 
 Owns: AdamW with weight decay on weight matrices and embeddings, not on gains, biases, the logit scale and the
 class embedding (open_clip_train's rule: fewer than 2 dimensions, or bn/ln/bias/logit_scale in the name), linear
-warmup then cosine
-decay as a pure function of the step (so resuming needs only the step), and the autocast / loss-scaler pair.
+warmup then cosine decay as a pure function of the step (so resuming needs only the step), and the autocast /
+loss-scaler pair.
 """
 
 from __future__ import annotations
