@@ -15,12 +15,16 @@ from .evalsets import eval_data
 from .zeroshot import Classes, class_key, image_features, zero_shot
 
 
-def _setup(cfg: TrainConfig, checkpoint: str, model_name: str):
+def _setup(build_dir: Path, cfg: TrainConfig, checkpoint: str, model_name: str, split: str | None,
+           eval_set: str | None):
+    """(model on its device, tokenizer, device, the labelled images to evaluate on)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = distributed.choose_device(cfg.device, 0)
     model, tok_name = models.load_for_eval(checkpoint, model_name, seed=cfg.seed)
-    return model.to(device), models.tokenizer(tok_name), device, tok_name
+    data = eval_data(build_dir, split=split, eval_set=eval_set, size=models.image_size(model),
+                     batch_size=cfg.eval_batch_size)
+    return model.to(device), models.tokenizer(tok_name), device, data
 
 
 def _describe(checkpoint: str, model_name: str) -> str:
@@ -30,9 +34,7 @@ def _describe(checkpoint: str, model_name: str) -> str:
 def run_zero_shot(build_dir: Path, cfg: TrainConfig, *, checkpoint: str = "", model: str = "",
                   split: str | None = None, eval_set: str | None = None) -> dict:
     t0 = time.time()
-    m, tokenize, device, _ = _setup(cfg, checkpoint, model)
-    data = eval_data(build_dir, split=split, eval_set=eval_set, size=models.image_size(m),
-                     batch_size=cfg.eval_batch_size)
+    m, tokenize, device, data = _setup(build_dir, cfg, checkpoint, model, split, eval_set)
     result = zero_shot(m, tokenize, data, text_type=cfg.eval_text_type, template_kind=cfg.eval_templates,
                        device=device, batch_size=cfg.eval_batch_size)
     result.update(model=_describe(checkpoint, model), seconds=round(time.time() - t0, 2))
@@ -42,14 +44,11 @@ def run_zero_shot(build_dir: Path, cfg: TrainConfig, *, checkpoint: str = "", mo
 def run_few_shot(build_dir: Path, cfg: TrainConfig, *, checkpoint: str = "", model: str = "",
                  split: str | None = None, eval_set: str | None = None) -> dict:
     t0 = time.time()
-    m, _, device, _ = _setup(cfg, checkpoint, model)
-    data = eval_data(build_dir, split=split, eval_set=eval_set, size=models.image_size(m),
-                     batch_size=cfg.eval_batch_size)
+    m, _, device, data = _setup(build_dir, cfg, checkpoint, model, split, eval_set)
     feats, labels = image_features(m.eval(), data, device)
     classes = Classes.from_labels(labels)
-    y = [classes.index[class_key(lab)] for lab in labels]
-    shots = fewshot.few_shot(feats.numpy(), np.asarray(y), tuple(cfg.few_shot_shots),
-                             cfg.few_shot_folds)
+    y = np.asarray([classes.index[class_key(lab)] for lab in labels])
+    shots = fewshot.few_shot(feats.numpy(), y, tuple(cfg.few_shot_shots), cfg.few_shot_folds)
     return {"task": "few-shot", "data": data.name, "model": _describe(checkpoint, model),
             "n_images": len(labels), "n_classes": len(classes), "folds": cfg.few_shot_folds,
             "skipped": dict(data.skipped), "shots": shots, "seconds": round(time.time() - t0, 2)}
