@@ -3,16 +3,18 @@
 What lives where (the model library apart from the trainer, as open_clip keeps `open_clip/` apart from
 `open_clip_train/`):
 
-* `models`     open_clip models: the tiny configuration, building a model (random or from a local checkpoint
-               file, never downloaded), tokenizer, writing/reading checkpoints plain open_clip loads
-* `shards`     the shard folders: urls and sample counts from sizes.json
-* `data`       the training stream as small picklable stages (resampled shards, shuffle buffer, decode,
-               augmentation, text policy, tokenised batches) and the evaluation reader of a split
-* `optim`      AdamW parameter groups, warmup + cosine schedule, precision (autocast, loss scaling)
-* `distributed` process group under torchrun (gloo on CPU, NCCL on GPU)
-* `loop`       the training loop: steps, accumulation, checkpoints that resume exactly, logs, progress
-* `zeroshot`, `fewshot`, `evalsets`, `report`  evaluation and its tables and plots
-* `demo`       the short run `tol demo` ends with
+* `models`      open_clip models: the tiny configuration, building a model (random or from a local checkpoint
+                file, never downloaded), tokenizer, the checkpoint files plain open_clip loads
+* `shards`      a split's tars and their counts from sizes.json
+* `data`        the training stream as small picklable stages (resampled shards, tar reading, shuffle buffer,
+                decode and crop, text policy, tokenised batches) and the evaluation reader of a split
+* `optim`       AdamW parameter groups, warmup + cosine schedule, precision (autocast, loss scaling)
+* `distributed` the process group under torchrun (gloo on CPU, NCCL on GPU)
+* `loop`        the training loop: steps, accumulation, checkpoints that resume exactly, logs, progress
+* `checkpoint`  checkpoint folders, the `latest` pointer, training state
+* `settings`    the [train] settings of a workflow or build, command-line overrides, checks (no torch)
+* `evalsets`, `zeroshot`, `fewshot`, `evaluate`, `report`  evaluation, its tables, JSON and plots
+* `demo`        the short run `tol demo` ends with (`train_and_evaluate`)
 
 torch and open_clip are an optional extra: importing this package does not import them (every module that
 needs them is imported on use), and `require_torch()` fails early with the command that installs them.
