@@ -72,7 +72,7 @@ def token_counts(out: Path, languages: list[str]) -> tuple[list[list], str]:
         rows = con.execute("""SELECT s.taxon_id, any_value(s.common_name), s.common_names,
                    any_value(s.lowest_rank), count(DISTINCT s.uid)::BIGINT AS n,
                    """ + ", ".join(f'any_value(s."{r}")' for r in RANKS) + """
-            FROM read_parquet(?) s SEMI JOIN (SELECT DISTINCT uid FROM read_parquet(?)) i USING (uid)
+            FROM read_parquet(?) s SEMI JOIN (SELECT uid FROM read_parquet(?) WHERE key = 'json') i USING (uid)
             GROUP BY s.taxon_id, s.common_name, s.common_names ORDER BY ALL""",
                            [str(selection_dir(out) / "samples.parquet"),
                             str(out / SHARDS / INDEX / "*" / "*.parquet")]).fetchall()
@@ -149,16 +149,16 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
         fetched = dict(con.execute("SELECT source, count(*) FROM media WHERE status = 'ok' GROUP BY ALL").fetchall())
         samples = str(selection_dir(out) / "samples.parquet")
         index = str(out / SHARDS / INDEX / "*" / "*.parquet")
-        in_shards = f"(SELECT * FROM read_parquet('{_q(samples)}') s SEMI JOIN (SELECT DISTINCT uid, " \
-                    f"regexp_extract(filename, '{INDEX}/([^/]+)/', 1) AS split FROM read_parquet('{_q(index)}', " \
-                    "filename=true)) i USING (uid, split))"
-        per_source = con.execute(f"SELECT source, split, count(*) FROM {in_shards} GROUP BY ALL").fetchall()
-        rank_rows = []
-        for r in RANKS:
-            name = "genus || ' ' || species" if r == "species" else f'"{r}"'
-            n_taxa, n_img = con.execute(f"SELECT count(DISTINCT {name}), count(DISTINCT uid) FILTER (WHERE {name} "
-                                        f"IS NOT NULL) FROM {in_shards}").fetchall()[0]
-            rank_rows.append([r, n_taxa, n_img])
+        # the samples the tars hold (one `json` member per sample in the index), not just the plan
+        con.execute(f"""CREATE TEMP TABLE in_shards AS SELECT s.* FROM read_parquet('{_q(samples)}') s
+            SEMI JOIN (SELECT uid, regexp_extract(filename, '{INDEX}/([^/]+)/', 1) AS split
+                       FROM read_parquet('{_q(index)}', filename=true) WHERE key = 'json') i USING (uid, split)""")
+        per_source = con.execute("SELECT source, split, count(*) FROM in_shards GROUP BY ALL").fetchall()
+        names = {r: "genus || ' ' || species" if r == "species" else f'"{r}"' for r in RANKS}
+        per_rank = con.execute("SELECT " + ", ".join(
+            f"count(DISTINCT {n}), count(DISTINCT uid) FILTER (WHERE {n} IS NOT NULL)" for n in names.values())
+            + " FROM in_shards").fetchall()[0]
+        rank_rows = [[r, per_rank[2 * i], per_rank[2 * i + 1]] for i, r in enumerate(RANKS)]
         has_excl = (out / "dedup" / "exclusions.parquet").is_file()
         excl = con.execute(f"""SELECT coalesce(eval_set, '(none)'), coalesce(method, ''), reason, count(DISTINCT uid)
                                FROM read_parquet('{_q(str(out / "dedup" / "exclusions.parquet"))}')

@@ -225,7 +225,7 @@ def _load_include_list(con, wf: Workflow) -> str:
     return "b.uid IN (SELECT uid FROM inc_hit)"
 
 
-def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1) -> dict[str, Any]:
+def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit: str = "4GB") -> dict[str, Any]:
     """Plan the samples of the build in `out` into the folder `dest` (see the module docstring)."""
     out = Path(out).resolve()
     cfg, seed = wf.shards, str(wf.seed)
@@ -233,6 +233,11 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1) -> dict[str, 
     try:
         con.execute(f"SET threads={max(1, int(threads))}")
         con.execute("SET preserve_insertion_order=true")
+        # 10.4M records with their labels do not fit a worker's share of memory in one go: DuckDB spills
+        tmp = out / "cache" / "selection-tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET memory_limit='{_q(memory_limit)}'")
+        con.execute(f"SET temp_directory='{_q(str(tmp))}'")
         have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         for need, stage in (("records", "ingest"), ("media", "fetch"), ("images", "taxonomy"), ("taxa", "taxonomy")):
             if need not in have:
@@ -272,7 +277,10 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1) -> dict[str, 
             JOIN images i USING (uid)
             LEFT JOIN taxa t ON t.taxon_id = i.taxon_id
             LEFT JOIN (SELECT uid, status, sha256, pdq, filename
-                       FROM read_parquet('media/*/*.parquet', filename=true, union_by_name=true)) m USING (uid)
+                       FROM read_parquet('media/*/*.parquet', filename=true, union_by_name=true)
+                       -- fetch keeps one row per uid; should a uid have two, one sample, its ok row first
+                       QUALIFY row_number() OVER (PARTITION BY uid ORDER BY status = 'ok' DESC, filename) = 1
+                      ) m USING (uid)
             LEFT JOIN lic l ON l.licence = r.licence
             LEFT JOIN {excl} x USING (uid)
             LEFT JOIN {clusters} c USING (uid)

@@ -32,8 +32,8 @@ def shard_counts(out: Path) -> dict[str, dict[str, int]]:
             if not n:
                 continue
             files = [str(out / SHARDS / INDEX / split / f"shard-{i:06d}.parquet") for i in range(n)]
-            got = dict(con.execute("SELECT regexp_extract(filename, 'shard-[0-9]+'), count(DISTINCT uid) "
-                                   "FROM read_parquet(?, filename=true) GROUP BY ALL", [files]).fetchall())
+            got = dict(con.execute("SELECT regexp_extract(filename, 'shard-[0-9]+'), count(*) FROM "
+                                   "read_parquet(?, filename=true) WHERE key = 'json' GROUP BY ALL", [files]).fetchall())
             counts[split] = {shard_name(i): int(got.get(f"shard-{i:06d}", 0)) for i in range(n)}
     finally:
         con.close()
@@ -54,7 +54,7 @@ def publish_task(out: str, workflow) -> dict[str, int]:
         cols = ", ".join(f's."{c}"' for c in LICENCE_COLUMNS)
         with atomic_path(out_p / SHARDS / "licenses.csv") as tmp:
             con.execute(f"""COPY (SELECT DISTINCT {cols} FROM read_parquet(?) s
-                                  SEMI JOIN (SELECT DISTINCT uid FROM read_parquet(?)) i USING (uid)
+                                  SEMI JOIN (SELECT uid FROM read_parquet(?) WHERE key = 'json') i USING (uid)
                                   ORDER BY s.uid)
                             TO '{str(tmp).replace("'", "''")}' (HEADER, DELIMITER ',')""",
                         [str(selection_dir(out_p) / "samples.parquet"), index])
