@@ -17,7 +17,7 @@ from tol_builder.train.report import demo_line
 from tol_builder.train.zeroshot import LEVELS, Classes, class_key, rank_topk
 
 from conftest import run_cli
-from train_fixtures import write_eval_set, write_shards
+from train_fixtures import HAND_WRITTEN, write_eval_set, write_shards
 
 
 def _random_labels(rng: random.Random, n_classes: int, n_images: int) -> list[dict]:
@@ -101,7 +101,7 @@ def test_eval_set_reader_uses_the_catalog_views_and_skips_what_it_cannot_use(tmp
 
     n = write_eval_set(tmp_path, "demo_eval", 2)
     # one image's media failed, one image's taxon is unresolved: both are counted and left out
-    folder = tmp_path / "evalsets" / "demo_eval"
+    folder = tmp_path / HAND_WRITTEN / "demo_eval"
     media, images = pq.read_table(folder / "media.parquet").to_pylist(), pq.read_table(folder / "images.parquet")
     media[0]["status"], media[0]["jpeg"] = "http_404", None
     pq.write_table(__import__("pyarrow").Table.from_pylist(media), folder / "media.parquet")

@@ -91,6 +91,7 @@ def write_shards(build: Path, split: str, per_taxon: int, *, seed: int = 17, per
     return folder
 
 
+HAND_WRITTEN = "evalsets_handwritten"  # apart from the dedup stage's evalsets/ folder
 EVAL_IMAGE_COLUMNS = ["uid", "eval_set", "eval_id", "taxon_id", *RANKS, "scientific_name", "common_name",
                       "lowest_rank"]
 
@@ -131,12 +132,12 @@ def write_eval_set(build: Path, eval_set: str, per_taxon: int, *, seed: int = 17
                          ("sha256", hashlib.sha256(jpeg).hexdigest()), ("md5", hashlib.md5(jpeg).hexdigest()),
                          ("pdq", "0" * 64), ("pdq_quality", 100), ("width", w), ("height", h), ("jpeg", jpeg)):
                 media_rows[c].append(v)
-    folder = build / "evalsets" / eval_set
+    folder = build / HAND_WRITTEN / eval_set
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(img_rows), folder / "images.parquet")
     pq.write_table(pa.table(media_rows), folder / "media.parquet")
-    catalog.register_parquet(build, "eval_images", "evalsets/*/images.parquet")
-    catalog.register_parquet(build, "eval_media", "evalsets/*/media.parquet")
+    catalog.register_parquet(build, "eval_images", f"{HAND_WRITTEN}/*/images.parquet")
+    catalog.register_parquet(build, "eval_media", f"{HAND_WRITTEN}/*/media.parquet")
     return len(img_rows["uid"])
 
 
@@ -144,14 +145,17 @@ _DEMO_BUILDS: dict = {}
 
 
 def demo_build(tmp_path_factory, heldout_per_taxon: int = 13) -> Path:
-    """A real `tol demo` build (shards written by the shard stage), made once per test session, with a held-out
-    evaluation set `demo_eval` of fresh pictures (13 per taxon: 208 images) in the catalog's eval views."""
+    """A real `tol demo` build (shards written by the shard stage), made once per test session, with its
+    evaluation set `demo_eval` (>= 200 fresh pictures of the demo taxa, never in the shards) in the catalog's
+    eval views: the dedup stage's where this version has it, else written here (13 per taxon: 208 images)."""
     if "build" not in _DEMO_BUILDS:
         from tol_builder.demo import run_demo
+        from tol_builder.train.demo import DEMO_EVAL_SET, has_eval_set
 
         out = tmp_path_factory.getbasetemp() / "train-demo"
         summary = run_demo(out, progress=False)
         build = Path(summary.out)
-        write_eval_set(build, "demo_eval", heldout_per_taxon, from_catalog=True)
+        if not has_eval_set(build, DEMO_EVAL_SET):
+            write_eval_set(build, DEMO_EVAL_SET, heldout_per_taxon, from_catalog=True)
         _DEMO_BUILDS["build"] = build
     return _DEMO_BUILDS["build"]
