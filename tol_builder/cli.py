@@ -249,16 +249,109 @@ def shards_verify(out: Path = typer.Argument(..., help="Build directory."),
     console.print(f"shards of {out}: all good ({counted} samples)")
 
 
+def _require_train_extra() -> None:
+    """torch and open_clip are an optional extra: say how to add them, and stop."""
+    from .train import MissingTrainExtra, require_torch
+
+    try:
+        require_torch()
+    except MissingTrainExtra as e:
+        from rich.markup import escape
+
+        console.print(f"[yellow]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+
+
+SET_HELP = ("A \\[train] setting, KEY=VALUE (repeatable), e.g. --set batch_size=64 --set model=tol-tiny; "
+            "see tol_builder/config.py TrainConfig for every key.")
+
+
 @app.command()
-def train(config: Optional[Path] = typer.Argument(None, help="Training config.")) -> None:
-    """Train a CLIP model on a build's shards (torch + open_clip; pip install 'tol_builder\\[train]')."""
-    _not_yet("train", "the trainer")
+def train(target: Path = typer.Argument(..., help="Workflow TOML (its \\[train] section and build directory) or a "
+                                        "build directory."),
+          set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+          quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Train a CLIP model on a build's shards (torch + open_clip: pip install -e '.\\[train]').
+
+    Runs under torchrun as it is for several processes or nodes (gloo on CPU, NCCL on GPU):
+    torchrun --nproc_per_node 8 -m tol_builder.cli train WORKFLOW. Re-running resumes from the run's latest
+    checkpoint; checkpoints load with plain open_clip (see bench/README_train.md)."""
+    _require_train_extra()
+    from .train.settings import load_settings
+
+    try:
+        build_dir, cfg, source = load_settings(target, set_)  # a bad setting fails before torch loads
+        from .train.loop import train as run_train
+
+        run_train(build_dir, cfg, console=console, progress=not quiet, source=source)
+    except TolError as e:
+        _fail(e)
 
 
-@app.command(name="eval")
-def eval_(config: Optional[Path] = typer.Argument(None, help="Evaluation config.")) -> None:
-    """Zero-shot and few-shot evaluation of a trained model."""
-    _not_yet("eval", "the trainer")
+eval_app = typer.Typer(no_args_is_help=True, help="Zero-shot and few-shot evaluation of a trained model "
+                       "(torch + open_clip: pip install -e '.\\[train]').")
+app.add_typer(eval_app, name="eval")
+
+
+def _run_eval(task: str, target: Path, checkpoint: Optional[str], model: Optional[str], split: Optional[str],
+              eval_set: Optional[str], set_: list[str], json_out: Optional[Path], plot: Optional[Path]) -> None:
+    _require_train_extra()
+    from .train import report
+    from .train.settings import load_settings, run_dir_of
+
+    try:
+        build_dir, cfg, _ = load_settings(target, set_)
+        from .train.evaluate import run_few_shot, run_zero_shot
+
+        if not checkpoint and not model:
+            checkpoint = str(run_dir_of(build_dir, cfg))  # the run of the settings
+        if not split and not eval_set:
+            split = "val"
+        run = run_zero_shot if task == "zero-shot" else run_few_shot
+        result = run(build_dir, cfg, checkpoint=checkpoint or "", model=model or "", split=split,
+                     eval_set=eval_set)
+        Console(width=max(100, Console().width)).print(
+            report.zero_shot_table(result) if task == "zero-shot" else report.few_shot_table(result))
+        if json_out is not None:
+            console.print(f"wrote {report.write_json(result, json_out)}")
+        if plot is not None:
+            if task != "zero-shot":
+                raise TolError("--plot draws zero-shot accuracy per rank (tol eval zero-shot)")
+            console.print(f"wrote {report.plot_levels(result, plot)}")
+    except TolError as e:
+        _fail(e)
+
+
+CHECKPOINT_HELP = ("A checkpoint folder, a run folder (its latest checkpoint) or, with --model, a weights file; "
+                   "default: the run of the \\[train] settings.")
+MODEL_HELP = "Architecture for a weights file, or alone a random-init model (e.g. tol-tiny) as a baseline."
+
+
+@eval_app.command("zero-shot")
+def eval_zero_shot(target: Path = typer.Argument(..., help="Workflow TOML or build directory."),
+                   checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
+                   model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+                   split: Optional[str] = typer.Option(None, help="A shard split (default: val)."),
+                   eval_set: Optional[str] = typer.Option(None, help="An evaluation set of the build "
+                                                          "(catalog views eval_images + eval_media)."),
+                   set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+                   json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+                   plot: Optional[Path] = typer.Option(None, help="Draw accuracy per rank as a PNG.")) -> None:
+    """Zero-shot top-1 / top-5 at the taxon and at every rank (class strings from the text module in the 80
+    OpenAI ImageNet templates; rank predictions sum the probabilities of the taxa below)."""
+    _run_eval("zero-shot", target, checkpoint, model, split, eval_set, set_, json_out, plot)
+
+
+@eval_app.command("few-shot")
+def eval_few_shot(target: Path = typer.Argument(..., help="Workflow TOML or build directory."),
+                  checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
+                  model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+                  split: Optional[str] = typer.Option(None, help="A shard split (default: val)."),
+                  eval_set: Optional[str] = typer.Option(None, help="An evaluation set of the build."),
+                  set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON.")) -> None:
+    """Few-shot accuracy, nearest centroid of 1 and 5 shots over 5 folds (as BioCLIP)."""
+    _run_eval("few-shot", target, checkpoint, model, split, eval_set, set_, json_out, None)
 
 
 def _not_yet(command: str, what: str) -> None:

@@ -212,6 +212,65 @@ class ShardsConfig:
     keep_buckets: bool = False  # keep the first pass's buckets (BUILD/cache/shards) after the shards are written
 
 
+@dataclass
+class TrainConfig:
+    """`tol train` / `tol eval` (tol_builder/train, needs the `train` extra): CLIP training on the shards.
+
+    Defaults reproduce BioCLIP (arXiv 2311.18803; Imageomics/bioclip slurm/train.sh): ViT-B/16, per-process
+    batch 4096 on 8 GPUs (global 32,768), lr 1e-4, 1000 warmup steps, cosine over 100 epochs, weight decay 0.2,
+    AdamW beta2 0.98 eps 1e-6, a mixed text type per batch, local loss with gather-with-grad. bench/README_train.md
+    shows the whole reproduction; the demo and the tests use `model = "tol-tiny"`. Every key can be overridden on
+    the command line (`tol train WORKFLOW --set train.batch_size=64`)."""
+
+    run: str = ""  # run directory (checkpoints, logs); "" = BUILD/train/<run_name>
+    run_name: str = "default"
+    # the model: a built-in open_clip architecture ("ViT-B-16"; "ViT-B-16-quickgelu" for OpenAI's weights),
+    # "tol-tiny" (a few-million-parameter CLIP for CPUs), or "local-dir:PATH" (a folder with open_clip_config.json)
+    model: str = "ViT-B-16"
+    init_checkpoint: str = ""  # a local open_clip checkpoint file to start from; "" = random init (never downloaded)
+    split: str = "train"  # BUILD/shards/<split>
+    # text type of each step: "batch" = one of text_types per step for the whole batch (seeded by the step, as
+    # BioCLIP), "sample" = one per sample (text_weights), or one fixed key of the shards (e.g. "taxon_com")
+    text_policy: str = "batch"
+    text_types: list[str] = field(default_factory=lambda: ["sci", "com", "taxon", "sci_com", "taxon_com"])
+    text_weights: list[float] = field(default_factory=list)  # "sample" policy; empty = equal weights
+    batch_size: int = 4096  # per process; the global batch is batch_size * processes * accum_freq
+    accum_freq: int = 1  # micro-batches per optimiser step (features cached: negatives span all of them)
+    epochs: int = 100  # an epoch = the split's samples (sizes.json) / global batch, in steps
+    steps: int = 0  # total optimiser steps; 0 = epochs * steps per epoch
+    lr: float = 1e-4
+    warmup: int = 1000  # steps of linear warmup, then cosine decay to 0 at the last step
+    weight_decay: float = 0.2  # AdamW; not on gains, biases and the logit scale
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip_norm: float = 0.0  # 0 = no clipping (as BioCLIP)
+    # "auto" = "amp" (fp16 autocast, loss scaling) on GPU, "fp32" on CPU; "amp_bf16" = bf16 autocast
+    precision: Literal["auto", "fp32", "amp", "amp_bf16"] = "auto"
+    local_loss: bool = True  # contrastive loss of the local batch against all gathered features
+    gather_with_grad: bool = True  # gradients flow through the all-gather (needed for the exact global loss)
+    grad_checkpointing: bool = False  # recompute activations in the backward pass (BioCLIP: on)
+    image_size: int = 0  # crop size; 0 = the model's
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop area range
+    shuffle_buffer: int = 5000  # samples (open_clip's training buffer)
+    shuffle_initial: int = 1000  # samples buffered before the first one leaves
+    segment_samples: int = 50_000  # a data stream restarts its shard draws every this many samples: a resume
+    #                                replays at most this many samples' bytes (no decoding) per stream
+    workers: int = 4  # data loader processes per training process; 0 = in the training process
+    threads: int = 0  # torch threads per training process; 0 = torch's default
+    device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is present, else cpu
+    seed: int = 42  # BioCLIP's
+    log_every: int = 10  # steps between lines of log.jsonl
+    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 3  # the newest kept (older ones removed)
+    resume: bool = True  # continue from the run's latest checkpoint when there is one
+    # evaluation (`tol eval`)
+    eval_text_type: str = "taxon_com"  # the class string (text.taxon_texts names[...]); BioCLIP's default
+    eval_templates: Literal["openai", "plain"] = "openai"  # the 80 OpenAI ImageNet templates, or "a photo of {}."
+    eval_batch_size: int = 256
+    few_shot_shots: list[int] = field(default_factory=lambda: [1, 5])
+    few_shot_folds: int = 5
+
 STAGES = ("ingest", "fetch", "taxonomy", "dedup", "shards")
 SOURCE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -231,6 +290,7 @@ class Workflow:
     text: TextConfig = field(default_factory=TextConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     path: Path = field(default=Path("."), metadata={"toml": False})  # the TOML it came from
 
     def source_manifest_path(self, source: SourceConfig) -> Path:

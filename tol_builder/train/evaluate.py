@@ -1,0 +1,54 @@
+"""`tol eval zero-shot` / `tol eval few-shot`: a model (checkpoint, run folder, or name + weights file) on a
+split or an evaluation set of a build. Thin: zeroshot.py and fewshot.py do the work, report.py the output."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from . import distributed, fewshot, models
+from .evalsets import eval_data
+from .zeroshot import Classes, class_key, image_features, zero_shot
+
+
+def _setup(build_dir: Path, cfg: TrainConfig, checkpoint: str, model_name: str, split: str | None,
+           eval_set: str | None):
+    """(model on its device, tokenizer, device, the labelled images to evaluate on)."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = distributed.choose_device(cfg.device, 0)
+    model, tok_name = models.load_for_eval(checkpoint, model_name, seed=cfg.seed)
+    data = eval_data(build_dir, split=split, eval_set=eval_set, size=models.image_size(model),
+                     batch_size=cfg.eval_batch_size)
+    return model.to(device), models.tokenizer(tok_name), device, data
+
+
+def _describe(checkpoint: str, model_name: str) -> str:
+    return str(checkpoint) if checkpoint else f"{model_name} (random init)"
+
+
+def run_zero_shot(build_dir: Path, cfg: TrainConfig, *, checkpoint: str = "", model: str = "",
+                  split: str | None = None, eval_set: str | None = None) -> dict:
+    t0 = time.time()
+    m, tokenize, device, data = _setup(build_dir, cfg, checkpoint, model, split, eval_set)
+    result = zero_shot(m, tokenize, data, text_type=cfg.eval_text_type, template_kind=cfg.eval_templates,
+                       device=device, batch_size=cfg.eval_batch_size)
+    result.update(model=_describe(checkpoint, model), seconds=round(time.time() - t0, 2))
+    return result
+
+
+def run_few_shot(build_dir: Path, cfg: TrainConfig, *, checkpoint: str = "", model: str = "",
+                 split: str | None = None, eval_set: str | None = None) -> dict:
+    t0 = time.time()
+    m, _, device, data = _setup(build_dir, cfg, checkpoint, model, split, eval_set)
+    feats, labels = image_features(m.eval(), data, device)
+    classes = Classes.from_labels(labels)
+    y = np.asarray([classes.index[class_key(lab)] for lab in labels])
+    shots = fewshot.few_shot(feats.numpy(), y, tuple(cfg.few_shot_shots), cfg.few_shot_folds)
+    return {"task": "few-shot", "data": data.name, "model": _describe(checkpoint, model),
+            "n_images": len(labels), "n_classes": len(classes), "folds": cfg.few_shot_folds,
+            "skipped": dict(data.skipped), "shots": shots, "seconds": round(time.time() - t0, 2)}
