@@ -44,6 +44,7 @@ class BuildSummary:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     dashboard: str | None = None
+    zero_shot: Any = None  # tol demo: the trainer's DemoResult
 
 
 def build(workflow: Workflow, out: str | Path | None = None, stages: list[str] | None = None,

@@ -43,19 +43,25 @@ def demo(out: Path = typer.Option(Path("tol-demo"), "--out", help="Where the dem
                                   "(a previous demo there is replaced)."),
          scheduler: Optional[str] = typer.Option(None, help="Address or scheduler file of a running Dask "
                                                  "cluster; default: a LocalCluster."),
-         quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
-    """Build a miniature of all three sources end to end, offline.
+         quiet: bool = typer.Option(False, help="No progress bars."),
+         train: bool = typer.Option(True, "--train/--no-train", help="End by training the tiny CLIP model on "
+                                    "the demo shards and printing its zero-shot accuracy (needs the train "
+                                    "extra).")) -> None:
+    """Build a miniature of all three sources end to end, offline, and train on it.
 
     Generates iNat21, BIOSCAN-1M and EOL miniatures in their real formats (procedurally drawn images, a
-    few taxa each), serves the EOL images from a loopback HTTP server, and runs every stage of this
-    version on them."""
-    from .demo import run_demo
+    few taxa each) and an evaluation set, serves the EOL images from a loopback HTTP server, runs every
+    stage from ingest to the webdataset shards, then trains a tiny CLIP model on the shards and prints its
+    zero-shot top-1 on the held-out evaluation images against chance."""
+    from .demo import run_demo, train_demo
 
     try:
-        summary = run_demo(out, console=console, scheduler=scheduler, progress=not quiet)
+        summary = run_demo(out, console=console, scheduler=scheduler, progress=not quiet, train=False)
+        _print_summary(summary)
+        if train:
+            train_demo(lambda m: console.print(m, soft_wrap=True), summary.out, console, progress=not quiet)
     except TolError as e:
         _fail(e)
-    _print_summary(summary)
 
 
 @app.command()
