@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from .taxa import TAXA, expected_records
 SENTINEL = ".tol-demo"
 DEMO_WORKFLOW = Path(tol_builder.__file__).resolve().parents[1] / "workflows" / "demo.toml"
 
-__all__ = ["run_demo", "train_demo", "prepare_out", "generate", "demo_workflow_template", "SENTINEL"]
+__all__ = ["run_demo", "prepare_demo", "DemoInputs", "train_demo", "prepare_out", "generate", "demo_workflow_template", "SENTINEL"]
 
 
 def prepare_out(out: Path) -> None:
@@ -94,10 +95,34 @@ def write_workflow(out: Path, template: dict, manifests: dict[str, Path]) -> Pat
     return path
 
 
-def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bool = True,
-             seed: int | None = None, train: bool = True) -> build_mod.BuildSummary:
+@dataclass
+class DemoInputs:
+    """What `prepare_demo` generated: the workflow template and every source's files (EOL's manifest waits
+    for the URL of the server that serves its images)."""
+
+    out: Path
+    template: dict
+    generated: dict
+    eol_media: list
+    seconds: float
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def eol_root(self) -> Path:
+        return gen.eol_content_root(self.data)
+
+    def write_workflow(self, base_url: str) -> Path:
+        """The EOL media manifest with the server's URLs, every source manifest, and out/workflow.toml."""
+        self.generated["eol"] = gen.write_eol_manifest(self.data, self.eol_media, base_url)
+        manifests = {name: gen.write_manifest(self.data / "manifests", files) for name, files in self.generated.items()}
+        return write_workflow(self.out, self.template, manifests)
+
+
+def prepare_demo(out: Path, seed: int | None = None) -> DemoInputs:
+    """Steps 1-3 of the module doc: an empty demo directory, the miniatures, authorities and evaluation set."""
     out = Path(out).expanduser().resolve()
-    say = console.print if console is not None else (lambda *a, **k: None)
     prepare_out(out)
     template = demo_workflow_template()
     seed = int(template.get("seed", 17) if seed is None else seed)
@@ -111,13 +136,19 @@ def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bo
     # an evaluation set with planted duplicates of pool images and a held species (demo.evalset)
     evalset = write_demo_evalset(data, seed)
     template.setdefault("dedup", {})["evalsets"] = [evalset.manifest.relative_to(out).as_posix()]
-    with serve_directory(gen.eol_content_root(data)) as base_url:
-        generated["eol"] = gen.write_eol_manifest(data, eol_media, base_url)
-        manifests = {name: gen.write_manifest(data / "manifests", files) for name, files in generated.items()}
-        wf_path = write_workflow(out, template, manifests)
+    return DemoInputs(out, template, generated, eol_media, time.time() - t0)
+
+
+def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bool = True,
+             seed: int | None = None, train: bool = True) -> build_mod.BuildSummary:
+    say = console.print if console is not None else (lambda *a, **k: None)
+    inputs = prepare_demo(out, seed)
+    out, data, generated = inputs.out, inputs.data, inputs.generated
+    with serve_directory(inputs.eol_root()) as base_url:
+        wf_path = inputs.write_workflow(base_url)
         counts = ", ".join(f"{name} {g.images}" for name, g in generated.items())
         say(f"[bold]tol demo[/]: generated {sum(g.images for g in generated.values())} images ({counts}) "
-            f"in {time.time() - t0:.1f} s under {data}")
+            f"in {inputs.seconds:.1f} s under {data}")
         say(f"EOL images served from {base_url} for the duration of the build")
         wf = load_workflow(wf_path)
         summary = build_mod.build(wf, console=console, scheduler=scheduler, progress=progress)
