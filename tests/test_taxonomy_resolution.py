@@ -175,6 +175,9 @@ def test_coverage_counts_confirmed_against_source_asserted(built, tmp_path):
     table = {r["species"]: r for r in coverage.coverage_table(out, "species").to_pylist()}
     assert (table["Megaselia rufipes"]["images"], table["Megaselia rufipes"]["images_source_asserted"]) == (8, 3)
     assert table["Megaselia scalaris"]["images_source_asserted"] == 0
+    # what the plot hatches: each source's own source-asserted images per name
+    assert coverage._asserted_by_source(out, "species") == {
+        ("Megaselia rufipes", "bioscan1m"): 3, ("Megaselia scalarina", "bioscan1m"): 1}
     png = coverage.plot_coverage(out, "species", tmp_path / "cov.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

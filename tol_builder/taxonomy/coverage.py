@@ -157,13 +157,24 @@ def coverage_table(out: Path, rank: str = "class", top: int | None = None) -> pa
     return _query(out, sql)
 
 
+def _asserted_by_source(out: Path, rank: str) -> dict[tuple[str, str], int]:
+    """{(name at `rank`, source): images whose name at `rank` is below their lineage's confirmed rank}."""
+    name = "t.genus || ' ' || t.species" if rank == "species" else f't."{rank}"'
+    rows = _query(out, f"""SELECT {name} AS name, m.source, sum(m.images)::BIGINT AS images
+        FROM lineage_map m JOIN taxa t USING (taxon_id)
+        WHERE {name} IS NOT NULL AND list_position({RANK_SQL}, m.confirmed_rank) - 1 < {RANKS.index(rank)}
+        GROUP BY ALL""").to_pylist()
+    return {(r["name"], r["source"]): r["images"] for r in rows}
+
+
 SOURCE_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 LOWEST_ORDER = ["species", "genus", "family", "order", "class", "phylum", "kingdom", "unresolved"]
 
 
 def plot_coverage(out: Path, rank: str = "class", path: Path | str = "coverage.png", top: int = 25) -> Path:
     """A PNG of coverage: left, images per name at `rank` (the `top` largest, the rest as 'other'),
-    stacked by source; right, for each source, the share of its images resolved down to each rank."""
+    stacked by source, the source-asserted part of each bar hatched; right, for each source, the share of
+    its images resolved down to each rank, confirmed (solid) against source-asserted (hatched)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,22 +188,33 @@ def plot_coverage(out: Path, rank: str = "class", path: Path | str = "coverage.p
     special = [r for r in table if r[rank].startswith("(")]  # (no <rank>), (unresolved): listed last
     named = [r for r in table if not r[rank].startswith("(")]
     head, rest = named[:top], named[top:]
+    members = {r[rank]: [r[rank]] for r in head}  # the names each bar stands for
     if rest:
         head.append({rank: f"other ({len(rest)} names)", **{s: sum(r[s] for r in rest) for s in sources}})
+        members[head[-1][rank]] = [r[rank] for r in rest]
     head += sorted(special, key=lambda r: r[rank])
     lowest = _query(out, "SELECT source, lowest_rank, images, images_source_asserted FROM coverage_lowest_rank"
                     ).to_pylist()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, max(4.5, 0.32 * len(head) + 1.5)),
                                    gridspec_kw={"width_ratios": [3, 2]})
     labels = [r[rank] for r in head][::-1]
-    left = [0] * len(head)
+    asserted = _asserted_by_source(out, rank)
+    left, legend_done = [0] * len(head), False
     for i, s in enumerate(sources):
         vals = [r[s] for r in head][::-1]
         ax1.barh(labels, vals, left=left, color=SOURCE_COLOURS[i % len(SOURCE_COLOURS)], label=s)
+        # the source-asserted images of this source: hatched, from the start of its own segment
+        hatched = [sum(asserted.get((n, s), 0) for n in members.get(label, ())) for label in labels]
+        if any(hatched):
+            ax1.barh(labels, hatched, left=left, fill=False, hatch="//", edgecolor="#333333", linewidth=0,
+                     label=None if legend_done else "source-asserted")
+            legend_done = True
         left = [a + b for a, b in zip(left, vals)]
     ax1.set_xlabel("images")
     ax1.set_title(f"images per {rank}, by source")
-    ax1.legend(loc="lower right", frameon=False)
+    handles, names_ = ax1.get_legend_handles_labels()  # the sources, then what the hatching means
+    order = sorted(range(len(names_)), key=lambda k: names_[k] == "source-asserted")
+    ax1.legend([handles[k] for k in order], [names_[k] for k in order], loc="lower right", frameon=False)
     ax1.grid(axis="x", alpha=0.3)
     totals = {s: sum(r["images"] for r in lowest if r["source"] == s) or 1 for s in sources}
     cmap = plt.get_cmap("viridis")
@@ -210,7 +232,7 @@ def plot_coverage(out: Path, rank: str = "class", path: Path | str = "coverage.p
     from matplotlib.patches import Patch
 
     handles, labels_ = ax2.get_legend_handles_labels()
-    handles.append(Patch(facecolor="#DDDDDD", hatch="//", edgecolor="white"))
+    handles.append(Patch(facecolor="#DDDDDD", hatch="//", edgecolor="#666666"))
     labels_.append("hatched: source-asserted\n(below the confirmed rank)")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("share of the source's images")
