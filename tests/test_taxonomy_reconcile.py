@@ -88,18 +88,19 @@ def test_contradiction_goes_to_conflicts(built):
 
 def test_ties_settled_by_the_documented_rule(built):
     _, out, counters = built
-    # "Laelia" alone: an orchid and a moth, equally good -> kingdom_priority (Animalia first)
+    # "Laelia" alone: an orchid and a moth, and nothing to tell them apart -> not a tie but unresolved
+    # (ambiguous_homonym; kingdom_priority no longer picks the moth: test_taxonomy_resolution)
     bare = one(out, "m.source = 'manual' AND m.raw_genus = 'Laelia' AND m.raw_family IS NULL "
                     "AND m.raw_order IS NULL")
-    assert bare["kingdom"] == "Animalia" and bare["rule"] == "itis:given:genus+tie:kingdom_priority"
+    assert bare["taxon_id"] is None and bare["rule"] == "unresolved:ambiguous_homonym"
     # two "Aus" genera in one kingdom -> the lexicographically smaller lineage (Cicadellidae < Miridae)
     aus = one(out, "m.raw_genus = 'Aus'")
     assert aus["family"] == "Cicadellidae" and aus["rule"] == "gbif:given:genus+tie:lineage_order"
     ties = conflicts(out, "decision = 'tie'")
-    assert {t["rule"] for t in ties} == {"tie:kingdom_priority", "tie:lineage_order"}
-    laelia = next(t for t in ties if t["rule"] == "tie:kingdom_priority")
-    assert laelia["value_kept"].startswith("Animalia|") and laelia["value_refused"].startswith("Plantae|")
-    assert counters["ties"] == 2
+    assert [(t["rule"], t["value_kept"], t["value_refused"]) for t in ties] == [
+        ("tie:lineage_order", "Animalia|Arthropoda|Insecta|Hemiptera|Cicadellidae|Aus|",
+         "Animalia|Arthropoda|Insecta|Hemiptera|Miridae|Aus|")]
+    assert counters["ties"] == 1
 
 
 def test_interim_name_left_unresolved_at_species(built):
@@ -115,12 +116,14 @@ def test_unresolvable_lineages_counted_and_listed(built):
     _, out, counters = built
     rows = catalog.query(out, "SELECT source, rule, images, raw_lineage, taxon_ref FROM unresolved_lineages").to_pylist()
     assert {(r["source"], r["rule"]) for r in rows} == {
-        ("eol", "unresolved:page_not_found"), ("manual", "unresolved:no_match")}
+        ("eol", "unresolved:page_not_found"), ("manual", "unresolved:no_match"),
+        ("manual", "unresolved:ambiguous_homonym")}
     assert rows[0]["taxon_ref"] == "777777" and rows[0]["images"] == 3  # most images first
-    assert counters["lineages_unresolved"] == len(rows) == 3
+    assert counters["lineages_unresolved"] == len(rows) == 4
     assert counters["unresolved_page_not_found"] == 1 and counters["unresolved_no_match"] == 2
+    assert counters["unresolved_ambiguous_homonym"] == 1  # the bare "Laelia"
     # hybrids and cf. are never forced onto a species (their genus is unknown to these authorities)
-    assert {r["raw_lineage"].split("|")[-1] for r in rows if r["source"] == "manual"} == {
+    assert {r["raw_lineage"].split("|")[-1] for r in rows if r["rule"] == "unresolved:no_match"} == {
         "Salix × rubens", "Carex cf. flava"}
     # the images of unresolved lineages are in the images view, with empty ranks
     imgs = catalog.query(out, "SELECT count(*) AS n, count(kingdom) AS k FROM images WHERE source = 'eol' "
@@ -182,12 +185,12 @@ def test_authority_order_is_a_setting(tmp_path):
     assert r["family"] == "Curculionidae" and r["rule"] == "source:full:species"
     c = conflicts(out, "source = 'inat21'")
     assert [(x["authority"], x["rank"], x["decision"]) for x in c] == [("itis", "family", "kept_given")]
-    # GBIF before ITIS: the tie on the bare "Laelia" is now GBIF's
-    bare = one(out, "m.source = 'manual' AND m.raw_genus = 'Laelia' AND m.raw_family IS NULL AND m.raw_order IS NULL")
-    assert bare["authority"] == "itis"
+    # GBIF before ITIS: the moth "Laelia" under Lepidoptera, which both hold, is now GBIF's
+    moth = one(out, "m.source = 'manual' AND m.raw_genus = 'Laelia' AND m.raw_order = 'Lepidoptera'")
+    assert moth["authority"] == "itis"
     out2, _ = run_stage(tmp_path / "b", authority_order=["source", "gbif", "itis", "eol"])
-    bare = one(out2, "m.source = 'manual' AND m.raw_genus = 'Laelia' AND m.raw_family IS NULL AND m.raw_order IS NULL")
-    assert bare["authority"] == "gbif" and bare["kingdom"] == "Animalia"
+    moth = one(out2, "m.source = 'manual' AND m.raw_genus = 'Laelia' AND m.raw_order = 'Lepidoptera'")
+    assert moth["authority"] == "gbif" and moth["family"] == "Erebidae"
 
 
 def test_taxon_ids_do_not_depend_on_input_order(tmp_path):

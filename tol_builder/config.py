@@ -135,6 +135,12 @@ class TaxonomyConfig:
     kingdom_priority: list[str] = field(default_factory=lambda: [
         "Animalia", "Plantae", "Fungi", "Chromista", "Protozoa", "Bacteria", "Archaea", "Viruses"])
     resolve_synonyms: bool = True  # a synonym resolves to its accepted taxon (recorded in conflicts)
+    # a given name below the confirmed rank, unknown to every authority but within misspelling_max_distance
+    # edits of an authority name under the same confirmed parent (Pantherra / Panthera under Felidae), is a
+    # suspected misspelling (recorded in conflicts): the lineage stops at the confirmed rank, or, with
+    # accept_suggestions, takes the nearest name when exactly one is nearest. 0 = no misspelling check
+    accept_suggestions: bool = False
+    misspelling_max_distance: int = 2
     threads: int = 0  # DuckDB threads per taxonomy task; 0 = reconcile on all cores, loads on the worker's threads
     memory_limit: str = "4GB"  # DuckDB memory limit per taxonomy task (spills to cache/taxonomy/tmp)
 

@@ -60,6 +60,9 @@ def taxonomy_problems(cfg) -> list[Problem]:
         out.append(("taxonomy.min_images", "an integer >= 1", cfg.min_images))
     if cfg.threads < 0:
         out.append(("taxonomy.threads", "0 (all cores) or more", cfg.threads))
+    if not 0 <= cfg.misspelling_max_distance <= 3:  # past 3 edits most short names are "near" a real one
+        out.append(("taxonomy.misspelling_max_distance", "an integer from 0 (no check) to 3",
+                    cfg.misspelling_max_distance))
     return out
 
 

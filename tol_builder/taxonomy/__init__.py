@@ -12,8 +12,9 @@ Two runner stages, like ingest:
 
 Then `register` puts it all in the catalog: `taxa`, `lineage_map`, `conflicts`, `common_names` (every
 common name of every taxon in every language: common_names.py) as parquet views, the
-`images` view (every record with its taxon; unresolved ones with empty ranks) and the coverage views
-(coverage.py). Stages never import cluster code; the runner hands the tasks to Dask.
+`images` view (every record with its taxon; unresolved ones with empty ranks; each record's
+`confirmed_rank` and `rank_status` through its own raw lineage) and the coverage views (coverage.py), which
+count confirmed against source-asserted ranks. Stages never import cluster code; the runner hands the tasks to Dask.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ OUTPUTS = ("lineage_map", "taxa", "conflicts", "common_names")
 
 catalog.document("taxa", "resolved taxa: one row per distinct seven-rank lineage (stage taxonomy)", TAXA_COLUMNS)
 catalog.document("lineage_map", "every distinct raw lineage of the records, with its taxon and how it was "
-                 "resolved (authority, rule, matched id)", LINEAGE_MAP_COLUMNS)
+                 "resolved (authority, rule, matched id, the rank confirmed)", LINEAGE_MAP_COLUMNS)
 catalog.document("conflicts", "decisions where an authority and a given (or EOL context) rank disagreed, "
-                 "ties, synonyms and overrides", CONFLICT_COLUMNS)
+                 "ties, synonyms, overrides, suspected misspellings and ambiguous homonyms", CONFLICT_COLUMNS)
 catalog.document("common_names", "every common name of every resolved taxon, in every language, from the "
                  "authorities of taxonomy.common_name_order; one preferred per taxon and language "
                  "(English: taxa.common_name)", COMMON_NAMES_COLUMNS)
@@ -107,6 +108,7 @@ def plan(wf: Workflow) -> tuple[dict[str, Path], Settings]:
     settings = Settings(
         authority_order=list(cfg.authority_order), common_name_order=list(cfg.common_name_order),
         kingdom_priority=list(cfg.kingdom_priority), resolve_synonyms=cfg.resolve_synonyms,
+        accept_suggestions=cfg.accept_suggestions, misspelling_max_distance=cfg.misspelling_max_distance,
         page_sources=page_sources, inat_sources=inat_sources,
         kingdom_synonyms=curation.read_kingdom_synonyms(paths["kingdom_synonyms"]),
         homonym_fixes=curation.read_homonym_fixes(paths["homonym_fixes"]),

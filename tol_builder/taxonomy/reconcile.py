@@ -31,20 +31,46 @@ The rules, in the order they apply (taxonomy/README.md says the same, shorter, f
    b. the authority earlier in `authority_order`;
    c. more given/context ranks agreeing;
    d. accepted name before doubtful before synonym;
-   e. — a *tie* from here on, recorded in `conflicts` (decision `tie`) — the more complete lineage
+   e. **bare homonyms are not guessed**: when another acceptable candidate at the anchor's rank lies in
+      another kingdom and no given or context rank above the name *supports* either (agrees with it; a
+      species' own genus does not count, it is part of the binomial), nothing tells them apart: the
+      lineage stays unresolved, reason `ambiguous_homonym` (a bare `Laelia`: orchid or moth; conflicts
+      lists each kingdom's best candidate, decision `ambiguous_homonym`);
+   f. — a *tie* from here on, recorded in `conflicts` (decision `tie`) — the more complete lineage
       (more of the seven ranks filled down to the anchor);
-   f. the kingdom earlier in `kingdom_priority` (default Animalia, Plantae, Fungi, ...);
-   g. the lexicographically smallest lineage string, then the smallest authority id.
-8. **Result.** Ranks down to the anchor come from the authority (a gap in the authority is filled from a
-   given rank); ranks below the anchor keep the given (or context) names: a valid species unknown to the
-   authorities is kept under its confirmed genus. Nothing acceptable: the lineage stays unresolved
-   (taxon_id NULL) with its reason, counted and listed — never forced.
-9. **Conflicts.** A refused candidate more specific than (or preferred to) the chosen one is recorded per
+   g. the kingdom earlier in `kingdom_priority` (default Animalia, Plantae, Fungi, ...). After (e) it
+      only decides between kingdoms when higher ranks were given (or came from the EOL context), agree
+      with both candidates alike and still tie (an order name used in two kingdoms);
+   h. the lexicographically smallest lineage string, then the smallest authority id.
+8. **Result and confirmed rank.** Ranks down to the anchor come from the authority (a gap in the authority
+   is filled from a given rank); the anchor is the lineage's `confirmed_rank`: the most specific rank an
+   authority (or, for the `source` authority, the source's own full lineage; for an override, the curator)
+   confirmed. Ranks below it keep the given (or context) names, as BioCLIP kept BIOSCAN-1M's expert
+   identifications: a species unknown to the authorities stays under its confirmed genus, and is reported
+   as *source-asserted* (`rank_status` = `source_asserted` when lowest_rank is below confirmed_rank, else
+   `confirmed`). Nothing acceptable: the lineage stays unresolved (taxon_id NULL) with its reason, counted
+   and listed — never forced.
+9. **Suspected misspellings** (`suspect_misspellings`). The first given name below the confirmed rank that
+   no authority of the order knows at its rank, but that is within `taxonomy.misspelling_max_distance`
+   (default 2) Damerau-Levenshtein edits of an authority name at that rank *under the confirmed name*
+   (same kingdom), with at least 5 letters per edit in the part that may be misspelt (a species' epithet
+   when the genus is the same; short names differ by design), is a suspected misspelling: `Felidae /
+   Pantherra / Pantherra leo` is Panthera's neighbour under Felidae. It is recorded in `conflicts` (decision
+   `suspected_misspelling`, `suggestion` = the nearest name) and the result stops at the confirmed rank
+   (rule `+suspected_misspelling:<rank>`) instead of minting a genus and species no authority knows. With
+   `taxonomy.accept_suggestions`, a suggestion that is the only nearest name replaces the given name
+   (a corrected genus carries its epithet: Panthera leo) and those lineages are matched again (rule
+   `+corrected:<rank>`, conflicts rule `accepted:...`). Done in DuckDB on the few lineages concerned:
+   each is compared only with the authority names under its confirmed parent.
+10. **Conflicts.** A refused candidate more specific than (or preferred to) the chosen one is recorded per
    contradicted rank (decision `kept_given` / `kept_context`); an accepted candidate that outvoted context
    ranks (`used_authority`, rule `context_outvoted`), a synonym replaced by its accepted name
-   (`used_authority`, rule `synonym`), ties and overrides likewise.
-10. **taxon_id** = first 16 hex digits of md5 of the resolved lineage `kingdom|phylum|...|species`:
-   the same lineage always gets the same id, whatever the input order.
+   (`used_authority`, rule `synonym`), ties, overrides, suspected misspellings and ambiguous homonyms
+   likewise.
+11. **taxon_id** = first 16 hex digits of md5 of the resolved lineage `kingdom|phylum|...|species`:
+   the same lineage always gets the same id, whatever the input order. Several raw lineages may share a
+   taxon: `taxa.confirmed_rank` is the most specific rank any of them confirmed (build_taxa says why);
+   each record's own stays in lineage_map and the `images` view.
 """
 
 from __future__ import annotations
@@ -79,6 +105,8 @@ class Settings:
     common_name_order: list[str] = field(default_factory=lambda: ["itis", "inaturalist", "eol_preferred", "eol"])
     kingdom_priority: list[str] = field(default_factory=list)
     resolve_synonyms: bool = True
+    accept_suggestions: bool = False  # a suspected misspelling is corrected to the suggestion (else: stop above it)
+    misspelling_max_distance: int = 2  # edits (Damerau-Levenshtein) for a suspected misspelling; 0 = no check
     page_sources: list[str] = field(default_factory=list)  # source ids whose source_taxon_id is an EOL page id
     inat_sources: list[str] = field(default_factory=list)  # source ids read by the iNat21 reader
     kingdom_synonyms: dict = field(default_factory=dict)
@@ -138,6 +166,15 @@ def reconcile_task(out: str, settings: dict) -> dict[str, int]:
         candidates(con, s)
         choose(con, s)
         timings["match"] = time.time() - t
+        t = time.time()
+        suspect_misspellings(con, s)
+        corrected = correct_misspellings(con, s) if s.accept_suggestions else 0
+        if corrected:
+            suspect_misspellings(con, s)  # what the corrected lineages still leave unknown stops them
+        else:
+            con.execute("CREATE OR REPLACE TABLE corrections AS SELECT * FROM suspects LIMIT 0")
+        finish_choice(con, s)
+        timings["confirm"] = time.time() - t
         t = time.time()
         from .common_names import assign_common_names
 
@@ -255,7 +292,8 @@ def prepare(con, s: Settings) -> None:
                coalesce(l.sci_uninomial, p.uninomial) AS name_any,
                CASE WHEN l.taxon_ref IS NULL THEN NULL WHEN l.page_auth_id IS NOT NULL THEN 'dh'
                     WHEN p.raw IS NOT NULL THEN 'provider_name' ELSE 'not_found' END AS page_status,
-               ({full}) AS is_full, NULL::VARCHAR AS fix, NULL::INTEGER AS override
+               ({full}) AS is_full, NULL::VARCHAR AS fix, NULL::INTEGER AS override,
+               NULL::VARCHAR AS corrected
         FROM L1 l LEFT JOIN pname p ON p.raw = l.page_name""")
     for t in ("L0", "L1"):
         con.execute(f"DROP TABLE {t}")
@@ -320,26 +358,43 @@ def _rank_idx_sql(expr: str) -> str:
     return f"(list_position({RANK_LIST_SQL}, {expr}) - 1)"
 
 
-def candidates(con, s: Settings) -> None:
-    """Tables `probes` (name lookups) and `scored` (every candidate with its agreement and acceptability)."""
+def _in_scope(col: str, scope: str | None) -> str:
+    """SQL condition: `col` is a lineage of the table `scope` (always true without a scope)."""
+    return f"{col} IN (SELECT lineage_key FROM {scope})" if scope else "true"
+
+
+def _rows(con, table: str, select: str, scope: str | None) -> None:
+    """Create `table` from `select`; with a scope, replace only the scope's lineages' rows (the select is
+    already limited to them): the second matching pass of accepted suggestions (`correct_misspellings`)."""
+    if scope is None:
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS {select}")
+    else:
+        con.execute(f"DELETE FROM {table} WHERE {_in_scope('lineage_key', scope)}")
+        con.execute(f"INSERT INTO {table} BY NAME {select}")
+
+
+def candidates(con, s: Settings, scope: str | None = None) -> None:
+    """Tables `probes` (name lookups) and `scored` (every candidate with its agreement and acceptability).
+    scope: a table of lineage keys to match again (their rows are replaced), None = every lineage."""
     order = {a: i for i, a in enumerate(s.authority_order)}
     decided_by_source = "source" in order and order["source"] == 0
     skip = "L.override IS NOT NULL" + (" OR L.is_full" if decided_by_source else "")
+    where = f"NOT ({skip}) AND {_in_scope('lineage_key', scope)}"
     parts = []
     for i, r in enumerate(RANKS[:6]):
-        parts.append(f"SELECT lineage_key, '{r}' AS rank, {G[i]} AS name, 'given' AS basis FROM L WHERE NOT ({skip})")
-        parts.append(f"SELECT lineage_key, '{r}', {C[i]}, 'context' FROM L WHERE NOT ({skip})")
-    parts.append(f"SELECT lineage_key, 'species', g_binomial, 'given' FROM L WHERE NOT ({skip})")
-    parts.append(f"SELECT lineage_key, 'species', c_binomial, 'context' FROM L WHERE NOT ({skip})")
-    parts.append(f"SELECT lineage_key, '*', name_any, 'name' FROM L WHERE NOT ({skip})")
-    con.execute(f"""CREATE TABLE probes AS
+        parts.append(f"SELECT lineage_key, '{r}' AS rank, {G[i]} AS name, 'given' AS basis FROM L WHERE {where}")
+        parts.append(f"SELECT lineage_key, '{r}', {C[i]}, 'context' FROM L WHERE {where}")
+    parts.append(f"SELECT lineage_key, 'species', g_binomial, 'given' FROM L WHERE {where}")
+    parts.append(f"SELECT lineage_key, 'species', c_binomial, 'context' FROM L WHERE {where}")
+    parts.append(f"SELECT lineage_key, '*', name_any, 'name' FROM L WHERE {where}")
+    _rows(con, "probes", f"""
         SELECT DISTINCT ON (lineage_key, rank, nk) lineage_key, rank, {auth.nk('name')} AS nk, name, basis
         FROM ({" UNION ALL ".join(parts)}) WHERE name IS NOT NULL
-        ORDER BY lineage_key, rank, nk, CASE basis WHEN 'given' THEN 0 WHEN 'context' THEN 1 ELSE 2 END""")
-    if "inat21" in order:
+        ORDER BY lineage_key, rank, nk, CASE basis WHEN 'given' THEN 0 WHEN 'context' THEN 1 ELSE 2 END""", scope)
+    if "inat21" in order and scope is None:
         _inat21_authority(con, s)
-    con.execute(f"""CREATE TABLE cands (lineage_key VARCHAR, authority VARCHAR, a_order INTEGER, basis VARCHAR,
-        status VARCHAR, matched_id VARCHAR, anchor INTEGER, anchor_name VARCHAR, probe_name VARCHAR,
+    con.execute(f"""CREATE OR REPLACE TABLE cands (lineage_key VARCHAR, authority VARCHAR, a_order INTEGER,
+        basis VARCHAR, status VARCHAR, matched_id VARCHAR, anchor INTEGER, anchor_name VARCHAR, probe_name VARCHAR,
         {", ".join(f"{a} VARCHAR" for a in A)})""")
     a_sel = 'l.kingdom, l.phylum, l.class, l."order", l.family, l.genus, l.species'
     for name in s.authority_order:
@@ -347,7 +402,7 @@ def candidates(con, s: Settings) -> None:
         if name == "source":
             con.execute(f"""INSERT INTO cands SELECT lineage_key, 'source', {oi}, 'full', 'accepted',
                 example_taxon_id, 6, g_binomial, g_binomial, {", ".join(G)}, g_epithet FROM L
-                WHERE is_full AND override IS NULL""")
+                WHERE is_full AND override IS NULL AND {_in_scope('lineage_key', scope)}""")
             continue
         if name not in s.loaded and name != "inat21":
             continue
@@ -357,13 +412,14 @@ def candidates(con, s: Settings) -> None:
                    l.name, p.name, {a_sel}
             FROM probes p JOIN "{name}".names n ON n.nk = p.nk AND (n.rank = p.rank OR (p.rank = '*' AND n.rank <> 'species'))
             JOIN "{name}".lineages l ON l.auth_id = n.accepted_id
-            WHERE true {basis_filter}""")
+            WHERE {_in_scope('p.lineage_key', scope)} {basis_filter}""")
         if name == "eol":
             con.execute(f"""INSERT INTO cands
                 SELECT L.lineage_key, 'eol', {oi}, 'page', 'accepted', L.page_auth_id, {_rank_idx_sql('l.rank')},
                        l.name, NULL, {a_sel}
-                FROM L JOIN eol.lineages l ON l.auth_id = L.page_auth_id WHERE L.override IS NULL""")
-    _score(con, s)
+                FROM L JOIN eol.lineages l ON l.auth_id = L.page_auth_id
+                WHERE L.override IS NULL AND {_in_scope('L.lineage_key', scope)}""")
+    _score(con, s, scope)
 
 
 def _inat21_authority(con, s: Settings) -> None:
@@ -379,7 +435,7 @@ def _inat21_authority(con, s: Settings) -> None:
         con.execute("USE memory.main")
 
 
-def _score(con, s: Settings) -> None:
+def _score(con, s: Settings, scope: str | None = None) -> None:
     g_contra, g_agree, c_contra, c_agree = [], [], [], []
     for i in range(6):
         exempt = ""
@@ -396,17 +452,19 @@ def _score(con, s: Settings) -> None:
         f"CASE WHEN c.anchor >= {i} THEN coalesce(c.{A[i]}, '') ELSE '' END" for i in range(7)) + ")"
     kpri = f"coalesce(list_position({literal_list(s.kingdom_priority)}, c.a0), 999)" if s.kingdom_priority else "999"
     synonyms_ok = "true" if s.resolve_synonyms else "status <> 'synonym'"
-    con.execute(f"""CREATE TABLE scored AS
-        SELECT c.*, {" + ".join(g_contra)} AS g_contra, {" + ".join(g_agree)} AS g_agree,
+    _rows(con, "scored", f"""
+        SELECT * EXCLUDE (genus_agree), g_contra = 0 AND NOT c_kcontra AND c_contra <= c_agree AND {synonyms_ok}
+               AS acceptable,
+               -- agreement above the name itself: a species' genus is part of its binomial, so tells nothing
+               g_agree + c_agree - CASE WHEN anchor = 6 THEN genus_agree ELSE 0 END AS support
+        FROM (SELECT c.*, {" + ".join(g_contra)} AS g_contra, {" + ".join(g_agree)} AS g_agree,
+               {g_agree[5]} + {c_agree[5]} AS genus_agree,
                {" + ".join(c_contra)} AS c_contra, {" + ".join(c_agree)} AS c_agree,
                coalesce(c.anchor > 0 AND L.c_kingdom IS NOT NULL AND c.a0 IS NOT NULL
                         AND lower(L.c_kingdom) <> lower(c.a0), false) AS c_kcontra,
                {complete} AS completeness, {kpri} AS kpri, {lin} AS lin,
                CASE c.status WHEN 'accepted' THEN 0 WHEN 'doubtful' THEN 1 ELSE 2 END AS status_rank
-        FROM cands c JOIN L USING (lineage_key)""")
-    con.execute("ALTER TABLE scored ADD COLUMN acceptable BOOLEAN")
-    con.execute(f"""UPDATE scored SET acceptable = g_contra = 0 AND NOT c_kcontra AND c_contra <= c_agree
-                    AND {synonyms_ok}""")
+              FROM cands c JOIN L USING (lineage_key))""", scope)
     con.execute("DROP TABLE cands")
 
 
@@ -415,13 +473,22 @@ CHOICE_ORDER = ("anchor DESC, a_order, (g_agree + c_agree) DESC, status_rank, co
 
 
 # ------------------------------------------------------------------------------------- 7. choose
-def choose(con, s: Settings) -> None:
-    """Tables `best` (the chosen candidate per lineage), `ties` and `final` (the resolved lineage)."""
-    con.execute(f"""CREATE TABLE best AS SELECT * EXCLUDE (rn) FROM (
+def choose(con, s: Settings, scope: str | None = None) -> None:
+    """Tables `best` (the chosen candidate per lineage), `ambiguous` (bare cross-kingdom homonyms, taken out
+    of `best`) and `ties`. scope: as for `candidates`."""
+    _rows(con, "best", f"""SELECT * EXCLUDE (rn) FROM (
         SELECT *, row_number() OVER (PARTITION BY lineage_key ORDER BY {CHOICE_ORDER}) AS rn
-        FROM scored WHERE acceptable) WHERE rn = 1""")
+        FROM scored WHERE acceptable AND {_in_scope('lineage_key', scope)}) WHERE rn = 1""", scope)
+    # rule 7e: another acceptable candidate at the same rank in another kingdom, and no given or context rank
+    # above the name supports either (a bare "Laelia": orchid or moth): nothing tells them apart, so the
+    # lineage stays unresolved instead of taking the first kingdom of kingdom_priority
+    _rows(con, "ambiguous", f"""SELECT b.lineage_key, b.anchor, count(DISTINCT lower(o.a0)) + 1 AS kingdoms
+        FROM best b JOIN scored o ON o.lineage_key = b.lineage_key AND o.acceptable AND o.anchor = b.anchor
+             AND o.support = 0 AND lower(o.a0) <> lower(b.a0)
+        WHERE b.support = 0 AND {_in_scope('b.lineage_key', scope)} GROUP BY ALL""", scope)
+    con.execute("DELETE FROM best WHERE lineage_key IN (SELECT lineage_key FROM ambiguous)")
     # a tie: another acceptable candidate equal on a-d with a different lineage; which criterion decided
-    con.execute("""CREATE TABLE ties AS SELECT * EXCLUDE (rn) FROM (
+    _rows(con, "ties", f"""SELECT * EXCLUDE (rn) FROM (
         SELECT b.lineage_key, o.lin AS other_lin, o.matched_id AS other_id,
                CASE WHEN o.completeness < b.completeness THEN 'more_complete'
                     WHEN o.kpri > b.kpri THEN 'kingdom_priority' ELSE 'lineage_order' END AS criterion,
@@ -429,56 +496,167 @@ def choose(con, s: Settings) -> None:
                                   o.matched_id) AS rn
         FROM best b JOIN scored o ON o.lineage_key = b.lineage_key AND o.acceptable AND o.anchor = b.anchor
              AND o.a_order = b.a_order AND o.g_agree + o.c_agree = b.g_agree + b.c_agree
-             AND o.status_rank = b.status_rank AND o.lin <> b.lin) WHERE rn = 1""")
+             AND o.status_rank = b.status_rank AND o.lin <> b.lin
+        WHERE {_in_scope('b.lineage_key', scope)}) WHERE rn = 1""", scope)
+
+
+# ------------------------------------------------------------------------ 8. suspected misspellings
+GIVEN_NAMES = [*G, "g_binomial"]  # the given name at each of the seven ranks (a binomial for the species)
+MIN_CHARS_PER_EDIT = 5  # letters per edit for a name to count as misspelt (short names differ by design)
+
+
+def suspect_misspellings(con, s: Settings) -> None:
+    """Table `suspects`: lineages whose first given name below the confirmed rank (the chosen candidate's
+    anchor) is unknown to every authority of the order at that rank, but within a few edits of an authority
+    name at that rank under the confirmed name (Felidae: Pantherra ~ Panthera): one row per lineage with
+    the nearest such name (`suggestion`), its distance and how many names are that near.
+
+    Done in DuckDB on the few lineages concerned: the authorities' names are only compared, by
+    damerau_levenshtein, with the given names that have the same confirmed parent, the same kingdom and
+    a length within the distance."""
+    order = {a: i for i, a in enumerate(s.authority_order)}
+    pool = [a for a in s.authority_order if a == "inat21" or (a in s.loaded and a in NAME_AUTHORITIES)]
+    con.execute("""CREATE OR REPLACE TABLE suspects (lineage_key VARCHAR, anchor INTEGER, parent VARCHAR,
+        target INTEGER, given VARCHAR, suggestion VARCHAR, authority VARCHAR, auth_id VARCHAR, distance INTEGER,
+        n_suggestions BIGINT)""")
+    max_d = int(s.misspelling_max_distance)
+    if max_d <= 0 or not pool:
+        return
+    first = "CASE " + " ".join(f"WHEN b.anchor < {i} AND L.{GIVEN_NAMES[i]} IS NOT NULL THEN {i}"
+                               for i in range(1, 7)) + " END"
+    given = "[" + ", ".join(f"L.{g}" for g in GIVEN_NAMES) + "]"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE need AS
+        SELECT n.*, {RANK_LIST_SQL}[n.target + 1] AS target_rank, {auth.nk('n.given')} AS given_nk
+        FROM (SELECT b.lineage_key, b.anchor, b.anchor_name AS parent, {auth.nk('b.anchor_name')} AS parent_nk,
+                     lower(b.a0) AS kingdom_lc, {first} AS target, {given}[{first} + 1] AS given
+              FROM best b JOIN L USING (lineage_key) WHERE b.anchor < 6) n
+        WHERE n.target IS NOT NULL AND NOT EXISTS (  -- a name an authority knows at that rank is no misspelling
+            SELECT 1 FROM scored k
+            WHERE k.lineage_key = n.lineage_key AND k.anchor = n.target AND k.basis = 'given')""")
+    anchors = [r[0] for r in con.execute("SELECT DISTINCT anchor FROM need ORDER BY 1").fetchall()]
+    if not anchors:
+        return
+    parts = []
+    for name in pool:
+        for a in anchors:  # the confirmed parent's column of the authority's lineages: one equi-join each
+            parts.append(f"""SELECT n.lineage_key, n.anchor, n.parent, n.target, n.given, n.given_nk, l.name,
+                    l.auth_id, '{name}' AS authority, {order[name]} AS a_order
+                FROM need n JOIN "{name}".lineages l ON n.anchor = {a} AND l.rank = n.target_rank
+                     AND {auth.nk(f'l."{OUT_COLS[a]}"')} = n.parent_nk
+                WHERE abs(length(l.name) - length(n.given)) <= {max_d}
+                  AND (n.kingdom_lc IS NULL OR l.kingdom IS NULL OR lower(l.kingdom) = n.kingdom_lc)""")
+    # the letters that may be misspelt: a species' epithet when its genus is the given one, else the whole name
+    part_len = ("CASE WHEN target = 6 AND split_part(given_nk, ' ', 1) = split_part(name_nk, ' ', 1) "
+                "THEN length(split_part(given_nk, ' ', 2)) ELSE length(given_nk) END")
+    con.execute(f"""INSERT INTO suspects
+        WITH near AS (
+            SELECT * FROM (SELECT *, damerau_levenshtein(given_nk, name_nk) AS distance
+                           FROM (SELECT *, {auth.nk('name')} AS name_nk FROM ({" UNION ALL ".join(parts)})))
+            WHERE distance BETWEEN 1 AND {max_d} AND distance * {MIN_CHARS_PER_EDIT} <= {part_len}),
+        nearest AS (
+            SELECT *, min(distance) OVER (PARTITION BY lineage_key) AS d_min FROM near)
+        SELECT lineage_key, anchor, parent, target, given, name, authority, auth_id, distance, n_suggestions FROM (
+            SELECT *, count(DISTINCT name_nk) OVER (PARTITION BY lineage_key) AS n_suggestions,
+                   row_number() OVER (PARTITION BY lineage_key ORDER BY a_order, name_nk, auth_id) AS rn
+            FROM nearest WHERE distance = d_min) WHERE rn = 1""")
+
+
+def correct_misspellings(con, s: Settings) -> int:
+    """taxonomy.accept_suggestions: replace each suspected misspelling that has one nearest name by that name
+    in the lineage's given ranks (a corrected genus carries its species' epithet along) and match those
+    lineages again. Table `corrections`; returns how many lineages were corrected."""
+    con.execute("""CREATE OR REPLACE TABLE corrections AS
+        SELECT * FROM suspects WHERE n_suggestions = 1""")
+    n = con.execute("SELECT count(*) FROM corrections").fetchall()[0][0]
+    if not n:
+        return 0
+    sets = [f"{G[i]} = CASE WHEN c.target = {i} THEN c.suggestion ELSE L.{G[i]} END" for i in range(5)]
+    sets.append(f"""g_genus = CASE WHEN c.target = 5 THEN c.suggestion
+                                  WHEN c.target = 6 THEN split_part(c.suggestion, ' ', 1) ELSE L.g_genus END""")
+    sets.append("""g_binomial = CASE WHEN c.target = 6 THEN c.suggestion
+                                     WHEN c.target = 5 AND L.g_epithet IS NOT NULL
+                                          THEN c.suggestion || ' ' || L.g_epithet
+                                     ELSE L.g_binomial END""")
+    sets.append("g_epithet = CASE WHEN c.target = 6 THEN split_part(c.suggestion, ' ', 2) ELSE L.g_epithet END")
+    sets.append(f"corrected = {RANK_LIST_SQL}[c.target + 1]")
+    con.execute(f"UPDATE L SET {', '.join(sets)} FROM corrections c WHERE c.lineage_key = L.lineage_key")
+    candidates(con, s, scope="corrections")
+    choose(con, s, scope="corrections")
+    return n
+
+
+def finish_choice(con, s: Settings) -> None:
+    """Table `final`: the resolved lineage of every raw lineage, its confirmed rank and rule."""
     res = []
     for i in range(6):
         res.append(f"""CASE WHEN L.override IS NOT NULL THEN ov."{OUT_COLS[i]}" WHEN b.anchor IS NULL THEN NULL
-            WHEN b.anchor >= {i} THEN coalesce(b.{A[i]}, L.{G[i]}) ELSE coalesce(L.{G[i]}, L.{C[i]}) END
-            AS "{OUT_COLS[i]}\"""")
+            WHEN b.anchor >= {i} THEN coalesce(b.{A[i]}, L.{G[i]}) WHEN sp.lineage_key IS NOT NULL THEN NULL
+            ELSE coalesce(L.{G[i]}, L.{C[i]}) END AS "{OUT_COLS[i]}\"""")
     res.append("""CASE WHEN L.override IS NOT NULL THEN ov.species WHEN b.anchor IS NULL THEN NULL
-        WHEN b.anchor = 6 THEN coalesce(b.a6, L.g_epithet) ELSE coalesce(L.g_epithet, L.c_epithet) END AS species""")
+        WHEN b.anchor = 6 THEN coalesce(b.a6, L.g_epithet) WHEN sp.lineage_key IS NOT NULL THEN NULL
+        ELSE coalesce(L.g_epithet, L.c_epithet) END AS species""")
     con.execute(f"""CREATE TEMP TABLE final0 AS
         SELECT L.lineage_key, L.source, L.images, L.taxon_ref, L.example_taxon_id, L.example_common_name, L.notes,
-               L.fix, L.override, L.page_status, L.page_auth_id, L.page_exact,
+               L.fix, L.override, L.corrected, L.page_status, L.page_auth_id, L.page_exact,
                CASE WHEN L.override IS NOT NULL THEN 'override' ELSE b.authority END AS authority,
                CASE WHEN L.override IS NOT NULL THEN 'overrides.csv:' || ov.line ELSE b.matched_id END AS authority_id,
                CASE WHEN L.override IS NULL THEN {RANK_LIST_SQL}[b.anchor + 1] END AS anchor_rank,
+               CASE WHEN sp.lineage_key IS NOT NULL THEN {RANK_LIST_SQL}[sp.target + 1] END AS misspelt_rank,
                b.basis, b.status, t.criterion AS tie, {", ".join(res)}
         FROM L LEFT JOIN best b USING (lineage_key) LEFT JOIN ties t USING (lineage_key)
-        LEFT JOIN ovr ov ON ov.idx = L.override""")
+        LEFT JOIN suspects sp USING (lineage_key) LEFT JOIN ovr ov ON ov.idx = L.override""")
     lineage = "concat_ws('|', " + ", ".join(f"coalesce(\"{c}\", '')" for c in OUT_COLS) + ")"
     lowest = "CASE " + " ".join(f"WHEN \"{c}\" IS NOT NULL THEN '{c}'" for c in reversed(OUT_COLS)) + " END"
     con.execute(f"""CREATE TABLE final AS
         SELECT f.*, CASE WHEN f.authority IS NOT NULL THEN substr(md5({lineage}), 1, 16) END AS taxon_id,
                {lowest} AS lowest_rank,
+               CASE WHEN f.authority = 'override' THEN {lowest} ELSE f.anchor_rank END AS confirmed_rank,
                CASE WHEN f.authority IS NOT NULL THEN NULL
+                    WHEN am.lineage_key IS NOT NULL THEN 'ambiguous_homonym'
                     WHEN coalesce(pr.n, 0) = 0 AND f.page_status = 'not_found' THEN 'page_not_found'
                     WHEN coalesce(pr.n, 0) = 0 THEN 'no_names'
                     WHEN coalesce(sc.n, 0) = 0 THEN 'no_match' ELSE 'conflicting_only' END AS unresolved_reason
         FROM final0 f
+        LEFT JOIN ambiguous am USING (lineage_key)
         LEFT JOIN (SELECT lineage_key, count(*) AS n FROM probes GROUP BY ALL) pr USING (lineage_key)
         LEFT JOIN (SELECT lineage_key, count(*) AS n FROM scored GROUP BY ALL) sc USING (lineage_key)""")
     con.execute("DROP TABLE final0")
     con.execute("ALTER TABLE final ADD COLUMN rule VARCHAR")
-    con.execute("""UPDATE final SET rule = CASE
+    con.execute("ALTER TABLE final ADD COLUMN rank_status VARCHAR")
+    con.execute("""UPDATE final SET rank_status = CASE WHEN taxon_id IS NULL THEN NULL
+                                                      WHEN lowest_rank = confirmed_rank THEN 'confirmed'
+                                                      ELSE 'source_asserted' END,
+        rule = CASE
         WHEN authority = 'override' THEN 'override'
         WHEN authority IS NULL THEN 'unresolved:' || unresolved_reason
         ELSE authority || ':' || basis || ':' || anchor_rank
              || CASE WHEN status = 'synonym' THEN '+synonym' ELSE '' END
              || CASE WHEN fix IS NOT NULL THEN '+' || fix ELSE '' END
-             || CASE WHEN tie IS NOT NULL THEN '+tie:' || tie ELSE '' END END""")
+             || CASE WHEN tie IS NOT NULL THEN '+tie:' || tie ELSE '' END
+             || CASE WHEN corrected IS NOT NULL THEN '+corrected:' || corrected ELSE '' END
+             || CASE WHEN misspelt_rank IS NOT NULL THEN '+suspected_misspelling:' || misspelt_rank ELSE '' END END""")
 
 
 def build_taxa(con) -> None:
-    """Table `taxa`: the distinct resolved lineages (common names are added by common_names.py)."""
+    """Table `taxa`: the distinct resolved lineages (common names are added by common_names.py).
+
+    Several raw lineages may resolve to one taxon, each with its own confirmed rank: the taxon's
+    `confirmed_rank` is the most specific one any of them reached. Its seven ranks are one string: once an
+    authority (or a source's full lineage) confirmed that string down to a rank, the taxon exists there, and a
+    record whose own label was confirmed less far is no less that taxon. What each record's own label was
+    confirmed to stays per record (lineage_map, the `images` view), and `images_confirmed` counts the records
+    whose own lineage confirmed the taxon down to its lowest rank."""
     sci = ("CASE WHEN genus IS NOT NULL AND species IS NOT NULL THEN genus || ' ' || species ELSE "
            "coalesce(genus, family, \"order\", class, phylum, kingdom) END")
+    ci = _rank_idx_sql("confirmed_rank")
     con.execute(f"""CREATE TABLE taxa AS
-        SELECT taxon_id, kingdom, phylum, class, "order", family, genus, species, {sci} AS scientific_name,
-               NULL::VARCHAR AS common_name, NULL::VARCHAR AS common_name_source, lowest_rank,
-               sum(images)::BIGINT AS images
-        FROM final WHERE taxon_id IS NOT NULL
-        GROUP BY taxon_id, kingdom, phylum, class, "order", family, genus, species, lowest_rank""")
+        SELECT *, CASE WHEN confirmed_rank = lowest_rank THEN 'confirmed' ELSE 'source_asserted' END AS rank_status
+        FROM (SELECT taxon_id, kingdom, phylum, class, "order", family, genus, species, {sci} AS scientific_name,
+                     NULL::VARCHAR AS common_name, NULL::VARCHAR AS common_name_source, lowest_rank,
+                     sum(images)::BIGINT AS images, {RANK_LIST_SQL}[max({ci}) + 1] AS confirmed_rank,
+                     sum(CASE WHEN confirmed_rank = lowest_rank THEN images ELSE 0 END)::BIGINT AS images_confirmed
+              FROM final WHERE taxon_id IS NOT NULL
+              GROUP BY taxon_id, kingdom, phylum, class, "order", family, genus, species, lowest_rank)""")
 
 
 # ----------------------------------------------------------------------------------- 9. conflicts
@@ -488,7 +666,8 @@ def conflicts(con, s: Settings) -> None:
             "value_refused, decision, rule, images")
     con.execute("""CREATE TABLE conflicts (lineage_key VARCHAR, source VARCHAR, authority VARCHAR,
         authority_id VARCHAR, anchor_rank VARCHAR, anchor_name VARCHAR, rank VARCHAR, basis VARCHAR,
-        value_kept VARCHAR, value_refused VARCHAR, decision VARCHAR, rule VARCHAR, images BIGINT)""")
+        value_kept VARCHAR, value_refused VARCHAR, decision VARCHAR, rule VARCHAR, images BIGINT,
+        suggestion VARCHAR)""")
     # refused candidates more specific than, or preferred by order to, the chosen one: best per authority
     con.execute(f"""CREATE TEMP TABLE refused AS SELECT * EXCLUDE (rn) FROM (
         SELECT *, row_number() OVER (PARTITION BY lineage_key, authority ORDER BY {CHOICE_ORDER}) AS rn
@@ -523,6 +702,22 @@ def conflicts(con, s: Settings) -> None:
             f."{c}", L.{given}, 'override', 'override', f.images FROM final f JOIN L USING (lineage_key)
             WHERE f.authority = 'override' AND L.{given} IS NOT NULL AND f."{c}" IS DISTINCT FROM L.{given}""")
     con.execute(f"INSERT INTO conflicts ({cols}) " + " UNION ALL ".join(parts))
+    # suspected misspellings: stopped at the confirmed rank (value_kept NULL), or corrected (accept_suggestions)
+    for table, kept, outcome in (("suspects", "NULL", "stopped"), ("corrections", "x.suggestion", "accepted")):
+        con.execute(f"""INSERT INTO conflicts ({cols}, suggestion)
+            SELECT x.lineage_key, L.source, x.authority, x.auth_id, {RANK_LIST_SQL}[x.anchor + 1], x.parent,
+                   {RANK_LIST_SQL}[x.target + 1], 'given', {kept}, x.given, 'suspected_misspelling',
+                   '{outcome}:edit_distance=' || x.distance
+                   || CASE WHEN x.n_suggestions > 1 THEN ',names=' || x.n_suggestions ELSE '' END,
+                   L.images, x.suggestion
+            FROM {table} x JOIN L USING (lineage_key)""")
+    # bare cross-kingdom homonyms: the best candidate of each kingdom, none taken
+    con.execute(f"""INSERT INTO conflicts ({cols})
+        SELECT o.lineage_key, L.source, o.authority, o.matched_id, {RANK_LIST_SQL}[o.anchor + 1], o.anchor_name,
+               {RANK_LIST_SQL}[o.anchor + 1], o.basis, NULL, o.lin, 'ambiguous_homonym', 'unresolved', L.images
+        FROM (SELECT s.*, row_number() OVER (PARTITION BY s.lineage_key, lower(s.a0) ORDER BY {CHOICE_ORDER}) AS rn
+              FROM scored s SEMI JOIN ambiguous a ON a.lineage_key = s.lineage_key AND s.anchor = a.anchor
+              WHERE s.acceptable AND s.support = 0) o JOIN L USING (lineage_key) WHERE o.rn = 1""")
 
 
 # ------------------------------------------------------------------------------------- outputs
@@ -531,7 +726,9 @@ LINEAGE_MAP_COLUMNS = {
     "lineage_key": "md5 of the raw lineage (source, seven raw ranks, scientific_name, EOL page id)",
     "taxon_id": "the resolved taxon (taxa.taxon_id); NULL = unresolved",
     "authority": "authority of the decisive match: source, inat21, itis, gbif, eol, override; NULL if unresolved",
-    "rule": "authority:basis:anchor rank (+synonym, +homonym_fix:LINE, +tie:criterion), or unresolved:reason",
+    "rule": "authority:basis:anchor rank (+synonym, +homonym_fix:LINE, +tie:criterion, +corrected:RANK, "
+            "+suspected_misspelling:RANK), or unresolved:reason (no_names, no_match, conflicting_only, "
+            "page_not_found, ambiguous_homonym)",
     "authority_id": "matched id in that authority (ITIS TSN, GBIF taxonID, DH taxonID, iNat21 category id)",
     "anchor_rank": "rank of the matched name (ranks above it come from the authority)",
     "lowest_rank": "most specific rank of the resolved lineage",
@@ -541,6 +738,10 @@ LINEAGE_MAP_COLUMNS = {
     "raw_scientific_name": "raw scientific name as given",
     "taxon_ref": "EOL page id (sources whose taxon ids are EOL pages)",
     "page_status": "EOL page: dh (found in the DH), provider_name (named by provider_ids), not_found",
+    "confirmed_rank": "most specific rank an authority (or the source's own full lineage; override: the curator) "
+                      "confirmed: the anchor rank; ranks below it are the source's own labels; NULL if unresolved",
+    "rank_status": "confirmed (lowest_rank = confirmed_rank), source_asserted (ranks below confirmed_rank kept "
+                   "from the source), NULL if unresolved",
 }
 TAXA_COLUMNS = {
     "taxon_id": "first 16 hex digits of md5('kingdom|phylum|class|order|family|genus|species')",
@@ -551,6 +752,10 @@ TAXA_COLUMNS = {
     "common_name_source": "authority that gave the common name (itis, inaturalist, eol_preferred, eol, gbif, source)",
     "lowest_rank": "most specific rank present",
     "images": "records resolved to this taxon",
+    "confirmed_rank": "most specific rank confirmed by any raw lineage of this taxon (lineage_map.confirmed_rank)",
+    "rank_status": "confirmed (confirmed_rank = lowest_rank) or source_asserted (ranks below confirmed_rank "
+                   "only as sources gave them)",
+    "images_confirmed": "records whose own raw lineage confirmed the taxon down to lowest_rank",
 }
 CONFLICT_COLUMNS = {
     "lineage_key": "raw lineage (lineage_map.lineage_key)", "source": "source id",
@@ -558,8 +763,11 @@ CONFLICT_COLUMNS = {
     "anchor_rank": "rank of the candidate's matched name", "anchor_name": "the candidate's name at that rank",
     "rank": "rank where the values differ", "basis": "given (by the source), context (EOL DH lineage of the page)",
     "value_kept": "value in the result", "value_refused": "value not used",
-    "decision": "kept_given, kept_context, used_authority, tie, override",
-    "rule": "contradiction, context_outvoted, synonym, tie:<criterion>, override", "images": "records affected",
+    "decision": "kept_given, kept_context, used_authority, tie, override, suspected_misspelling, ambiguous_homonym",
+    "rule": "contradiction, context_outvoted, synonym, tie:<criterion>, override, "
+            "stopped|accepted:edit_distance=N[,names=K] (suspected_misspelling), unresolved (ambiguous_homonym)",
+    "images": "records affected",
+    "suggestion": "suspected_misspelling: the nearest authority name under the confirmed parent",
 }
 
 
@@ -568,10 +776,12 @@ def write_outputs(con, d: Path) -> dict[str, int]:
     queries = {
         "lineage_map": f"""SELECT f.source, f.lineage_key, f.taxon_id, f.authority, f.rule, f.authority_id,
                 f.anchor_rank, f.lowest_rank, nullif(f.notes, '') AS notes, f.images, {raw_cols},
-                r.scientific_name AS raw_scientific_name, f.taxon_ref, f.page_status
+                r.scientific_name AS raw_scientific_name, f.taxon_ref, f.page_status, f.confirmed_rank,
+                f.rank_status
             FROM final f JOIN raw r USING (lineage_key) ORDER BY f.source, f.lineage_key""",
         "taxa": """SELECT taxon_id, kingdom, phylum, class, "order", family, genus, species, scientific_name,
-                common_name, common_name_source, lowest_rank, images FROM taxa ORDER BY taxon_id""",
+                common_name, common_name_source, lowest_rank, images, confirmed_rank, rank_status,
+                images_confirmed FROM taxa ORDER BY taxon_id""",
         "conflicts": """SELECT * FROM conflicts ORDER BY lineage_key, authority, rank, decision, rule, value_refused""",
         "common_names": """SELECT taxon_id, language, name, source, preferred FROM common_names
                 ORDER BY taxon_id, language, preferred DESC, name""",
@@ -597,6 +807,12 @@ def write_outputs(con, d: Path) -> dict[str, int]:
         c[f"unresolved_{r}"] = n
     c["homonym_fixes_applied"] = con.execute("SELECT count(*) FROM final WHERE fix IS NOT NULL").fetchall()[0][0]
     c["overrides_applied"] = con.execute("SELECT count(*) FROM final WHERE override IS NOT NULL").fetchall()[0][0]
+    row = con.execute("""SELECT count(*) FILTER (WHERE rank_status = 'source_asserted'),
+        coalesce(sum(images) FILTER (WHERE rank_status = 'source_asserted'), 0),
+        count(*) FILTER (WHERE misspelt_rank IS NOT NULL), count(*) FILTER (WHERE corrected IS NOT NULL)
+        FROM final""").fetchall()[0]
+    c["lineages_source_asserted"], c["images_source_asserted"] = row[0], int(row[1])
+    c["suspected_misspellings"], c["suggestions_accepted"] = row[2], row[3]
     return c
 
 
