@@ -20,7 +20,8 @@ GLOBAL_BATCH = 16
 
 
 def fixed_batch(build: Path):
-    """The first GLOBAL_BATCH samples of the val split (validation crop) and their taxon_com captions."""
+    """The first GLOBAL_BATCH samples of the train split (validation crop) and their taxon_com captions (the
+    demo's val split can hold fewer: dedup leaves it 13 images)."""
     import torch
 
     from tol_builder.train import models
@@ -28,10 +29,11 @@ def fixed_batch(build: Path):
     from tol_builder.train.shards import open_split
 
     samples = []
-    for s in split_samples(open_split(build / "shards" / "val"), 64):
+    for s in split_samples(open_split(build / "shards" / "train"), 64):
         samples.append(s)
         if len(samples) == GLOBAL_BATCH:
             break
+    assert len(samples) == GLOBAL_BATCH, f"the split holds {len(samples)} samples, fewer than {GLOBAL_BATCH}"
     images = torch.from_numpy(__import__("numpy").stack([s["image"] for s in samples]).transpose(0, 3, 1, 2).copy())
     tokens = models.tokenizer(models.TINY)([s["meta"]["texts"]["taxon_com"] for s in samples])
     return images, tokens

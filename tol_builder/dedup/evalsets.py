@@ -221,7 +221,8 @@ def register(out: Path) -> None:
                      .fetchall()]
             con.execute(f"""CREATE OR REPLACE VIEW eval_images AS
                 SELECT r.uid, r.source AS eval_set, r.source_id AS eval_id, m.taxon_id, t.kingdom, t.phylum, t.class,
-                       t."order", t.family, t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank
+                       t."order", t.family, t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank,
+                       m.confirmed_rank, m.rank_status
                 FROM eval_records r
                 LEFT JOIN eval_lineage_map m ON m.source = r.source AND m.lineage_key = {lineage_key_sql(pages, 'r')}
                 LEFT JOIN eval_taxa t ON t.taxon_id = m.taxon_id""")

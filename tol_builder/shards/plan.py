@@ -48,7 +48,7 @@ from ..records import RANKS, duckdb_connection
 from ..sql import literal
 from .licences import licence_map
 
-PLAN_VERSION = "2"  # part of the fingerprint: bump when the plan's rules change
+PLAN_VERSION = "3"  # part of the fingerprint: bump when the plan's rules change
 SPLITS = ("train", "val", "train_small")
 SELECTION = "selection"
 DEDUP_FILES = ("exclusions.parquet", "pool_duplicates.parquet")  # the dedup stage's outputs, when it ran
@@ -57,6 +57,7 @@ TWO64 = 1 << 64
 # the sample columns every later step reads (samples.parquet), besides uid, split, shard, position
 META_COLUMNS = ("source", "source_id", "licence", "licence_id", "rights_holder", "source_url", "taxon_id",
                 *RANKS, "scientific_name", "common_name", "common_name_source", "common_names", "lowest_rank",
+                "confirmed_rank",
                 "sha256", "pdq", "cluster")
 
 REASONS = {
@@ -249,6 +250,7 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
                    coalesce(l.selected, true) AS licence_selected, r.rights_holder, r.source_url, r.media_member,
                    i.taxon_id, {", ".join(f'i."{c}"' for c in RANKS)}, i.scientific_name, i.common_name,
                    t.common_name_source, coalesce(n.common_names, '{{}}') AS common_names, i.lowest_rank,
+                   i.confirmed_rank,
                    m.status AS media_status, replace(m.filename, ?, '') AS media_file, m.sha256, m.pdq,
                    x.reason AS excluded, coalesce(c.cluster_id, r.uid) AS cluster
             FROM records r

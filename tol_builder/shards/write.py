@@ -41,7 +41,7 @@ MEMBER_MODE = 0o644
 
 SAMPLE_JSON_FIELDS = ("uid", "source", "source_id", "licence", "licence_id", "rights_holder", "source_url",
                       *RANKS, "scientific_name", "common_name", "common_name_source", "taxon_id", "lowest_rank",
-                      "rank_status", "fallback_languages", "texts", "sha256", "pdq")
+                      "confirmed_rank", "rank_status", "fallback_languages", "texts", "sha256", "pdq")
 
 INDEX_SCHEMA = pa.schema([("split", pa.string()), ("shard", pa.string()), ("uid", pa.string()), ("key", pa.string()),
                           ("offset", pa.int64()), ("data_offset", pa.int64()), ("size", pa.int64()),
@@ -70,11 +70,13 @@ class SampleTexts:
 
     def of(self, row: dict):
         common_names = json.loads(row["common_names"] or "{}")
-        key = (row["taxon_id"], row["common_name"], tuple(sorted(common_names.items())))
+        # records of one taxon may differ in how far their own lineage was confirmed (issue 13): part of the key
+        confirmed = row.get("confirmed_rank")
+        key = (row["taxon_id"], row["common_name"], tuple(sorted(common_names.items())), confirmed)
         t = self._cache.get(key)
         if t is None:
             t = taxon_texts({r: row[r] for r in RANKS}, row["common_name"], common_names=common_names,
-                            languages=self.languages, confirmed_rank=row["lowest_rank"])
+                            languages=self.languages, confirmed_rank=confirmed)
             self._cache[key] = t
         return t
 
