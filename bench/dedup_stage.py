@@ -157,21 +157,27 @@ def main(argv: list[str] | None = None) -> None:
     ev_codes, brute_queries = data["eval"], data["pool"][:args.brute].copy()
     data = {k: data[k] for k in ("pool_row", "eval_row", "kind")}
     load = os.getloadavg()
-    t0 = time.perf_counter()
-    with PeakRSS() as rss:
-        client = get_client(wf.cluster)
-        t1 = time.perf_counter()
-        try:
-            ctx = BuildContext(wf, out, Runner(out, client, progress=False), None, threads=1)
-            counters = dedup.match(ctx, [], dedup.settings_of(ctx), holds=holds)
-        finally:
-            close_client(client)
-    t2 = time.perf_counter()
-    tasks = {k: v["seconds"] for st in (dedup.INDEX_STAGE, dedup.STAGE) for k, v in read_markers(out, st).items()}
+    client = get_client(wf.cluster)
+    try:
+        ctx = BuildContext(wf, out, Runner(out, client, progress=False), None, threads=1)
+        settings = dedup.settings_of(ctx)
+        # 1. the bar: index the evaluation hashes once, match the pool against them (and the species holds)
+        with PeakRSS() as rss:
+            t1 = time.perf_counter()
+            counters = dedup.match(ctx, [], settings, holds=holds, parts=("match",))
+            t2 = time.perf_counter()
+        tasks = {k: v["seconds"] for st in (dedup.INDEX_STAGE, dedup.STAGE) for k, v in read_markers(out, st).items()}
+        excl = pq.read_table(out / "dedup" / "exclusions.parquet", columns=["uid", "eval_uid", "distance"])
+        # 2. reported beside it: duplicates inside the pool, the same 10M hashes against each other
+        with PeakRSS() as rss_pool:
+            t3 = time.perf_counter()
+            pool_counters = dedup.match(ctx, [], settings, holds=holds, parts=("pool",))
+            t4 = time.perf_counter()
+    finally:
+        close_client(client)
     match_s = sum(v for k, v in tasks.items() if k.startswith("match."))
-    pool_s = next(v for k, v in tasks.items() if k.startswith("pool."))
-    # correctness against the planted truth
-    excl = pq.read_table(out / "dedup" / "exclusions.parquet", columns=["uid", "eval_uid", "distance"])
+    pool_s = next(v["seconds"] for k, v in read_markers(out, dedup.STAGE).items() if k.startswith("pool."))
+    # correctness against the planted truth (the exclusions of the matching run)
     pool_uid = uids_of(1, data["pool_row"].astype(np.int64)).to_numpy(zero_copy_only=False)
     eval_uid = uids_of(2, data["eval_row"].astype(np.int64)).to_numpy(zero_copy_only=False)
     found = set(zip(excl.column("uid").to_pylist(), excl.column("eval_uid").to_pylist()))
@@ -182,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "pool": args.pool, "eval": args.eval, "rows_per_file": args.rows_per_file, "cpus": os.cpu_count(),
         "load_before": [round(x, 2) for x in load], "data_prep_s": round(prep_s, 1),
-        "wall_s_with_cluster_start": round(t2 - t0, 1), "wall_s_stage": round(t2 - t1, 1),
-        "peak_rss_gb_process_tree": round(rss.peak / 1e9, 2),
+        "match_wall_s": round(t2 - t1, 1), "match_peak_rss_gb_process_tree": round(rss.peak / 1e9, 2),
+        "within_pool_wall_s": round(t4 - t3, 1), "within_pool_peak_rss_gb_process_tree": round(rss_pool.peak / 1e9, 2),
         "task_seconds": {"index": round(sum(v for k, v in tasks.items() if k.startswith("index.")), 1),
                          "match_sum": round(match_s, 1), "match_tasks": sum(k.startswith("match.") for k in tasks),
                          "pool_within": round(pool_s, 1)},
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         "candidates_per_query": round(counters.get("pdq_candidates", 0) / max(1, counters.get("pool_checked", 1)), 4),
         "brute_us_per_query": round(brute_us, 1), "stage_us_per_query": round(stage_us, 3),
         "speed_ratio_vs_brute_force": round(brute_us / stage_us, 1),
-        "within_pool": {k: v for k, v in counters.items() if k.startswith("pool_")},
+        "within_pool": {k: v for k, v in pool_counters.items() if k.startswith("pool_")},
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dedup_stage.json").write_text(json.dumps(result, indent=2))

@@ -85,9 +85,10 @@ def _slices(files: list[str], rows: int) -> list[list[str]]:
     return out + ([cur] if cur else [])
 
 
-def match(ctx: BuildContext, sets: list[LoadedEvalSet], settings: dict, holds: dict | None = None) -> dict[str, int]:
-    """Steps 2-4 of the module doc on prepared evaluation tables. `holds` overrides what `sets` hold (the
-    benchmark drives this with synthetic evaluation tables)."""
+def match(ctx: BuildContext, sets: list[LoadedEvalSet], settings: dict, holds: dict | None = None,
+          parts: tuple[str, ...] = ("match", "pool")) -> dict[str, int]:
+    """Steps 2-4 of the module doc on prepared evaluation tables. `holds` overrides what `sets` hold, and
+    `parts` runs only the evaluation matching or only the within-pool search (the benchmark times each)."""
     wf, out = ctx.workflow, Path(ctx.out).resolve()
     holds = hold_spec(sets) if holds is None else holds
     sources = [s.id for s in wf.sources]
@@ -108,17 +109,21 @@ def match(ctx: BuildContext, sets: list[LoadedEvalSet], settings: dict, holds: d
     common = dict(out=str(out), work=str(work), threads=threads)
     index_key = f"index.{fp}"
     drop_stale_markers(out, INDEX_STAGE, {index_key})
-    indexed = ctx.runner.run(INDEX_STAGE, [Task(index_key, index_task, dict(common, holds=holds, settings=settings))],
-                             outputs=(work,))
-    tasks = [Task(f"match.{i:05d}.{fp}", match_task, dict(common, key=f"{i:05d}", media_files=group, holds=holds,
-                                                          pool_readers=readers, settings=settings))
-             for i, group in enumerate(_slices(media, ctx.workflow.dedup.match_rows))]
-    tasks.append(Task(f"holds.{fp}", holds_task, dict(common, holds=holds, page_sources=page_sources)))
-    tasks.append(Task(f"pool.{fp}", pool_task, dict(common, sources=sources, page_sources=page_sources,
-                                                     settings=settings)))
+    tasks: list[Task] = []
+    indexed = None
+    if "match" in parts:
+        indexed = ctx.runner.run(INDEX_STAGE, [Task(index_key, index_task, dict(common, holds=holds,
+                                                                                settings=settings))], outputs=(work,))
+        tasks += [Task(f"match.{i:05d}.{fp}", match_task, dict(common, key=f"{i:05d}", media_files=group, holds=holds,
+                                                               pool_readers=readers, settings=settings))
+                  for i, group in enumerate(_slices(media, ctx.workflow.dedup.match_rows))]
+        tasks.append(Task(f"holds.{fp}", holds_task, dict(common, holds=holds, page_sources=page_sources)))
+    if "pool" in parts:
+        tasks.append(Task(f"pool.{fp}", pool_task, dict(common, sources=sources, page_sources=page_sources,
+                                                         settings=settings)))
     drop_stale_markers(out, STAGE, {t.key for t in tasks})
     result = ctx.runner.run(STAGE, tasks, outputs=(work,))
-    counters = {**indexed.counters, **result.counters}
+    counters = {**(indexed.counters if indexed else {}), **result.counters}
     counters.update(finish(out, work))
     ctx.log("dedup: " + summary_line(out))
     return counters
@@ -126,13 +131,14 @@ def match(ctx: BuildContext, sets: list[LoadedEvalSet], settings: dict, holds: d
 
 def finish(out: Path, work: Path) -> dict[str, int]:
     """The stage's two tables from its tasks' parts, written atomically; the catalog views."""
-    parts = sorted((work / "matches").glob("*.parquet")) + [work / "holds.parquet", work / "pool_exclusions.parquet"]
-    tables = [pq.read_table(p).cast(EXCLUSION_SCHEMA) for p in parts if p.exists()]
+    found = sorted((work / "matches").glob("*.parquet")) + [work / "holds.parquet", work / "pool_exclusions.parquet"]
+    tables = [pq.read_table(p).cast(EXCLUSION_SCHEMA) for p in found if p.exists()]
     excl = pa.concat_tables(tables) if tables else EXCLUSION_SCHEMA.empty_table()
     excl = excl.sort_by([("uid", "ascending"), ("reason", "ascending"), ("eval_set", "ascending"),
                          ("eval_id", "ascending"), ("method", "ascending")])
-    for name, table in (("exclusions", excl), ("pool_duplicates", pq.read_table(work / "pool_duplicates.parquet")
-                                                .cast(POOL_DUPLICATE_SCHEMA))):
+    dups = work / "pool_duplicates.parquet"
+    dups = pq.read_table(dups).cast(POOL_DUPLICATE_SCHEMA) if dups.exists() else POOL_DUPLICATE_SCHEMA.empty_table()
+    for name, table in (("exclusions", excl), ("pool_duplicates", dups)):
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf, compression="zstd")
         data, target = buf.getvalue().to_pybytes(), out / STAGE / f"{name}.parquet"
