@@ -353,3 +353,27 @@ def test_status_and_cli_report(built, tmp_path):
     r = run_cli("dedup", "report", str(out), "--out", str(tmp_path / "r.html"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "r.html").exists() and "3 near matches shown" in " ".join(r.stderr.split())
+
+
+def test_an_evaluation_set_that_changed_is_prepared_again(built, tmp_path):
+    """An image added to an image-folder set (its manifest unchanged) is noticed: the set is read again, its
+    images already fetched are carried over, the new one is matched."""
+    tmp, out, uids, _ = built
+    pool = {f"{s}:{sid}": data for s, sid, *_, data in pool_images()}
+    (tmp / "eval" / "bench" / "Xyleborus ferrugineus" / "exact2.jpg").write_bytes(pool["inat21:x1"])
+    wf = make_workflow(tmp, tmp / "authorities", tuple(SOURCES))
+    for s in wf.sources:
+        s.name = SOURCES[s.id]
+    wf.dedup.evalsets = [str(p.relative_to(tmp)) for p in sorted((tmp / "manifests" / "evalsets").glob("*.toml"))]
+    said = []
+
+    class Say:
+        def print(self, message, **kw):
+            said.append(message)
+
+    with serve_directory(tmp / "images"):
+        stage.run(BuildContext(wf, out, Runner(out, client=None, progress=False), Say(), threads=1))
+    assert any("'bench' changed" in m for m in said), said
+    assert any("carried over" in m for m in said), said
+    assert catalog.query(out, "SELECT count(*) AS n FROM eval_records WHERE source = 'bench'").column("n")[0].as_py() == 8
+    assert uids["inat21:x1"] in {r["uid"] for r in _excl(out) if r["reason"] == "exact_duplicate"}

@@ -92,41 +92,51 @@ INGEST_VERSION = "1"  # part of every source's fingerprint: bump when records ch
 
 
 def source_fingerprint(s: SourceConfig, manifest_path: str | Path) -> str:
+    """What defines a source's records: its reader, options and manifest, and what its reader says its input
+    is besides (`Source.input_digest`: an image folder's listing)."""
     from .fileio import file_digest
 
+    try:
+        extra = get_source_class(s.name).input_digest(load_manifest(manifest_path), s.options)
+    except Exception:  # an unknown reader or a broken manifest: ingest names it
+        extra = ""
     return hashlib.sha256(json.dumps({"reader": s.name, "options": s.options, "version": INGEST_VERSION,
-                                      "manifest": file_digest(manifest_path, "sha256")},
+                                      "manifest": file_digest(manifest_path, "sha256"), "input": extra},
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def forget_source(out: Path, source_id: str, say, why: str) -> None:
+def forget_source(out: Path, source_id: str, say, why: str, roots: dict) -> None:
     """Remove a source's records, rejects, partition list and ingest markers (atomically per file)."""
     import shutil
 
     from .runner import marker_dir
 
-    say(f"ingest: {why}: removing the records of '{source_id}' (they are read again)")
-    for d in (out / "records" / source_id, out / "rejects" / STAGE / source_id):
+    say(f"{roots['stage']}: {why}: removing the records of '{source_id}' (they are read again)")
+    for d in (out / roots["records"] / source_id, out / roots["rejects"] / source_id):
         if d.exists():
             shutil.rmtree(d)
     partitions_file(out, source_id).unlink(missing_ok=True)
-    (marker_dir(out, PLAN_STAGE) / f"{source_id}.json").unlink(missing_ok=True)
-    for m in marker_dir(out, STAGE).glob(f"{source_id}.*.json"):
+    (marker_dir(out, roots["plan_stage"]) / f"{source_id}.json").unlink(missing_ok=True)
+    for m in marker_dir(out, roots["stage"]).glob(f"{source_id}.*.json"):
         m.unlink()
 
 
-def reconcile_sources(out: Path, wf: Workflow, say) -> None:
-    """Before any ingest work: sources whose definition changed, or that left the workflow, start over."""
-    current = {s.id: source_fingerprint(s, wf.source_manifest_path(s)) for s in wf.sources}
-    root = out / "records"
+POOL_ROOTS = {"records": "records", "rejects": f"rejects/{STAGE}", "plan_stage": PLAN_STAGE, "stage": STAGE}
+
+
+def reconcile_sources(out: Path, sources: list[tuple[SourceConfig, Path]], say, roots: dict = POOL_ROOTS) -> None:
+    """Before any ingest work: sources whose definition changed, or that left the workflow, start over.
+    `roots`: where their records, rejects and markers live (the pool's, or the evaluation sets')."""
+    current = {s.id: source_fingerprint(s, manifest) for s, manifest in sources}
+    root = out / roots["records"]
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         if d.name not in current:
-            forget_source(out, d.name, say, f"source '{d.name}' is no longer in the workflow")
+            forget_source(out, d.name, say, f"source '{d.name}' is no longer in the workflow", roots)
     for sid, fp in current.items():
         stamp = root / sid / "_fingerprint.json"
         old = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
         if old is not None and old != fp:
-            forget_source(out, sid, say, f"source '{sid}' changed (reader, options or manifest)")
+            forget_source(out, sid, say, f"source '{sid}' changed (reader, options or manifest)", roots)
         if old != fp:
             write_text_atomic(stamp, json.dumps({"source": sid, "fingerprint": fp}))
 
@@ -134,7 +144,7 @@ def reconcile_sources(out: Path, wf: Workflow, say) -> None:
 def run(ctx: BuildContext) -> dict[str, int]:
     wf = ctx.workflow
     out = str(ctx.out)
-    reconcile_sources(Path(out), wf, ctx.log)
+    reconcile_sources(Path(out), [(s, wf.source_manifest_path(s)) for s in wf.sources], ctx.log)
     sources = [(s, str(wf.source_manifest_path(s))) for s in wf.sources]
     plan_tasks = [Task(s.id, plan_task, dict(out=out, source=_plain(s), manifest_path=m, threads=ctx.threads,
                                              config_file=str(wf.path))) for s, m in sources]

@@ -136,10 +136,14 @@ def remove_stale(out: Path, sets: list[LoadedEvalSet], say) -> None:
 def prepare(ctx: BuildContext, sets: list[LoadedEvalSet]) -> dict[str, int]:
     """Ingest, fetch and reconcile every evaluation set (sub-stages of dedup). Returns counters."""
     from ..fetch import fetch_records, local_media_sources
-    from ..ingest import partitions_file, plan_task, read_task
+    from ..ingest import partitions_file, plan_task, read_task, reconcile_sources
 
     out, wf = Path(ctx.out).resolve(), ctx.workflow
     remove_stale(out, sets, ctx.log)
+    # a set whose reader, options or manifest changed is read again (its fetched images are carried over)
+    reconcile_sources(out, [(SourceConfig(**e.source_config()), e.path) for e in sets], ctx.log,
+                      {"records": RECORDS, "rejects": REJECTS, "plan_stage": f"{STAGE}.plan",
+                       "stage": f"{STAGE}.ingest"})
     counters: dict[str, int] = {}
     if not sets:
         return counters

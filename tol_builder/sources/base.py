@@ -52,6 +52,12 @@ class Source:
     local_media: ClassVar[bool] = False
 
     @classmethod
+    def input_digest(cls, manifest: Manifest, options: dict) -> str:
+        """A digest of input the manifest does not pin (its files carry checksums): "" by default; a reader of
+        a folder lists it, so that a changed folder is read again (ingest.source_fingerprint)."""
+        return ""
+
+    @classmethod
     def declares_local_media(cls, options: object) -> bool:
         """Whether this source's local paths may be read: the class's declaration or a `local_media` option."""
         return bool(cls.local_media or getattr(options, "local_media", False))

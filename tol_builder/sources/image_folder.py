@@ -42,6 +42,23 @@ class ImageFolderSource(Source):
     description = "a folder of images with one sub-folder per class (folder name = scientific name, or a labels CSV)"
     local_media = True
 
+    @classmethod
+    def input_digest(cls, manifest, options: dict) -> str:
+        """The folder's listing (paths, sizes, modification times): an added or changed image is noticed."""
+        import hashlib
+
+        media = manifest.files_with("media")
+        root = local_file(manifest.url(media[0])) if media else None
+        h = hashlib.sha256()
+        if root is not None and root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    st = os.stat(os.path.join(dirpath, name))
+                    h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{st.st_size}:{st.st_mtime_ns}\n"
+                             .encode())
+        return h.hexdigest()
+
     def plan(self) -> list[Partition]:
         root = local_file(media_root(self))
         if root is None or not root.is_dir():
