@@ -54,7 +54,7 @@ from tol_builder.sources import Partition
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])
-pytestmark = pytest.mark.timeout(120)  # a hang in any example fails its test
+pytestmark = pytest.mark.timeout(300)  # a hang in any example fails its test (shrinking a failure included)
 
 
 # ============================================================================================ the harness
@@ -133,83 +133,115 @@ def check_error(e: InputError, files: set[str]) -> None:
 
 
 # ==================================================================================== delimited text
-NEWLINES = st.sampled_from(["\n", "\r\n"])
+@dataclass
+class Row:
+    line: int  # the physical line it starts on (1 = the first line after the header)
+    lines: int  # how many lines it was written on (a quoted field may hold line breaks)
+    values: dict  # what was written, by column
+    damage: str | None  # None: written as the format says
 
 
 @dataclass
 class Written:
-    """What a generator wrote: the bytes, and for the checks what it knows of them."""
     data: bytes
-    ids: list[str | None]  # the id each generated row was written with (None: none or damaged beyond use)
-    damaged: list[str | None]  # per generated row: the damage done, None for a clean row
-    fatal_ok: bool = False  # damage that may make the whole file unusable (a carriage return in a row)
+    rows: list[Row]
+    fatal_ok: bool = False  # a carriage return inside a row: DuckDB's strict parser refuses the whole file
+
+
+DAMAGE = st.sampled_from([None] * 6 + ["cut", "quote", "utf8", "nul", "short", "long", "cr"])
+BAD_UTF8 = st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\xc0\x80", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"])
 
 
 @st.composite
-def mangle(draw, line: bytes, quote: bytes, delim: bytes) -> tuple[bytes, str | None]:
-    """A rendered row, maybe damaged the ways real files break: cut short, a quote too many, bad UTF-8, a
-    stray carriage return, fields missing or too many."""
-    kind = draw(st.sampled_from([None] * 5 + ["cut", "quote", "utf8", "nul", "short", "long", "cr"]))
-    if kind is None:
-        return line, None
+def mangle(draw, line: bytes, delim: bytes) -> tuple[bytes, str | None]:
+    """A rendered row, maybe damaged the ways real files break: cut short, a quote too many, bad UTF-8, a NUL or
+    a stray carriage return, fields missing or too many."""
+    kind = draw(DAMAGE)
     if kind in ("cut", "quote", "utf8", "nul", "cr"):
         at = draw(st.integers(0, len(line)))
         if kind == "cut":
             return line[:at], kind
-        insert = {"quote": quote or b'"', "nul": b"\x00", "cr": b"\r",
-                  "utf8": draw(st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\xc0\x80", b"\xed\xa0\x80",
-                                                b"\xf8\x88\x80\x80\x80"]))}[kind]
+        insert = {"quote": b'"', "nul": b"\x00", "cr": b"\r"}.get(kind) or draw(BAD_UTF8)
         return line[:at] + insert + line[at:], kind
-    fields = line.split(delim)
     if kind == "short":
+        fields = line.split(delim)
         return delim.join(fields[: draw(st.integers(0, max(0, len(fields) - 1)))]), kind
-    return line + delim * draw(st.integers(1, 3)) + b"extra", kind
+    if kind == "long":
+        return line + delim * draw(st.integers(1, 3)) + b"extra", kind
+    return line, None
 
 
-def render_csv(fields: list[str], delim: str) -> bytes:
+def render(values: list[str], delim: str, quote: bool) -> bytes:
+    if not quote:
+        return delim.join(values).encode("utf-8")
     buf = io.StringIO()
-    csv.writer(buf, delimiter=delim, lineterminator="").writerow(fields)
+    csv.writer(buf, delimiter=delim, lineterminator="").writerow(values)  # quotes only where needed, as Ruby
     return buf.getvalue().encode("utf-8")
+
+
+@st.composite
+def delimited(draw, header: list[str] | None, rows: list[dict], delim: str, quote: bool,
+              damage: bool = True) -> Written:
+    """The file: an optional header line, the rows (each maybe damaged), blank lines here and there, LF or
+    CR LF line ends, with or without a final line end."""
+    nl = draw(st.sampled_from([b"\n", b"\r\n"]))
+    columns = header or list(rows[0]) if rows else header or []
+    parts = [render(header, delim, quote)] if header else []
+    out, line, fatal = [], 1, False
+    for values in rows:
+        text = render([values[c] for c in columns], delim, quote)
+        text, kind = draw(mangle(text, delim.encode())) if damage else (text, None)
+        fatal |= kind == "cr"
+        out.append(Row(line, text.count(b"\n") + 1, values, kind))
+        parts.append(text)
+        line += text.count(b"\n") + 1
+        if draw(st.integers(0, 9)) == 0:
+            parts.append(b"")  # a blank line: not a row
+            line += 1
+    end = nl if draw(st.booleans()) or not rows else b""
+    data = nl.join(parts) + end if parts else b""
+    if nl == b"\r\n" and quote and any(b"\n" in render(list(v.values()), delim, quote) for v in rows):
+        fatal = True  # a line break inside a quoted field of a CR LF file is a bare LF: DuckDB may refuse it
+    return Written(data, out, fatal)
 
 
 @dataclass
 class RefRow:
     start: int  # physical line (1 = the first line after the header)
+    end: int
     lines: list[int]  # its non-blank physical lines
 
 
 def reference_rows(data: bytes, delim: str, quote: str, header: bool = True) -> list[RefRow]:
-    """The rows of a delimited file as RFC 4180 splits it (Python's csv module; lines end at '\\n' only)."""
+    """The rows of a delimited file as RFC 4180 splits it (Python's csv module; lines end at LF only)."""
     text = data.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     first = 1 if header else 0
-    blank = [ln in ("", "\r") for ln in lines]
-    rows: list[RefRow] = []
+    blank = [ln in ("", "\r") for ln in lines[first:]]
     if not quote:
-        return [RefRow(i, [i]) for i in range(1, len(lines) - first + 1) if not blank[i - 1 + first]]
+        return [RefRow(i, i, [i]) for i in range(1, len(blank) + 1) if not blank[i - 1]]
     body = [ln + "\n" for ln in lines[first:]]
-    body[-1:] = [lines[-1]] if lines and len(lines) > first and not data.endswith(b"\n") else body[-1:]
+    if body and not data.endswith(b"\n"):
+        body[-1] = body[-1][:-1]
     reader = csv.reader(iter(body), delimiter=delim, quotechar=quote, doublequote=True, strict=False)
-    done = 0
+    rows, done = [], 0
     for fields in reader:
         start, end = done + 1, reader.line_num
         done = end
-        if not fields:
-            continue
-        # csv yields a row per record: its first line is the first non-blank one it consumed
-        span = [i for i in range(start, end + 1) if not blank[i - 1 + first]]
-        rows.append(RefRow(span[0], span))
+        span = [i for i in range(start, end + 1) if not blank[i - 1]]
+        if fields and span:
+            rows.append(RefRow(span[0], end, span))
     return rows
 
 
-def check_rows(label: str, ref: list[RefRow], record_rows: list[int], rejects: list[dict]) -> None:
+def check_rows(label: str, ref: list[RefRow], record_rows: list[int], rejects: list[dict]) -> dict[int, str]:
     """Every row gives exactly one record or reject at its first line; a malformed row spanning lines gives a
-    `malformed_csv` reject on each of its non-blank lines; nothing else."""
+    `malformed_csv` reject on each of its non-blank lines; nothing else. Returns {line: item}."""
     items: dict[int, str] = {}
     for row in record_rows:
-        assert row not in items, f"{label}: row {row} gave two items"
+        assert row not in items, f"{label}: row {row} gave two records"
         items[row] = "record"
     for r in rejects:
         if r["file"] != label:
@@ -224,49 +256,85 @@ def check_rows(label: str, ref: list[RefRow], record_rows: list[int], rejects: l
         if items[row.start] == "malformed_csv":
             for line in row.lines[1:]:
                 assert items.get(line) == "malformed_csv", \
-                    f"{label}: line {line} inside the malformed row {row.start} is not rejected"
+                    f"{label}: line {line} inside the malformed row {row.start} is not rejected: {items}"
                 expected.add(line)
     extra = sorted(set(items) - expected)
     assert not extra, f"{label}: items at rows that are not rows: {[(r, items[r]) for r in extra]}"
-    assert len(items) == len(expected)
+    return items
+
+
+def check_delimited(label: str, written: Written, part: PartResult, delim: str, quote: str, oracle=None,
+                    header: bool = True) -> None:
+    """Rows in = records + rejects (check_rows); rows written clean and split as written get what `oracle`
+    (values -> ("record", {column: value}) or (reason, field), or None: not checked) says."""
+    ref = reference_rows(written.data, delim, quote, header)
+    items = check_rows(label, ref, part.record_rows, part.rejects)
+    if oracle is None:
+        return
+    record_at = dict(zip(part.record_rows, part.records))
+    reject_at = {r["row"]: r for r in part.rejects if r["file"] == label}
+    split_as_written = {(r.start, r.end) for r in ref}
+    for row in written.rows:
+        want = oracle(row.values) if row.damage is None else None
+        if want is None or (row.line, row.line + row.lines - 1) not in split_as_written:
+            continue
+        kind, detail = want
+        assert items[row.line] == kind, f"{label} row {row.line} {row.values}: {items[row.line]}, not {kind}"
+        if kind == "record":
+            got = record_at[row.line]
+            assert {k: got[k] for k in detail} == detail, f"{label} row {row.line}"
+        else:
+            assert reject_at[row.line]["field"] == detail, f"{label} row {row.line}: {reject_at[row.line]}"
+
+
+def blank_to_none(v: str | None) -> str | None:
+    return None if v is None or v == "" else v
 
 
 # ============================================================================================= BIOSCAN-1M
-TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\t\n\r\x00"), max_size=12)
+TSV_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\t\n\r\x00"), max_size=10)
 NC = "not_classified"
 
 
-def bioscan_value(column: str, i: int):
-    if column == "processid":
-        return st.sampled_from([f"PID{i:05d}"] * 6 + ["", NC, " ", f"PID{max(0, i - 1):05d}"])
-    if column == "chunk_number":
-        return st.sampled_from(["1", "7", "113", " 12 ", "012", "0", "114", "-1", "+5", "7.0", "abc", "", NC,
-                                "\u0663", "99999999999999999999"])
-    if column in ("image_file", "image_tar"):
-        return st.sampled_from([f"{i}.jpg", "", NC, "a b.jpg", "../x.jpg"])
-    return st.one_of(st.sampled_from([NC, "", " "]), TEXT)
-
-
 @st.composite
-def bioscan_tsv(draw, schema: str) -> tuple[Written, list[str]]:
-    columns = list(BIOSCAN_COLUMNS if schema == "final" else PRERELEASE_COLUMNS)
-    if draw(st.booleans()):
-        columns = draw(st.permutations(columns))
-    nl = draw(NEWLINES).encode()
-    lines = [("\t".join(columns)).encode()]
-    ids, damaged = [], []
-    fatal = False
-    for i in range(draw(st.integers(0, 8))):
-        row = {c: draw(bioscan_value(c, i)) for c in columns}
-        line, kind = draw(mangle("\t".join(row[c] for c in columns).encode(), b"", b"\t"))
-        fatal |= kind == "cr"
-        ids.append(row["processid"])
-        damaged.append(kind)
-        lines.append(line)
-        if draw(st.integers(0, 9)) == 0:
-            lines.append(b"")  # a blank line: not a row
-    end = nl if draw(st.booleans()) or len(lines) == 1 else b""
-    return Written(nl.join(lines) + end, ids, damaged, fatal), columns
+def bioscan_rows(draw, columns: list[str]) -> list[dict]:
+    rows = []
+    for i in range(draw(st.integers(0, 7))):
+        row = {c: draw(st.one_of(st.sampled_from([NC, "", " "]), TSV_TEXT)) for c in columns}
+        row["processid"] = draw(st.sampled_from([f"PID{i:05d}"] * 6 + ["", NC, " ", f"PID{max(i - 1, 0):05d}"]))
+        row["image_file"] = draw(st.sampled_from([f"{i}.jpg"] * 4 + ["", NC, "a b.jpg", "../x.jpg"]))
+        if "chunk_number" in row:
+            row["chunk_number"] = draw(st.sampled_from(
+                ["1", "7", "113", " 12 ", "012", "0", "114", "-1", "+5", "7.0", "abc", "", NC, "\u0663",
+                 "99999999999999999999"]))
+        rows.append(row)
+    return rows
+
+
+def bioscan_oracle(schema: str, rows: list[dict]):
+    pids = collections.Counter(r["processid"] for r in rows)
+
+    def expect(v: dict):
+        pid, image = v["processid"], v["image_file"]
+        if pids[pid] > 1:
+            return None
+        if image in ("", NC):
+            return "missing_field", "image_file"
+        if schema == "final":
+            chunk = v["chunk_number"].strip(" ")
+            if chunk in ("", NC):
+                return "missing_field", "chunk_number"
+            if not chunk.isascii() or not chunk.isdigit():
+                return "bad_type", "chunk_number"
+            if not 1 <= int(chunk) <= 113:
+                return "out_of_range", "chunk_number"
+        if pid.strip() in ("", NC):
+            return "missing_source_id", "source_id"
+        member = image if schema == "prerelease" else \
+            f"bioscan/images/cropped_256/part{int(v['chunk_number'])}/{image}"
+        return "record", {"source_id": pid, "media_member": member, "family": blank_to_none(
+            None if v["family"] == NC else v["family"])}
+    return expect
 
 
 def bioscan_manifest(folder: Path, name: str, fmt: str) -> Path:
@@ -277,23 +345,159 @@ def bioscan_manifest(folder: Path, name: str, fmt: str) -> Path:
 
 
 @FUZZ
-@given(schema=st.sampled_from(["final", "prerelease"]), data=st.data())
-def test_bioscan1m_tsv(schema, data):
-    written, columns = data.draw(bioscan_tsv(schema))
+@given(schema=st.sampled_from(["final", "prerelease"]), drop=st.integers(-8, 17), data=st.data())
+def test_bioscan1m_tsv(schema, drop, data):
+    """Final (28 columns) and pre-release (18) schemas, columns in any order, maybe one missing."""
+    columns = data.draw(st.permutations(BIOSCAN_COLUMNS if schema == "final" else PRERELEASE_COLUMNS))
+    if drop >= 0:
+        columns = columns[:drop] + columns[drop + 1:]  # a column missing from the header and the rows
+    rows = data.draw(bioscan_rows(columns))
+    written = data.draw(delimited(columns, rows, "\t", quote=False))
+    name = "BIOSCAN_Insect_Dataset_metadata.tsv"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        name = "BIOSCAN_Insect_Dataset_metadata.tsv"
         (folder / name).write_bytes(written.data)
         out = ingest(folder, "bioscan1m", bioscan_manifest(folder, name, "tsv"))
+    final = ("processid", "uri", "name", "phylum", "class", "order", "family", "genus", "species", "image_file",
+             "chunk_number", "copyright_license", "copyright_holder", "large_insect_order")
+    prerelease = ("processid", "phylum", "class", "order", "family", "genus", "species", "uri", "image_file",
+                  "licence", "licence_holder", "image_tar")
+    is_prerelease = "chunk_number" not in columns and {"image_tar", "licence"} <= set(columns)
+    lost = [c for c in (prerelease if is_prerelease else final) if c not in columns]
     if out.error is not None:
         check_error(out.error, {name})
-        assert written.fatal_ok, f"a whole-file error for rows that only need rejects: {out.error}"
+        assert written.fatal_ok or lost, f"a whole-file error for rows that only need rejects: {out.error}"
+        if not written.fatal_ok:
+            assert out.error.field in lost, out.error
+        else:
+            assert out.error.row is not None or out.error.field in lost, out.error
         return
+    assert not lost, f"a header without {lost} was read"
     (part,) = out.parts
-    check_rows(name, reference_rows(written.data, "\t", ""), part.record_rows, part.rejects)
-    # clean rows with a unique id are read as they were written
-    by_id = {r["source_id"]: r for r in part.records}
-    counts = collections.Counter(written.ids)
-    for pid, kind in zip(written.ids, written.damaged):
-        if kind is None and counts[pid] == 1 and pid.strip() not in ("", NC) and pid in by_id:
-            assert by_id[pid]["source_id"] == pid
+    check_delimited(name, written, part, "\t", "", bioscan_oracle(schema, rows))
+
+
+@FUZZ
+@given(data=st.data())
+def test_bioscan1m_jsonld(data):
+    """JSON-LD: an array of flat objects (strings), with values of other types, keys missing, elements that are
+    not objects, the text cut short or with bad UTF-8."""
+    rows = data.draw(bioscan_rows(BIOSCAN_COLUMNS))
+    other = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(),
+                      st.lists(st.integers(), max_size=2), st.dictionaries(st.sampled_from("ab"), st.integers()))
+    elements = []
+    for row in rows:
+        obj = dict(row)
+        for c in data.draw(st.lists(st.sampled_from(BIOSCAN_COLUMNS), max_size=2)):
+            if data.draw(st.booleans()):
+                obj.pop(c, None)
+            else:
+                obj[c] = data.draw(other)
+        elements.append(obj if data.draw(st.integers(0, 12)) else data.draw(other))
+    text = json.dumps(elements, ensure_ascii=data.draw(st.booleans())).encode()
+    damage = data.draw(st.sampled_from([None] * 4 + ["cut", "utf8"]))
+    if damage == "cut":
+        text = text[: data.draw(st.integers(0, max(0, len(text) - 1)))]
+    elif damage == "utf8":
+        at = data.draw(st.integers(0, len(text)))
+        text = text[:at] + data.draw(BAD_UTF8) + text[at:]
+    name = "BIOSCAN_Insect_Dataset_metadata.jsonld"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / name).write_bytes(text)
+        out = ingest(folder, "bioscan1m", bioscan_manifest(folder, name, "jsonld"))
+    if out.error is not None:
+        check_error(out.error, {name})
+        return  # a cut, bad UTF-8, a first object without the required keys or an element that is no object
+    assert damage is None or elements == [] or json.loads(text.decode()) is not None
+    parts = out.parts
+    if not parts:
+        return
+    (part,) = parts
+    items = collections.Counter(part.record_rows) + collections.Counter(r["row"] for r in part.rejects)
+    assert sorted(items) == list(range(len(elements))) and set(items.values()) <= {1}, items
+
+
+# ===================================================================================================== EOL
+CSV_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\x00"), max_size=10)
+UINT64 = (1 << 64) - 1
+
+
+@st.composite
+def eol_rows(draw, n: int, first_id: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        own = first_id + i
+        cid = draw(st.sampled_from([str(own)] * 6 + [f"00{own}", f" {own} ", "", " ", "12a", "-5", "1e3", "\u0661",
+                                                      "99999999999999999999999", str(first_id)]))
+        pid = draw(st.sampled_from(["46559197"] * 5 + ["0046", " 7 ", "", "x9", str(UINT64), str(UINT64 + 1)]))
+        url = draw(st.sampled_from([f"https://content.eol.org/data/media/{own}.jpg"] * 4 + ["", " ", "ftp://x/y"]))
+        rows.append(dict(zip(EOL_HEADER, [cid, pid, draw(st.one_of(st.just(""), CSV_TEXT)), url,
+                                          draw(CSV_TEXT), draw(CSV_TEXT)])))
+    return rows
+
+
+def eol_oracle(rows: list[dict]):
+    def canon(v: str):
+        t = v.strip(" ")
+        if t == "":
+            return "missing_field"
+        if not (t.isascii() and t.isdigit()) or int(t) > UINT64:
+            return "bad_type"
+        return str(int(t))
+
+    ids = collections.Counter(canon(r["EOL content ID"]) for r in rows)
+
+    def expect(v: dict):
+        cid, pid = canon(v["EOL content ID"]), canon(v["EOL page ID"])
+        if ids[cid] > 1 and cid not in ("missing_field", "bad_type"):
+            return None
+        for got, column in ((cid, "EOL content ID"), (pid, "EOL page ID")):
+            if got in ("missing_field", "bad_type"):
+                return got, column
+        url = v["EOL Full-Size Copy URL"]
+        if url == "":
+            return "missing_field", "EOL Full-Size Copy URL"
+        if url.strip() == "":
+            return "missing_media", "media_uri"
+        return "record", {"source_id": cid, "source_taxon_id": pid, "media_uri": url,
+                          "source_url": blank_to_none(v["Medium Source URL"]),
+                          "licence": blank_to_none(v["License Name"]),
+                          "rights_holder": blank_to_none(v["Copyright Owner"])}
+    return expect
+
+
+@FUZZ
+@given(numbers=st.lists(st.integers(0, 10**6), min_size=1, max_size=3, unique=True), data=st.data())
+def test_eol_media_manifest_chunks(numbers, data):
+    """CSV chunks in media_manifest.tgz: the header only in the lowest chunk (or missing), columns in any
+    order, empty chunks, rows mis-quoted, cut, with bad UTF-8 or the wrong number of fields."""
+    numbers = sorted(numbers)
+    ordered = data.draw(st.permutations(EOL_HEADER)) if data.draw(st.booleans()) else list(EOL_HEADER)
+    first_header = data.draw(st.integers(0, 5)) > 0
+    columns = ordered if first_header else list(EOL_HEADER)
+    chunks: dict[int, Written] = {}
+    next_id = 1000
+    for k, n in enumerate(numbers):
+        rows = data.draw(eol_rows(data.draw(st.integers(0, 5)), next_id))
+        next_id += 100
+        header = columns if (k == 0 and first_header) or data.draw(st.integers(0, 5)) == 0 else None
+        chunks[n] = data.draw(delimited(header, [{c: r[c] for c in columns} for r in rows], ",", quote=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tar_gz(folder / "media_manifest.tgz", {f"media_manifest_{n}.csv": w.data for n, w in chunks.items()})
+        manifest = write_manifest(folder, "eol", [{"name": "media_manifest.tgz", "role": "metadata"}]).path
+        out = ingest(folder, "eol", manifest)
+    labels = {f"media_manifest_{n}.csv" for n in numbers}
+    if out.error is not None:
+        check_error(out.error, labels | {"media_manifest.tgz"})
+        assert any(w.fatal_ok for w in chunks.values()), f"a whole-chunk error for rows that need rejects: {out.error}"
+        assert out.error.row is not None
+        return
+    assert [p.key for p in out.parts] == [f"chunk-{n:06d}" for n in numbers]
+    all_rows = [r.values for w in chunks.values() for r in w.rows]
+    for n, part in zip(numbers, out.parts):
+        w = chunks[n]
+        header = w.data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace") == ",".join(
+            render(columns, ",", True).decode().split(","))
+        check_delimited(f"media_manifest_{n}.csv", w, part, ",", '"', eol_oracle(all_rows), header=header)

@@ -86,6 +86,8 @@ def read_delimited(path: Path, names: list[str], select: list[str], *, label: st
     scan = (f"read_csv({sql_literal(str(path))}, delim={sql_literal(delim)}, quote={sql_literal(quote)}, escape={sql_literal(quote)}, "
             f"header={'true' if header else 'false'}, auto_detect=false, columns={cols}, store_rejects=true, "
             "rejects_table='csv_errors', rejects_scan='csv_scans')")
+    lines = _Lines(path, quote, delim, header)
+    lines.check_line_ends(label, names)
     try:
         table = arrow_of(con.sql(f"SELECT {', '.join(sql_ident(c) for c in select)} FROM {scan}"))
         errors = arrow_of(con.sql(f"""SELECT CAST(line AS BIGINT) AS line, min(line_byte_position) AS pos,
@@ -94,11 +96,9 @@ def read_delimited(path: Path, names: list[str], select: list[str], *, label: st
                 {sql_literal(label)} AS file
             FROM csv_errors GROUP BY line ORDER BY line"""))
     except duckdb.Error as e:
-        lines = _Lines(path, quote, delim, header)
-        raise lines.unreadable(label, names, e) from None
+        raise InputError(label, f"unreadable: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
-    lines = _Lines(path, quote, delim, header)
     rows, errors = lines.number(table.num_rows, errors)
     rejects.add_table(errors)
     return table.append_column("_row", pa.array(rows, pa.int64()))
@@ -155,27 +155,37 @@ class _Lines:
 
     def _quoted_newlines(self) -> np.ndarray:
         """For each line break: is it inside a quoted field?"""
-        q = self._find(ord(self.quote))
-        mm, delim = self.mm, ord(self.delim)
-        opens, closes = [], []
-        inside, i = False, 0
-        while i < len(q):
-            p = int(q[i])
-            if not inside:
-                if p == 0 or mm[p - 1] in (10, delim):  # at a field's start: opens a quoted field
-                    inside = True
-                    opens.append(p)
-            elif i + 1 < len(q) and q[i + 1] == p + 1:  # '""': a quote inside the field
+        return self._inside(self.nl)
+
+    def _inside(self, positions: np.ndarray) -> np.ndarray:
+        """For each byte offset: is it inside a quoted field?"""
+        if not self.quote:
+            return np.zeros(len(positions), dtype=bool)
+        if not hasattr(self, "_spans"):
+            q = self._find(ord(self.quote))
+            mm, delim = self.mm, ord(self.delim)
+            opens, closes = [], []
+            inside, i = False, 0
+            while i < len(q):
+                p = int(q[i])
+                if not inside:
+                    if p == 0 or int(mm[p - 1]) in (10, delim):  # at a field's start: opens a quoted field
+                        inside = True
+                        opens.append(p)
+                elif i + 1 < len(q) and q[i + 1] == p + 1:  # '""': a quote inside the field
+                    i += 1
+                else:
+                    inside = False
+                    closes.append(p)
                 i += 1
-            else:
-                inside = False
-                closes.append(p)
-            i += 1
-        if inside:
-            closes.append(self.size)
-        o, c = np.asarray(opens, np.int64), np.asarray(closes, np.int64)
-        k = np.searchsorted(o, self.nl, side="right") - 1
-        return (k >= 0) & (self.nl < c[np.maximum(k, 0)]) if len(o) else np.zeros(len(self.nl), dtype=bool)
+            if inside:
+                closes.append(self.size)
+            self._spans = np.asarray(opens, np.int64), np.asarray(closes, np.int64)
+        o, c = self._spans
+        if not len(o):
+            return np.zeros(len(positions), dtype=bool)
+        k = np.searchsorted(o, positions, side="right") - 1
+        return (k >= 0) & (positions < c[np.maximum(k, 0)])
 
     def number(self, n_read: int, errors: pa.Table) -> tuple[np.ndarray, pa.Table]:
         """The `_row` of the n_read rows DuckDB read, and its rejects with their `row`, one more per further
@@ -219,26 +229,29 @@ class _Lines:
         errors = errors.append_column("row", pa.array(bad, pa.int64()))
         return k, errors.select(["file", "row", "field", "reason", "value"])
 
-    def unreadable(self, label: str, names: list[str], e: Exception) -> InputError:
-        """The error for a file DuckDB cannot read at all, naming the row and field where it can be found: a
-        carriage return outside quotes in a file whose lines end otherwise (DuckDB's strict parser stops)."""
-        if "invalid state" in str(e) and self.size:
-            cr = self._find(13)
-            crlf = len(self.nl) and self.nl[0] > 0 and self.mm[self.nl[0] - 1] == 13  # the first line ends \r\n
-            if crlf:
-                stray = cr[(cr + 1 >= self.size) | (self.mm[np.minimum(cr + 1, self.size - 1)] != 10)]
-            else:
-                stray = cr
-            if len(stray):
-                p = int(stray[0])
-                line = int(np.searchsorted(self.starts, p, side="right") - 1)
-                k = int((self.mm[self.starts[line]:p] == ord(self.delim)).sum())
-                ends = "CR LF" if crlf else "LF"
-                return InputError(label, f"a carriage return (CR) inside a row of a file whose lines end with {ends}: "
-                                  "the CSV parser cannot read the file "
-                                  "(make the line ends consistent)", row=line + 1 - (1 if self.header else 0),
-                                  field=names[k] if k < len(names) else None)
-        return InputError(label, f"unreadable: {str(e).splitlines()[0]}")
+    def check_line_ends(self, label: str, names: list[str]) -> None:
+        """Raise InputError naming the row and field of the first line end unlike the file's first one, outside
+        quotes: a CR in a file of LF lines, a CR or LF alone in a file of CR LF lines. DuckDB's strict parser
+        stops at one, or splits the row there, depending on what precedes it: rejected here, the same way always."""
+        cr = self._find(13)
+        crlf = bool(len(self.nl)) and self.nl[0] > 0 and self.mm[self.nl[0] - 1] == 13
+        if crlf:
+            after = self.mm[np.minimum(cr + 1, self.size - 1)]
+            before = self.mm[np.maximum(self.nl - 1, 0)]
+            stray = np.concatenate([cr[(cr + 1 >= self.size) | (after != 10)], self.nl[(self.nl == 0) | (before != 13)]])
+        else:
+            stray = cr
+        stray = np.sort(stray[~self._inside(stray)]) if len(stray) else stray
+        if not len(stray):
+            return
+        p = int(stray[0])
+        line = int(np.searchsorted(self.starts, p, side="right") - 1)
+        k = int((self.mm[self.starts[line]:p] == ord(self.delim)).sum())
+        what = "a line feed (LF) without CR" if self.mm[p] == 10 else "a carriage return (CR)"
+        ends = "CR LF" if crlf else "LF"
+        raise InputError(label, f"{what} inside a row of a file whose lines end with {ends}: the CSV parser cannot "
+                         "split it reliably (make the line ends consistent)", row=line + 1 - (1 if self.header else 0),
+                         field=names[k] if k < len(names) else None)
 
 
 # ============================================================================================ archives
