@@ -36,6 +36,7 @@ import collections
 import csv
 import io
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from fixtures_sources import BIOSCAN_COLUMNS, EOL_HEADER, PRERELEASE_COLUMNS, tar_gz, write_manifest
@@ -52,12 +53,17 @@ from tol_builder.ingest import make_source, partitions_file, plan_task
 from tol_builder.records import RejectLog, write_records
 from tol_builder.sources import Partition
 
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                       HealthCheck.data_too_large])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 25)), deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                       HealthCheck.data_too_large],
+                # exploring: FUZZ_EXAMPLES=n runs n examples a test; FUZZ_NO_SHRINK=1 reports a failure unshrunk
+                **({"phases": [Phase.explicit, Phase.reuse, Phase.generate]} if os.environ.get("FUZZ_NO_SHRINK") else {}))
 pytestmark = pytest.mark.timeout(300)  # a hang in any example fails its test (shrinking a failure included)
 
 
 # ============================================================================================ the harness
+FINALIZE_REASONS = {"missing_source_id", "missing_media", "duplicate_source_id"}  # records.finalize's
+
+
 @dataclass
 class PartResult:
     key: str
@@ -108,7 +114,8 @@ def ingest(folder: Path, name: str, manifest: Path, options: dict | None = None)
             records = pq.read_table(rec_path).to_pylist()
             rejected = pq.read_table(rej_path).to_pylist()
             # the rows write_records itself rejected (missing id or media, duplicate id) left the reader's output
-            finalize_rows = collections.Counter(r["row"] for r in rejected[seen["by_reader"]:])
+            finalize_rows = collections.Counter(r["row"] for r in rejected if r["reason"] in FINALIZE_REASONS)
+            assert sum(finalize_rows.values()) == len(rejected) - seen["by_reader"]
             kept = []
             for row in raw_rows:
                 if finalize_rows[row]:
@@ -501,3 +508,210 @@ def test_eol_media_manifest_chunks(numbers, data):
         header = w.data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace") == ",".join(
             render(columns, ",", True).decode().split(","))
         check_delimited(f"media_manifest_{n}.csv", w, part, ",", '"', eol_oracle(all_rows), header=header)
+
+
+# ================================================================================================== iNat21
+INT64 = (-(1 << 63), (1 << 63) - 1)
+JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
+                        st.text(max_size=4))
+JSON_ODD = st.one_of(JSON_SCALAR, st.lists(st.integers(), max_size=2), st.dictionaries(st.sampled_from("ab"), st.integers()))
+CATEGORIES = [
+    {"id": 0, "name": "Lumbricus terrestris", "common_name": "Common Earthworm", "kingdom": "Animalia",
+     "phylum": "Annelida", "class": "Clitellata", "order": "Haplotaxida", "family": "Lumbricidae",
+     "genus": "Lumbricus", "specific_epithet": "terrestris",
+     "image_dir_name": "00000_Animalia_Annelida_Clitellata_Haplotaxida_Lumbricidae_Lumbricus_terrestris"},
+    {"id": 7, "name": "Zygiella x-notata", "common_name": "Missing-sector Orb Weaver", "kingdom": "Animalia",
+     "phylum": "Arthropoda", "class": "Arachnida", "order": "Araneae", "family": "Araneidae", "genus": "Zygiella",
+     "specific_epithet": "x-notata",
+     "image_dir_name": "00007_Animalia_Arthropoda_Arachnida_Araneae_Araneidae_Zygiella_x-notata"}]
+MISSING = object()  # a key left out
+
+
+def odd(value, draw, p: int = 6):
+    """`value`, or (one time in p) something else: another type, null, or the key left out."""
+    return value if draw(st.integers(0, p - 1)) else draw(st.one_of(JSON_ODD, st.just(MISSING)))
+
+
+def put(d: dict, key: str, value) -> None:
+    if value is not MISSING:
+        d[key] = value
+
+
+@st.composite
+def inat_docs(draw) -> dict:
+    images = []
+    for i in range(draw(st.integers(0, 8))):
+        uuid = f"{i:08x}-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+        im: dict = {}
+        put(im, "id", odd(draw(st.sampled_from([i] * 5 + [max(i - 1, 0), 1 << 70, -3])), draw))
+        put(im, "file_name", odd(draw(st.sampled_from(
+            [f"train/{CATEGORIES[i % 2]['image_dir_name']}/{uuid}.jpg"] * 5
+            + ["", "train/x/", ".jpg", " .jpg", "train/x/0000000a-dup.jpg", "train/é/ü.jpeg", "no_dir"])), draw))
+        put(im, "license", odd(draw(st.sampled_from([1, 4, 2, "1"])), draw))
+        put(im, "rights_holder", odd(f"Observer {i}", draw))
+        im.update(width=500, height=375, date="2010-07-14 20:19:00+00:00", latitude=None)
+        images.append(im if draw(st.integers(0, 15)) else draw(JSON_ODD))
+    categories = []
+    for c in CATEGORIES + draw(st.lists(st.sampled_from(CATEGORIES), max_size=1)):
+        c = dict(c)
+        put(c, "id", odd(c["id"], draw, 8))
+        put(c, "name", odd(c["name"], draw, 8))
+        categories.append(c if draw(st.integers(0, 15)) else draw(JSON_ODD))
+    annotations = []
+    for i, im in enumerate(images):
+        target = im.get("id", i) if isinstance(im, dict) else i
+        for _ in range(draw(st.sampled_from([1, 1, 1, 0, 2]))):
+            a = {"id": len(annotations)}
+            put(a, "image_id", odd(draw(st.sampled_from([target] * 4 + [10**6])), draw, 10))
+            put(a, "category_id", odd(draw(st.sampled_from([0, 7] * 3 + [999])), draw, 10))
+            annotations.append(a if draw(st.integers(0, 20)) else draw(JSON_ODD))
+    licenses = [{"id": 1, "name": "Attribution-NonCommercial License"}, {"id": 4, "name": "Attribution License"},
+                {"id": None}, 5]
+    values = {"info": {"year": 2021, "categories": "nested, not the top level"},
+              "images": odd(images, draw, 12), "categories": odd(categories, draw, 12),
+              "annotations": odd(annotations, draw, 6), "licenses": odd(licenses, draw, 8)}
+    keys = draw(st.permutations(list(values)))
+    return {k: values[k] for k in keys if values[k] is not MISSING}
+
+
+def fits_int64(v) -> bool:
+    if isinstance(v, dict):
+        return all(fits_int64(x) for x in v.values())
+    if isinstance(v, list):
+        return all(fits_int64(x) for x in v)
+    return not isinstance(v, int) or INT64[0] <= v <= INT64[1]
+
+
+def is_int64(v) -> bool:
+    return type(v) is int and INT64[0] <= v <= INT64[1]
+
+
+def text_of(v):
+    if v is None or v == "":
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def inat_expected(doc) -> tuple[set[str] | None, dict[int, tuple[str, object]]]:
+    """What the reader must make of a parsed document: (the arrays an InputError may name, or None;
+    {image row: ("record", {column: value}) or (reason, field)})."""
+    if not isinstance(doc, dict) or "images" not in doc:
+        return {"images"}, {}
+    not_arrays = {k for k in ("images", "categories", "annotations", "licenses") if k in doc and
+                  not isinstance(doc[k], list)}
+    if not_arrays:
+        return not_arrays, {}
+    cats: dict[int, dict] = {}
+    for c in doc.get("categories", []):
+        if isinstance(c, dict) and is_int64(c.get("id")) and c["id"] not in cats:
+            cats[c["id"]] = c
+    anns = [a for a in doc.get("annotations", []) if isinstance(a, dict) and is_int64(a.get("image_id"))
+            and is_int64(a.get("category_id"))]
+    labelled = bool(doc.get("annotations"))
+    lic = {text_of(x.get("id")): text_of(x.get("name")) for x in reversed(doc.get("licenses", []))
+           if isinstance(x, dict) and x.get("id") is not None}
+    out: dict[int, tuple[str, object]] = {}
+    seen_ids: set[str] = set()
+    import re
+    for row, im in enumerate(doc["images"]):
+        if not isinstance(im, dict):
+            out[row] = ("bad_type", "images")
+            continue
+        i, fn = im.get("id"), im.get("file_name")
+        if i is None:
+            out[row] = ("missing_field", "id")
+        elif not is_int64(i):
+            out[row] = ("bad_type", "id")
+        elif fn is None or fn == "":
+            out[row] = ("missing_field", "file_name")
+        elif not isinstance(fn, str):
+            out[row] = ("bad_type", "file_name")
+        if row in out:
+            continue
+        cat = None
+        if labelled:
+            mine = [a["category_id"] for a in anns if a["image_id"] == i]
+            if not mine:
+                out[row] = ("missing_annotation", "category_id")
+            elif len(set(mine)) > 1:
+                out[row] = ("conflicting_annotations", "category_id")
+            elif mine[0] not in cats:
+                out[row] = ("unknown_category", "category_id")
+            else:
+                cat = cats[mine[0]]
+            if row in out:
+                continue
+        sid = re.sub(r"\.[^.]*$", "", re.sub(r"^.*/", "", fn))
+        if sid.strip() == "":
+            out[row] = ("missing_source_id", "source_id")
+        elif sid in seen_ids:
+            out[row] = ("duplicate_source_id", "source_id")
+        else:
+            seen_ids.add(sid)
+            licence = text_of(im.get("license"))
+            out[row] = ("record", {
+                "source_id": sid, "media_member": fn, "rights_holder": text_of(im.get("rights_holder")),
+                "licence": lic.get(licence, licence) if licence is not None else None,
+                "source_taxon_id": None if cat is None else str(cat["id"]),
+                "scientific_name": None if cat is None else text_of(cat.get("name")),
+                "genus": None if cat is None else text_of(cat.get("genus"))})
+    return None, out
+
+
+@FUZZ
+@given(doc=inat_docs(), indent=st.sampled_from([None, "\t", 2]), ascii_only=st.booleans(),
+       damage=st.sampled_from([None] * 4 + ["cut", "utf8", "char"]), data=st.data())
+def test_inat21_coco_json(doc, indent, ascii_only, damage, data):
+    """<split>.json in <split>.json.tar.gz: fields missing or of the wrong type, annotations pointing at
+    missing images or categories, top-level values that are not arrays, the text cut short, bad UTF-8."""
+    text = json.dumps(doc, indent=indent, ensure_ascii=ascii_only).encode()
+    if damage:
+        at = data.draw(st.integers(0, max(0, len(text) - 1)))
+        insert = data.draw(BAD_UTF8) if damage == "utf8" else data.draw(st.sampled_from(list(b'{}[],:"0 \\')))
+        text = text[:at] if damage == "cut" else text[:at] + (insert if damage == "utf8" else bytes([insert])) + text[at:]
+    try:
+        parsed = json.loads(text.decode("utf-8"))
+    except ValueError:  # not JSON (or not UTF-8) any more
+        parsed = MISSING
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tar_gz(folder / "train.json.tar.gz", {"train.json": text})
+        manifest = write_manifest(folder, "inat21", [
+            {"name": "train.json.tar.gz", "role": "metadata", "split": "train"},
+            {"name": "train.tar.gz", "role": "media", "split": "train", "url": "https://example.org/train.tar.gz"}]).path
+        out = ingest(folder, "inat21", manifest)
+    if parsed is MISSING:
+        assert out.error is not None, "a document that is not JSON was read"
+    if parsed is not MISSING and not fits_int64(parsed):  # yajl refuses larger integers: the file, not a row
+        assert out.error is not None and "integer overflow" in str(out.error), out.error
+        parsed = MISSING
+    expect_error, expected = (None, {}) if parsed is MISSING else inat_expected(parsed)
+    if out.error is not None:
+        check_error(out.error, {"train.json.tar.gz"})
+        assert out.error.member == "train.json"
+        assert parsed is MISSING or expect_error, f"a whole-file error for a valid document: {out.error}"
+        if expect_error:
+            assert out.error.field in expect_error, out.error
+        return
+    assert expect_error is None, f"a document whose '{expect_error}' is no array was read"
+    (part,) = out.parts
+    image_rejects = [r for r in part.rejects if not (r["field"] or "").startswith(("categories", "annotations"))]
+    items = collections.Counter(part.record_rows) + collections.Counter(r["row"] for r in image_rejects)
+    assert set(items.values()) <= {1}, f"an image counted twice: {items}"
+    assert sorted(items) == list(range(len(parsed["images"]))), "an image is neither a record nor a reject"
+    record_at = dict(zip(part.record_rows, part.records))
+    reject_at = {r["row"]: r for r in image_rejects}
+    for row, (kind, detail) in expected.items():
+        if kind == "record":
+            assert row in record_at, f"image {row}: {reject_at.get(row)}, not a record"
+            got = record_at[row]
+            assert {k: got[k] for k in detail} == detail
+        else:
+            assert (reject_at[row]["reason"], reject_at[row]["field"]) == (kind, detail), reject_at[row]
+    for array in ("categories", "annotations"):  # their own rejects: at most one per element
+        rows = [r["row"] for r in part.rejects if (r["field"] or "").startswith(array)]
+        assert len(rows) == len(set(rows)) and all(0 <= r < len(parsed.get(array, [])) for r in rows), rows
