@@ -182,8 +182,8 @@ def render(values: list[str], delim: str, quote: bool) -> bytes:
     if not quote:
         return delim.join(values).encode("utf-8")
     buf = io.StringIO()
-    csv.writer(buf, delimiter=delim, lineterminator="").writerow(values)  # quotes only where needed, as Ruby
-    return buf.getvalue().encode("utf-8")
+    csv.writer(buf, delimiter=delim, lineterminator="\r\n").writerow(values)  # quotes where needed, as Ruby
+    return buf.getvalue()[:-2].encode("utf-8")  # (a field with CR or LF is quoted: they are the line end)
 
 
 @st.composite
@@ -207,8 +207,8 @@ def delimited(draw, header: list[str] | None, rows: list[dict], delim: str, quot
             line += 1
     end = nl if draw(st.booleans()) or not rows else b""
     data = nl.join(parts) + end if parts else b""
-    if nl == b"\r\n" and quote and any(b"\n" in render(list(v.values()), delim, quote) for v in rows):
-        fatal = True  # a line break inside a quoted field of a CR LF file is a bare LF: DuckDB may refuse it
+    if any(r.damage for r in out) and any("\r" in x or "\n" in x for v in rows for x in v.values()):
+        fatal = True  # a quote too many or too few can leave a quoted line break outside quotes
     return Written(data, out, fatal)
 
 
@@ -426,7 +426,7 @@ def test_bioscan1m_jsonld(data):
 
 
 # ===================================================================================================== EOL
-CSV_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\x00"), max_size=10)
+CSV_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10)
 UINT64 = (1 << 64) - 1
 
 
@@ -715,3 +715,241 @@ def test_inat21_coco_json(doc, indent, ascii_only, damage, data):
     for array in ("categories", "annotations"):  # their own rejects: at most one per element
         rows = [r["row"] for r in part.rejects if (r["field"] or "").startswith(array)]
         assert len(rows) == len(set(rows)) and all(0 <= r < len(parsed.get(array, [])) for r in rows), rows
+
+
+# ============================================================================================ table source
+NAMES = st.sampled_from(["catalogNumber", "image url", "order", "select", 'we"ird', "ünï", "", "genus", "a,b",
+                         " padded ", "id", "url"])
+
+
+def visible_names(header: list[str]) -> list[str]:
+    """The column names the table source reads from a header (empty: column<i>, repeated: name_<k>)."""
+    out: list[str] = []
+    for i, cell in enumerate(header):
+        name, k = cell or f"column{i}", 0
+        while name in out:
+            k += 1
+            name = f"{cell or f'column{i}'}_{k}"
+        out.append(name)
+    return out
+
+
+def table_oracle(rows: list[dict], id_col: str, url_col: str, base: str):
+    ids = collections.Counter(r[id_col].strip(" ") for r in rows)
+
+    def expect(v: dict):
+        sid, url = v[id_col].strip(" "), v[url_col].strip(" ")
+        if sid.strip() == "":
+            return "missing_source_id", "source_id"
+        if url.strip() == "":
+            return "missing_media", "media_uri"
+        if ids[sid] > 1:
+            return None
+        return "record", {"source_id": sid, "media_uri": url if "://" in url or url.startswith("/") else base + url}
+    return expect
+
+
+def table_manifest(folder: Path, name: str) -> Path:
+    (folder / "herbarium.toml").write_text(f'source = "table"\n[[files]]\nname = "{name}"\nrole = "metadata"\n')
+    return folder / "herbarium.toml"
+
+
+@FUZZ
+@given(fmt=st.sampled_from(["csv", "tsv"]), header=st.lists(NAMES, min_size=2, max_size=6),
+       delimiter=st.sampled_from(["", ",", ";"]), data=st.data())
+def test_table_source_csv_tsv(fmt, header, delimiter, data):
+    """A CSV or TSV with odd column names (quotes, commas, blanks, repeats, SQL words) mapped by options, and
+    rows mis-quoted, cut, with bad UTF-8 or the wrong number of fields."""
+    delim = "\t" if fmt == "tsv" else delimiter or ","
+    if fmt == "csv" and not delimiter:  # the header decides the delimiter: keep ',' the clear winner
+        header = [h.replace(";", "").replace("|", "") for h in header]
+    names = visible_names(header)
+    id_i, url_i = data.draw(st.sampled_from([(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]))
+    rows = []
+    for i in range(data.draw(st.integers(0, 6))):
+        row = {c: data.draw(CSV_TEXT) for c in names}
+        row[names[id_i]] = data.draw(st.sampled_from([f"H{i}"] * 5 + ["", " ", "H0", "\t"]))
+        row[names[url_i]] = data.draw(st.sampled_from(
+            [f"http://127.0.0.1:1/{i}.jpg"] * 3 + [f"img/{i} x.jpg", "", " ", "/abs/p.jpg", "file:///x.jpg"]))
+        rows.append(row)
+    written = data.draw(delimited(None, rows, delim, quote=True))
+    head = render(header, delim, True) + b"\n"
+    written = Written(head + written.data, [Row(r.line, r.lines, r.values, r.damage) for r in written.rows],
+                      written.fatal_ok or b"\r\n" in written.data)  # the header line ends LF: CR LF rows are mixed
+    name = f"herbarium.{fmt}"
+    options = {"columns": {"source_id": names[id_i], "media_uri": names[url_i]}, "local_media": True}
+    if fmt == "csv" and delimiter:
+        options["delimiter"] = delimiter
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / name).write_bytes(written.data)
+        out = ingest(folder, "table", table_manifest(folder, name), options)
+        base = str(folder.resolve()) + "/"
+    if out.error is not None:
+        check_error(out.error, {name})
+        assert written.fatal_ok and out.error.row is not None, f"a whole-file error: {out.error}"
+        return
+    (part,) = out.parts
+    check_delimited(name, written, part, delim, '"', table_oracle(rows, names[id_i], names[url_i], base))
+
+
+PARQUET_COLUMNS = {
+    "text": lambda n: pa.array([f"P{i}" if i % 3 else f" P{i} " for i in range(n)]),
+    "int": lambda n: pa.array(range(n), pa.int64()),
+    "float": lambda n: pa.array([i / 3 for i in range(n)]),
+    "bool": lambda n: pa.array([i % 2 == 0 for i in range(n)]),
+    "nulls": lambda n: pa.nulls(n, pa.string()),
+    "list": lambda n: pa.array([[i, i] for i in range(n)]),
+    "struct": lambda n: pa.array([{"a": i, "b": "x"} for i in range(n)]),
+    "binary": lambda n: pa.array([f"b{i}".encode() for i in range(n)], pa.binary()),
+    "bad_binary": lambda n: pa.array([b"\xff\xfe" + bytes([i % 256]) for i in range(n)], pa.binary()),
+    "date": lambda n: pa.array([i for i in range(n)], pa.date32()),
+    "dict": lambda n: pa.array([f"d{i % 2}" for i in range(n)]).dictionary_encode(),
+    "large": lambda n: pa.array([f"http://127.0.0.1:1/{i}.jpg" for i in range(n)], pa.large_string()),
+}
+
+
+@FUZZ
+@given(kinds=st.lists(st.sampled_from(sorted(PARQUET_COLUMNS)), min_size=2, max_size=5),
+       names=st.lists(NAMES, min_size=5, max_size=5, unique=True), n=st.integers(0, 6), data=st.data())
+def test_table_source_parquet(kinds, names, n, data):
+    """Parquet with odd column names and types (numbers, lists, structs, binary, dates, dictionaries) mapped
+    to the id and URL: every row a record or a reject, or an InputError naming the column that has no text."""
+    names = [nm or "blank" for nm in names[: len(kinds)]]
+    table = pa.Table.from_arrays([PARQUET_COLUMNS[k](n) for k in kinds], names=names)
+    id_i, url_i = data.draw(st.sampled_from([(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        pq.write_table(table, folder / "herbarium.parquet")
+        out = ingest(folder, "table", table_manifest(folder, "herbarium.parquet"),
+                     {"columns": {"source_id": names[id_i], "media_uri": names[url_i]}, "local_media": True})
+    if out.error is not None:
+        check_error(out.error, {"herbarium.parquet"})
+        assert "bad_binary" in (kinds[id_i], kinds[url_i]) and n > 0, out.error
+        return
+    (part,) = out.parts
+    items = collections.Counter(part.record_rows) + collections.Counter(r["row"] for r in part.rejects)
+    assert sorted(items) == list(range(1, n + 1)) and set(items.values()) <= {1}, items
+
+
+# ============================================================================================ Rare Species
+RARE_HEADER = ["", "kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name", "filepath", "class"]
+EOL_FILE = r"^(?:.*/)?([0-9]+)_([0-9]+)_eol-full-size-copy\.[A-Za-z]+$"
+
+
+def rare_oracle(rows: list[dict], root: str):
+    import re
+
+    def sid_of(fp: str):
+        m = re.match(EOL_FILE, fp)
+        return m.group(1) if m else fp
+
+    ids = collections.Counter(sid_of(r["filepath"].strip(" ")) for r in rows)
+
+    def expect(v: dict):
+        fp = v["filepath"].strip(" ")
+        if fp.strip() == "":
+            return "missing_source_id", "source_id"
+        if ids[sid_of(fp)] > 1:
+            return None
+        m = re.match(EOL_FILE, fp)
+        return "record", {"source_id": sid_of(fp), "source_taxon_id": m.group(2) if m else None,
+                          "media_uri": fp if "://" in fp or fp.startswith("/") else root + fp,
+                          "genus": blank_to_none(v["genus"].strip(" ")), "class": blank_to_none(v["cls"].strip(" "))}
+    return expect
+
+
+@FUZZ
+@given(data=st.data())
+def test_rare_species_metadata_csv(data):
+    """BioCLIP's Rare Species metadata.csv (pandas' unnamed index column first): file paths that do not follow
+    the EOL pattern, absolute or URLs, repeated, blank; rows damaged like any CSV."""
+    rows = []
+    for i in range(data.draw(st.integers(0, 6))):
+        row = {c: data.draw(CSV_TEXT) for c in RARE_HEADER}
+        row[""] = str(i)
+        row["filepath"] = data.draw(st.sampled_from(
+            [f"2023_05_0{i % 9}/{100 + i}_{46559197 + i}_eol-full-size-copy.jpg"] * 4
+            + ["", " ", "x/no_pattern.jpg", "/abs/1_2_eol-full-size-copy.jpg", "http://h/3_4_eol-full-size-copy.jpg",
+               "2023_05_01/100_46559197_eol-full-size-copy.jpg", "a b/ü_1_eol-full-size-copy.JPG"]))
+        rows.append(row)
+    written = data.draw(delimited(RARE_HEADER, rows, ",", quote=True))
+    name = "rare_species_metadata.csv"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / name).write_bytes(written.data)
+        (folder / "images").mkdir()
+        manifest = write_manifest(folder, "rare_species", [{"name": name, "role": "metadata"},
+                                                           {"name": "images", "role": "media"}]).path
+        out = ingest(folder, "rare_species", manifest)
+        root = str((folder / "images").resolve()) + "/"
+    if out.error is not None:
+        check_error(out.error, {name})
+        assert written.fatal_ok and out.error.row is not None, f"a whole-file error: {out.error}"
+        return
+    (part,) = out.parts
+    check_delimited(name, written, part, ",", '"', rare_oracle(rows, root))
+
+
+# ============================================================================================ image folders
+FILE_NAME = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12),
+    st.sampled_from(["a b", "#1", "50%", "what?", "back\\slash", "-dash", "new\nline", "http:", "é" * 60, "x" * 200,
+                     "Amanita_excelsa", "  ", ".."]))
+
+
+@FUZZ
+@given(folders=st.lists(st.tuples(FILE_NAME, st.lists(st.tuples(FILE_NAME, st.sampled_from(
+    [".jpg", ".JPG", ".png", ".jpeg", ".txt", "", ".jpg.bak", ".tiff"])), max_size=4)), max_size=3),
+    hidden=st.booleans(), undecodable=st.booleans(), labels=st.booleans(), data=st.data())
+def test_image_folder_odd_file_names(folders, hidden, undecodable, labels, data):
+    """One sub-folder per class with odd names (spaces, %, #, ?, backslashes, line breaks, very long, not
+    UTF-8), hidden files and folders, other extensions, and a labels CSV with damaged rows: every image file a
+    record or a reject."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        root = folder / "images"
+        root.mkdir()
+        wanted = 0
+        for cls, files in folders:
+            if cls in ("..", ".") or cls.startswith("."):
+                cls = "c" + cls
+            d = root / cls[:100]
+            d.mkdir(exist_ok=True)
+            for stem, ext in files:
+                name = (stem[:100] + ext) if not stem.startswith(".") else "f" + stem[:100] + ext
+                if (d / name).exists() or name in (".", ".."):
+                    continue
+                (d / name).write_bytes(b"\xff\xd8 not really a jpeg")
+                wanted += ext.lower() in (".jpg", ".png", ".jpeg", ".tiff")
+        if hidden:
+            (root / ".hidden").mkdir()
+            (root / ".hidden" / "x.jpg").write_bytes(b"")
+            (root / ".x.jpg").write_bytes(b"")
+        if undecodable:  # a name that is not UTF-8 (as a Linux file system allows)
+            os.makedirs(os.fsencode(root) + b"/latin1", exist_ok=True)
+            with open(os.fsencode(root) + b"/latin1/caf\xe9.jpg", "wb") as f:
+                f.write(b"")
+            wanted += 1
+        files = [{"name": "images", "role": "media"}]
+        label_rows: Written | None = None
+        if labels:
+            rows = [{"folder": cls[:100] if not cls.startswith(".") else "c" + cls, "genus": data.draw(CSV_TEXT),
+                     "scientific_name": data.draw(CSV_TEXT)} for cls, _ in folders]
+            label_rows = data.draw(delimited(["folder", "genus", "scientific_name"], rows, ",", quote=True))
+            (folder / "labels.csv").write_bytes(label_rows.data)
+            files.append({"name": "labels.csv", "role": "metadata"})
+        manifest = write_manifest(folder, "image_folder", files).path
+        out = ingest(folder, "image_folder", manifest)
+    if out.error is not None:
+        check_error(out.error, {"labels.csv"})
+        assert label_rows is not None and label_rows.fatal_ok, out.error
+        return
+    (part,) = out.parts
+    image_rejects = [r for r in part.rejects if r["file"] != "labels.csv"]
+    items = collections.Counter(part.record_rows) + collections.Counter(r["row"] for r in image_rejects)
+    assert sorted(items) == list(range(1, wanted + 1)) and set(items.values()) <= {1}, (wanted, items)
+    if label_rows is not None:  # label rows are not records: their rejects are rows of the labels file
+        rows = [r["row"] for r in part.rejects if r["file"] == "labels.csv"]
+        starts = {line for ref in reference_rows(label_rows.data, ",", '"') for line in ref.lines}
+        assert len(rows) == len(set(rows)) and set(rows) <= starts, rows

@@ -81,13 +81,17 @@ def read_delimited(path: Path, names: list[str], select: list[str], *, label: st
     lines are not rows. A malformed row that spans several lines (a quote opened in it and closed on a later
     line, or never) is rejected once per non-blank line, so that every line is accounted for: the first line
     with the parser's error, each further one as inside that row (`_Lines` says how rows are found)."""
-    con = duckdb_connection(threads)
-    cols = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in names) + "}"
-    scan = (f"read_csv({sql_literal(str(path))}, delim={sql_literal(delim)}, quote={sql_literal(quote)}, escape={sql_literal(quote)}, "
-            f"header={'true' if header else 'false'}, auto_detect=false, columns={cols}, store_rejects=true, "
-            "rejects_table='csv_errors', rejects_scan='csv_scans')")
     lines = _Lines(path, quote, delim, header)
     lines.check_line_ends(label, names)
+    con = duckdb_connection(threads)
+    cols = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in names) + "}"
+    # the line end is given, not sniffed: DuckDB takes a CR quoted in the first row for the line end otherwise
+    # (and then refuses the file, or reads no row at all)
+    new_line = r"\r\n" if lines.crlf else r"\n"
+    scan = (f"read_csv({sql_literal(str(path))}, delim={sql_literal(delim)}, quote={sql_literal(quote)}, "
+            f"escape={sql_literal(quote)}, new_line={sql_literal(new_line)}, "
+            f"header={'true' if header else 'false'}, auto_detect=false, columns={cols}, store_rejects=true, "
+            "rejects_table='csv_errors', rejects_scan='csv_scans')")
     try:
         table = arrow_of(con.sql(f"SELECT {', '.join(sql_ident(c) for c in select)} FROM {scan}"))
         errors = arrow_of(con.sql(f"""SELECT CAST(line AS BIGINT) AS line, min(line_byte_position) AS pos,
@@ -131,6 +135,12 @@ class _Lines:
         one = np.flatnonzero(length == 1)
         blank[one] = self.mm[starts[one]] == 13
         self.blank = blank
+        # the file's line end: the first one outside quotes (quotes are scanned only if the first line has one)
+        first = self.nl[:1]
+        if len(first) and self.quote and ord(self.quote) in self.mm[: first[0]]:
+            outside = self.nl[~self._inside(self.nl)]
+            first = outside[:1]
+        self.crlf = bool(len(first)) and first[0] > 0 and self.mm[first[0] - 1] == 13
 
     def _find(self, byte: int) -> np.ndarray:
         found = [np.flatnonzero(self.mm[i:i + self.BLOCK] == byte) + i for i in range(0, self.size, self.BLOCK)]
@@ -234,7 +244,7 @@ class _Lines:
         quotes: a CR in a file of LF lines, a CR or LF alone in a file of CR LF lines. DuckDB's strict parser
         stops at one, or splits the row there, depending on what precedes it: rejected here, the same way always."""
         cr = self._find(13)
-        crlf = bool(len(self.nl)) and self.nl[0] > 0 and self.mm[self.nl[0] - 1] == 13
+        crlf = self.crlf
         if crlf:
             after = self.mm[np.minimum(cr + 1, self.size - 1)]
             before = self.mm[np.maximum(self.nl - 1, 0)]
