@@ -10,14 +10,17 @@ nor a reject (a silent loss), a row counted twice.
 What a row is, and how rows are counted (the accounting rule):
 
 * Delimited text (BIOSCAN-1M TSV, EOL chunks, the Rare Species CSV, the table source, image_folder labels):
-  a row is a record as RFC 4180 splits the text (the test's reference splitter is Python's csv module; the
-  BIOSCAN TSV has no quoting, so there every non-blank line is a row). Blank lines are not rows. A quoted field
+  a row is a record as RFC 4180 splits the text, in DuckDB's dialect (`reference_rows`, written here apart
+  from the reader's own scan; the BIOSCAN TSV has no quoting, so there every non-blank line is a row). Blank
+  lines are not rows. A quoted field
   may hold line breaks, so a stray quote closed on a later line makes those lines one row. Every row gives
   one record or one reject at its first physical line (`_row` / `row`: 1 = the first line after the header).
   A row the parser cannot split off -- lines inside a quote that is never closed, or closed inside a
   malformed row -- is rejected line by line: the malformed row's first line carries the parser's error, each
   further non-blank line a `malformed_csv` reject naming the row where the quote opened. So rows in =
-  records + rejects, each row exactly once.
+  records + rejects, each row exactly once. A line end unlike the file's (a CR in a file of LF lines, a lone
+  CR or LF in a CR LF file) makes the whole file an InputError naming that row and field: DuckDB's parser
+  cannot split such a file reliably.
 * JSON (iNat21 `images[]`, BIOSCAN JSON-LD): a row is an element of the array. Elements of iNat21's
   `categories`, `annotations` and `licenses` are not rows (an image is); their problems are rejects of
   their own (field `categories.*` / `annotations.*`), counted apart.
@@ -38,13 +41,14 @@ import io
 import json
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fixtures_sources import BIOSCAN_COLUMNS, EOL_HEADER, PRERELEASE_COLUMNS, tar_gz, write_manifest
@@ -53,10 +57,10 @@ from tol_builder.ingest import make_source, partitions_file, plan_task
 from tol_builder.records import RejectLog, write_records
 from tol_builder.sources import Partition
 
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 25)), deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                       HealthCheck.data_too_large],
-                # exploring: FUZZ_EXAMPLES=n runs n examples a test; FUZZ_NO_SHRINK=1 reports a failure unshrunk
-                **({"phases": [Phase.explicit, Phase.reuse, Phase.generate]} if os.environ.get("FUZZ_NO_SHRINK") else {}))
+# exploring: FUZZ_EXAMPLES=n runs n examples a test; FUZZ_NO_SHRINK=1 reports a failure unshrunk (quicker)
+UNSHRUNK = {"phases": [Phase.explicit, Phase.reuse, Phase.generate]} if os.environ.get("FUZZ_NO_SHRINK") else {}
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 40)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], **UNSHRUNK)
 pytestmark = pytest.mark.timeout(300)  # a hang in any example fails its test (shrinking a failure included)
 
 
@@ -133,7 +137,7 @@ def ingest(folder: Path, name: str, manifest: Path, options: dict | None = None)
 
 
 def check_error(e: InputError, files: set[str]) -> None:
-    """A clear InputError: names one of the files written, in one line."""
+    """A clear InputError: it names one of the files written, and a reason (not a traceback)."""
     named = {e.file, Path(e.file).name}
     assert named & files, f"the error names {e.file!r}, not one of {sorted(files)}: {e}"
     assert e.reason and "Traceback" not in str(e)
@@ -220,26 +224,39 @@ class RefRow:
 
 
 def reference_rows(data: bytes, delim: str, quote: str, header: bool = True) -> list[RefRow]:
-    """The rows of a delimited file as RFC 4180 splits it (Python's csv module; lines end at LF only)."""
-    text = data.decode("utf-8", errors="surrogateescape")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    first = 1 if header else 0
-    blank = [ln in ("", "\r") for ln in lines[first:]]
-    if not quote:
-        return [RefRow(i, i, [i]) for i in range(1, len(blank) + 1) if not blank[i - 1]]
-    body = [ln + "\n" for ln in lines[first:]]
-    if body and not data.endswith(b"\n"):
-        body[-1] = body[-1][:-1]
-    reader = csv.reader(iter(body), delimiter=delim, quotechar=quote, doublequote=True, strict=False)
-    rows, done = [], 0
-    for fields in reader:
-        start, end = done + 1, reader.line_num
-        done = end
-        span = [i for i in range(start, end + 1) if not blank[i - 1]]
-        if fields and span:
-            rows.append(RefRow(span[0], end, span))
+    """The rows of a delimited file: RFC 4180 as DuckDB reads it (lines end at LF; a quote opens a quoted field
+    at a field's start, after one space at most; in one, a quote ends it unless another follows, spaces aside).
+    Written here byte by byte, apart from the reader's own scan (formats._Lines)."""
+    q, d, lf, sp = (ord(quote) if quote else -1), ord(delim), 10, 32
+    spans, state, line, first, pending = [], "start", 0, 0, False
+    for b in data:
+        pending = True
+        if state == "quoted":
+            state = "after" if b == q else state
+            line += b == lf
+            continue
+        if b == lf:  # a line end outside quotes ends the row
+            spans.append((first, line))
+            line += 1
+            first, state, pending = line, "start", False
+        elif state == "after" and b == sp:
+            continue
+        elif b == q and state in ("start", "space", "after"):
+            state = "quoted"
+        elif b == sp and state == "start":
+            state = "space"
+        else:
+            state = "start" if b == d else "unquoted"
+    if pending:  # the last row: no line end after it, or a quote open to the end
+        spans.append((first, line - 1 if data.endswith(b"\n") else line))
+    lines = data.split(b"\n")
+    blank = [ln in (b"", b"\r") for ln in lines]
+    skip = 1 if header else 0
+    rows = []
+    for k, (a, z) in enumerate(spans):
+        if k < skip or (a == z and blank[a]):
+            continue
+        rows.append(RefRow(a + 1 - skip, z + 1 - skip, [i + 1 - skip for i in range(a, z + 1) if not blank[i]]))
     return rows
 
 
@@ -294,6 +311,9 @@ def check_delimited(label: str, written: Written, part: PartResult, delim: str, 
             assert reject_at[row.line]["field"] == detail, f"{label} row {row.line}: {reject_at[row.line]}"
 
 
+ZS = "".join(chr(c) for c in range(0x3100) if unicodedata.category(chr(c)) == "Zs")  # what DuckDB's trim() trims
+
+
 def blank_to_none(v: str | None) -> str | None:
     return None if v is None or v == "" else v
 
@@ -328,7 +348,7 @@ def bioscan_oracle(schema: str, rows: list[dict]):
         if image in ("", NC):
             return "missing_field", "image_file"
         if schema == "final":
-            chunk = v["chunk_number"].strip(" ")
+            chunk = v["chunk_number"].strip(ZS)
             if chunk in ("", NC):
                 return "missing_field", "chunk_number"
             if not chunk.isascii() or not chunk.isdigit():
@@ -446,7 +466,7 @@ def eol_rows(draw, n: int, first_id: int) -> list[dict]:
 
 def eol_oracle(rows: list[dict]):
     def canon(v: str):
-        t = v.strip(" ")
+        t = v.strip(ZS)
         if t == "":
             return "missing_field"
         if not (t.isascii() and t.isdigit()) or int(t) > UINT64:
@@ -514,7 +534,8 @@ def test_eol_media_manifest_chunks(numbers, data):
 INT64 = (-(1 << 63), (1 << 63) - 1)
 JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
                         st.text(max_size=4))
-JSON_ODD = st.one_of(JSON_SCALAR, st.lists(st.integers(), max_size=2), st.dictionaries(st.sampled_from("ab"), st.integers()))
+JSON_ODD = st.one_of(JSON_SCALAR, st.lists(st.integers(), max_size=2),
+                     st.dictionaries(st.sampled_from("ab"), st.integers()))
 CATEGORIES = [
     {"id": 0, "name": "Lumbricus terrestris", "common_name": "Common Earthworm", "kingdom": "Animalia",
      "phylum": "Annelida", "class": "Clitellata", "order": "Haplotaxida", "family": "Lumbricidae",
@@ -672,7 +693,8 @@ def test_inat21_coco_json(doc, indent, ascii_only, damage, data):
     if damage:
         at = data.draw(st.integers(0, max(0, len(text) - 1)))
         insert = data.draw(BAD_UTF8) if damage == "utf8" else data.draw(st.sampled_from(list(b'{}[],:"0 \\')))
-        text = text[:at] if damage == "cut" else text[:at] + (insert if damage == "utf8" else bytes([insert])) + text[at:]
+        insert = insert if damage == "utf8" else bytes([insert])
+        text = text[:at] if damage == "cut" else text[:at] + insert + text[at:]
     try:
         parsed = json.loads(text.decode("utf-8"))
     except ValueError:  # not JSON (or not UTF-8) any more
@@ -735,10 +757,10 @@ def visible_names(header: list[str]) -> list[str]:
 
 
 def table_oracle(rows: list[dict], id_col: str, url_col: str, base: str):
-    ids = collections.Counter(r[id_col].strip(" ") for r in rows)
+    ids = collections.Counter(r[id_col].strip(ZS) for r in rows)
 
     def expect(v: dict):
-        sid, url = v[id_col].strip(" "), v[url_col].strip(" ")
+        sid, url = v[id_col].strip(ZS), v[url_col].strip(ZS)
         if sid.strip() == "":
             return "missing_source_id", "source_id"
         if url.strip() == "":
@@ -814,7 +836,7 @@ PARQUET_COLUMNS = {
        names=st.lists(NAMES, min_size=5, max_size=5, unique=True), n=st.integers(0, 6), data=st.data())
 def test_table_source_parquet(kinds, names, n, data):
     """Parquet with odd column names and types (numbers, lists, structs, binary, dates, dictionaries) mapped
-    to the id and URL: every row a record or a reject, or an InputError naming the column that has no text."""
+    to the id and URL: every row a record or a reject (DuckDB gives every type a text form)."""
     names = [nm or "blank" for nm in names[: len(kinds)]]
     table = pa.Table.from_arrays([PARQUET_COLUMNS[k](n) for k in kinds], names=names)
     id_i, url_i = data.draw(st.sampled_from([(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]))
@@ -823,17 +845,15 @@ def test_table_source_parquet(kinds, names, n, data):
         pq.write_table(table, folder / "herbarium.parquet")
         out = ingest(folder, "table", table_manifest(folder, "herbarium.parquet"),
                      {"columns": {"source_id": names[id_i], "media_uri": names[url_i]}, "local_media": True})
-    if out.error is not None:
-        check_error(out.error, {"herbarium.parquet"})
-        assert "bad_binary" in (kinds[id_i], kinds[url_i]) and n > 0, out.error
-        return
+    assert out.error is None, out.error
     (part,) = out.parts
     items = collections.Counter(part.record_rows) + collections.Counter(r["row"] for r in part.rejects)
     assert sorted(items) == list(range(1, n + 1)) and set(items.values()) <= {1}, items
 
 
 # ============================================================================================ Rare Species
-RARE_HEADER = ["", "kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name", "filepath", "class"]
+RARE_HEADER = ["", "kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name", "filepath",
+               "class"]
 EOL_FILE = r"^(?:.*/)?([0-9]+)_([0-9]+)_eol-full-size-copy\.[A-Za-z]+$"
 
 
@@ -844,10 +864,10 @@ def rare_oracle(rows: list[dict], root: str):
         m = re.match(EOL_FILE, fp)
         return m.group(1) if m else fp
 
-    ids = collections.Counter(sid_of(r["filepath"].strip(" ")) for r in rows)
+    ids = collections.Counter(sid_of(r["filepath"].strip(ZS)) for r in rows)
 
     def expect(v: dict):
-        fp = v["filepath"].strip(" ")
+        fp = v["filepath"].strip(ZS)
         if fp.strip() == "":
             return "missing_source_id", "source_id"
         if ids[sid_of(fp)] > 1:
@@ -855,7 +875,7 @@ def rare_oracle(rows: list[dict], root: str):
         m = re.match(EOL_FILE, fp)
         return "record", {"source_id": sid_of(fp), "source_taxon_id": m.group(2) if m else None,
                           "media_uri": fp if "://" in fp or fp.startswith("/") else root + fp,
-                          "genus": blank_to_none(v["genus"].strip(" ")), "class": blank_to_none(v["cls"].strip(" "))}
+                          "genus": blank_to_none(v["genus"].strip(ZS)), "class": blank_to_none(v["cls"].strip(ZS))}
     return expect
 
 
@@ -953,3 +973,302 @@ def test_image_folder_odd_file_names(folders, hidden, undecodable, labels, data)
         rows = [r["row"] for r in part.rejects if r["file"] == "labels.csv"]
         starts = {line for ref in reference_rows(label_rows.data, ",", '"') for line in ref.lines}
         assert len(rows) == len(set(rows)) and set(rows) <= starts, rows
+
+
+# ================================================================================================ archives
+ARCHIVE_DAMAGE = ["ok", "plain", "bz2", "xz", "twice", "cut", "flip", "symlink", "hardlink", "dir", "fifo",
+                  "dotdot", "absolute", "zip", "empty", "garbage", "gzip_of_garbage"]
+READABLE = {"ok", "plain", "bz2", "xz"}  # must be read; cut and flip may be (damage in padding or a header's mtime)
+
+
+def build_archive(members: dict[str, bytes], damage: str, draw) -> bytes:
+    """A tar (gz unless said) of `members`, broken the way `damage` says."""
+    import bz2
+    import gzip
+    import lzma
+    import tarfile
+    import zipfile
+
+    if damage == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+    if damage in ("empty", "garbage", "gzip_of_garbage"):
+        junk = draw(st.binary(min_size=1, max_size=600))
+        return {"empty": b"", "garbage": junk, "gzip_of_garbage": gzip.compress(junk)}[damage]
+    buf = io.BytesIO()
+    target = next(iter(members))  # the member the reader wants
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        if damage in ("dotdot", "absolute"):
+            evil = tarfile.TarInfo("../evil.csv" if damage == "dotdot" else "/tmp/evil.csv")
+            evil.size = 1
+            tar.addfile(evil, io.BytesIO(b"x"))
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            kinds = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "dir": tarfile.DIRTYPE,
+                     "fifo": tarfile.FIFOTYPE}
+            if name == target and damage in kinds:
+                info.type = kinds[damage]
+                info.linkname = "elsewhere" if damage in ("symlink", "hardlink") else ""
+                tar.addfile(info)
+                continue
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            if name == target and damage == "twice":
+                tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    packing = damage if damage in ("plain", "bz2", "xz") else "gz"
+    if damage in ("cut", "flip"):  # any compression
+        packing = draw(st.sampled_from(["gz", "gz", "bz2", "xz", "plain"]))
+    packed = {"plain": lambda: raw, "bz2": lambda: bz2.compress(raw), "xz": lambda: lzma.compress(raw),
+              "gz": lambda: gzip.compress(raw, mtime=0)}[packing]()
+    if damage == "cut":
+        return packed[: draw(st.integers(0, len(packed) - 1))]
+    if damage == "flip":
+        at = draw(st.integers(0, len(packed) - 1))
+        return packed[:at] + bytes([packed[at] ^ draw(st.integers(1, 255))]) + packed[at + 1:]
+    return packed
+
+
+def no_temporaries(folder: Path) -> None:
+    from tol_builder.fileio import TMP_PREFIX
+
+    left = [p for p in folder.rglob(f"{TMP_PREFIX}*")]
+    assert not left, f"temporary files left behind: {left}"
+
+
+@FUZZ
+@given(damage=st.sampled_from(ARCHIVE_DAMAGE), data=st.data())
+def test_inat21_metadata_archive(damage, data):
+    """train.json.tar.gz broken: cut, a byte flipped, the member a link, a folder or a FIFO, members outside the
+    archive, the member twice, a zip or no archive at all; other compressions are read."""
+    images = [{"id": i, "file_name": f"train/{CATEGORIES[1]['image_dir_name']}/{i:08x}-aaaa.jpg", "license": 1}
+              for i in range(3)]
+    doc = {"images": images, "categories": CATEGORIES,
+           "annotations": [{"id": i, "image_id": i, "category_id": 7} for i in range(3)]}
+    blob = build_archive({"train.json": json.dumps(doc).encode(), "README": b"x"}, damage, data.draw)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "train.json.tar.gz").write_bytes(blob)
+        manifest = write_manifest(folder, "inat21", [
+            {"name": "train.json.tar.gz", "role": "metadata", "split": "train"},
+            {"name": "train.tar.gz", "role": "media", "split": "train", "url": "https://example.org/train.tar.gz"}]).path
+        out = ingest(folder, "inat21", manifest)
+        no_temporaries(folder)
+    if out.error is not None:
+        check_error(out.error, {"train.json.tar.gz"})
+        assert damage not in READABLE | {"twice"}, out.error
+        return
+    assert damage in READABLE | {"twice", "cut", "flip"}, f"a {damage} archive was read"
+    if damage in READABLE | {"twice"}:
+        assert len(out.records) == 3 and not out.rejects
+
+
+@FUZZ
+@given(damage=st.sampled_from(ARCHIVE_DAMAGE), data=st.data())
+def test_eol_media_manifest_archive(damage, data):
+    """media_manifest.tgz broken the same ways (a chunk twice is an error here: which one would be right?)."""
+    chunk = ("EOL content ID,EOL page ID,Medium Source URL,EOL Full-Size Copy URL,License Name,Copyright Owner\n"
+             + "".join(f"{i},46559197,,https://content.eol.org/{i}.jpg,cc-by,me\n" for i in range(1, 4))).encode()
+    blob = build_archive({"media_manifest/media_manifest_1.csv": chunk,
+                          "media_manifest/media_manifest_2.csv": b"4,7,,https://content.eol.org/4.jpg,,\n"},
+                         damage, data.draw)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "media_manifest.tgz").write_bytes(blob)
+        manifest = write_manifest(folder, "eol", [{"name": "media_manifest.tgz", "role": "metadata"}]).path
+        out = ingest(folder, "eol", manifest)
+        no_temporaries(folder)
+    if out.error is not None:
+        check_error(out.error, {"media_manifest.tgz", "media_manifest_1.csv", "media_manifest_2.csv"})
+        assert damage not in READABLE, out.error
+        return
+    assert damage in READABLE | {"cut", "flip"}, f"a {damage} archive was read"
+    if damage in READABLE:
+        assert sorted(r["source_id"] for r in out.records) == ["1", "2", "3", "4"] and not out.rejects
+
+
+# ====================================================================== regressions: what the fuzzing found
+def _eol(folder: Path, chunks: dict[int, bytes]) -> Outcome:
+    folder.mkdir(parents=True, exist_ok=True)
+    tar_gz(folder / "media_manifest.tgz", {f"media_manifest_{n}.csv": data for n, data in chunks.items()})
+    manifest = write_manifest(folder, "eol", [{"name": "media_manifest.tgz", "role": "metadata"}])
+    return ingest(folder, "eol", manifest.path)
+
+
+def _eol_line(i: int, owner: str = "me") -> str:
+    return f"{i},46559197,,https://content.eol.org/{i}.jpg,cc-by,{owner}"
+
+
+HEADER = ",".join(EOL_HEADER)
+
+
+def _items(part: PartResult) -> list[tuple[int, str]]:
+    return sorted([(r, "record") for r in part.record_rows] + [(r["row"], r["reason"]) for r in part.rejects])
+
+
+def test_rows_are_physical_lines_after_blank_lines(tmp_path):
+    """Before: a blank line shifted the rows after it (the reject below was row 4, the record after it row 2)."""
+    text = "\n".join([HEADER, _eol_line(1), "", "", "5,6,7", "", _eol_line(8)]) + "\n"
+    (part,) = _eol(tmp_path, {1: text.encode()}).parts
+    assert _items(part) == [(1, "record"), (4, "malformed_csv"), (6, "record")]
+
+
+def test_an_unterminated_quote_rejects_every_line_it_swallows(tmp_path):
+    """Before: rows 3 to 5 vanished inside the one reject of row 2 (rows in 5, records + rejects 2)."""
+    text = "\n".join([HEADER, _eol_line(1), _eol_line(2, owner='"unterminated'), _eol_line(3), "", _eol_line(4),
+                      _eol_line(5)]) + "\n"
+    (part,) = _eol(tmp_path, {1: text.encode()}).parts
+    assert _items(part) == [(1, "record"), (2, "malformed_csv"), (3, "malformed_csv"), (5, "malformed_csv"),
+                            (6, "malformed_csv")]
+    inner = next(r for r in part.rejects if r["row"] == 5)
+    assert inner["value"].startswith("inside the malformed row at row 2")
+    # a quote closed on a later line inside a malformed row: its lines are rejected one by one too
+    text = "\n".join([HEADER, _eol_line(1, owner='"a'), 'b",extra', _eol_line(3)]) + "\n"
+    (part,) = _eol(tmp_path / "again", {1: text.encode()}).parts
+    assert _items(part) == [(1, "malformed_csv"), (2, "malformed_csv"), (3, "record")]
+
+
+@pytest.mark.parametrize("text,row,field", [
+    (f"{HEADER}\n{_eol_line(1)}\n1,2\r3,,x,y,z\n", 2, "EOL page ID"),  # a CR in an LF file
+    (f"{HEADER}\r\n{_eol_line(1)}\r\n{_eol_line(2)}\n{_eol_line(3)}\r\n", 2, "Copyright Owner"),  # LF alone
+    (f"{HEADER}\n{_eol_line(1)}\r\n", 1, "Copyright Owner"),  # one CR LF line in an LF file
+])
+def test_a_line_end_unlike_the_files_names_row_and_field(tmp_path, text, row, field):
+    """Before: 'unreadable: ... CSV Parser state machine reached an invalid state' with no row (and in a TSV,
+    DuckDB sometimes split the row at the CR into two rejects instead)."""
+    out = _eol(tmp_path, {1: text.encode()})
+    assert out.error is not None and (out.error.row, out.error.field) == (row, field), out.error
+    assert "media_manifest_1.csv" in str(out.error) and "line ends" in str(out.error)
+    tsv = "\t".join(BIOSCAN_COLUMNS) + "\n" + "\t".join(["x"] * 5 + ["a\rb"] + ["x"] * 22) + "\n"
+    (tmp_path / "m.tsv").write_bytes(tsv.encode())
+    out = ingest(tmp_path, "bioscan1m", bioscan_manifest(tmp_path, "m.tsv", "tsv"))
+    assert out.error is not None and (out.error.row, out.error.field) == (1, "class"), out.error
+
+
+QUOTED_CR = '"two\rlines"'
+
+
+def test_a_cr_quoted_in_the_first_row(tmp_path):
+    """Before: DuckDB took the quoted CR for the line end: the header-less chunk was refused as unreadable, and
+    a chunk with a header read no row at all."""
+    out = _eol(tmp_path, {1: f"{HEADER}\n{_eol_line(1)}\n".encode(),
+                          2: f'{_eol_line(2, owner=QUOTED_CR)}\n{_eol_line(3)}\n'.encode()})
+    assert out.error is None, out.error
+    assert sorted(r["source_id"] for r in out.records) == ["1", "2", "3"]
+    assert {r["source_id"]: r["rights_holder"] for r in out.records}["2"] == "two\rlines"
+
+
+@pytest.mark.parametrize("first", ["12a,x9,,,,", "-", "not an id at all", "a,b\rc"])
+def test_a_damaged_first_row_of_a_headerless_chunk_is_a_reject(tmp_path, first):
+    """Before: a first data row with no URL and no integer id was taken for a wrong header (InputError for the
+    whole source, 'unexpected header columns'); one with a CR crashed csv.reader (_csv.Error)."""
+    out = _eol(tmp_path, {1: f"{HEADER}\n{_eol_line(1)}\n".encode(), 2: f"{first}\n{_eol_line(3)}\n".encode()})
+    if "\r" in first:
+        assert out.error is not None and out.error.row == 1 and out.error.file == "media_manifest_2.csv"
+        return
+    assert out.error is None, out.error
+    assert [r["row"] for r in out.parts[1].rejects] == [1] and out.parts[1].record_rows == [2]
+
+
+def test_a_jsonld_array_starting_with_null_or_bad_utf8(tmp_path):
+    """Before: `[null, {...}]` was read as an empty array (every row lost without a word), and bad UTF-8 in a
+    key crashed with UnicodeDecodeError."""
+    row = {c: "x" for c in BIOSCAN_COLUMNS}
+    for name, text in (("null.jsonld", b"[null, " + json.dumps(row).encode() + b"]"),
+                       ("utf8.jsonld", b'[{"\xc0\x80processid": "x"}]')):
+        (tmp_path / name).write_bytes(text)
+        out = ingest(tmp_path, "bioscan1m", bioscan_manifest(tmp_path, name, "jsonld"))
+        assert out.error is not None and out.error.file == name and out.error.row == 0, out.error
+
+
+def test_white_space_ids_and_media_are_missing(tmp_path):
+    """Before: a BIOSCAN processid ' ' and an EOL copy URL ' ' made records (id ' ', media ' ')."""
+    row = dict(zip(BIOSCAN_COLUMNS, ["x"] * len(BIOSCAN_COLUMNS)))
+    row.update(processid=" ", chunk_number="1", image_file="1.jpg")
+    (tmp_path / "m.tsv").write_text("\t".join(BIOSCAN_COLUMNS) + "\n" + "\t".join(row.values()) + "\n")
+    (part,) = ingest(tmp_path, "bioscan1m", bioscan_manifest(tmp_path, "m.tsv", "tsv")).parts
+    assert [(r["row"], r["reason"]) for r in part.rejects] == [(1, "missing_source_id")]
+    (part,) = _eol(tmp_path / "eol", {1: b"1,2,, ,,\n"}).parts
+    assert [(r["row"], r["reason"]) for r in part.rejects] == [(1, "missing_media")]
+
+
+@pytest.mark.parametrize("key,value", [("annotations", None), ("annotations", {"a": 1}), ("images", None),
+                                       ("categories", 5), ("licenses", "x")])
+def test_inat21_a_top_level_value_that_is_not_an_array(tmp_path, key, value):
+    """Before: `"annotations": null` read every image as unlabelled, `"images": null` gave an empty split,
+    without a word."""
+    doc = {"images": [{"id": 0, "file_name": "train/x/a.jpg"}], "categories": CATEGORIES,
+           "annotations": [{"id": 0, "image_id": 0, "category_id": 7}], key: value}
+    tar_gz(tmp_path / "train.json.tar.gz", {"train.json": json.dumps(doc)})
+    manifest = write_manifest(tmp_path, "inat21", [
+        {"name": "train.json.tar.gz", "role": "metadata", "split": "train"},
+        {"name": "train.tar.gz", "role": "media", "split": "train"}]).path
+    out = ingest(tmp_path, "inat21", manifest)
+    assert out.error is not None and out.error.field == key and "not an array" in str(out.error), out.error
+
+
+def test_inat21_bad_utf8_in_a_key(tmp_path):
+    """Before: ijson raised UnicodeDecodeError (a crash), not an InputError."""
+    tar_gz(tmp_path / "train.json.tar.gz", {"train.json": b'{"images": [{"\xc0\x80id": 1}]}'})
+    manifest = write_manifest(tmp_path, "inat21", [
+        {"name": "train.json.tar.gz", "role": "metadata", "split": "train"},
+        {"name": "train.tar.gz", "role": "media", "split": "train"}]).path
+    out = ingest(tmp_path, "inat21", manifest)
+    assert out.error is not None and out.error.member == "train.json" and "invalid JSON" in str(out.error)
+
+
+def test_table_source_malformed_lines_are_rejects(tmp_path):
+    """Before: a line with a field too many was an uncaught DuckDB error, bad UTF-8 made the whole table an
+    InputError, and an unterminated quote made DuckDB's sniffer give up quoting (the row read as a record)."""
+    (tmp_path / "h.csv").write_bytes(b"id,url\nH1,http://x/1.jpg\nH2,http://x/2.jpg,extra\nH\xff3,http://x/3.jpg\n"
+                                     b'H4,"http://x/4.jpg\nH5,http://x/5.jpg\n')
+    out = ingest(tmp_path, "table", table_manifest(tmp_path, "h.csv"),
+                 {"columns": {"source_id": "id", "media_uri": "url"}})
+    (part,) = out.parts
+    assert _items(part) == [(1, "record"), (2, "malformed_csv"), (3, "malformed_csv"), (4, "malformed_csv"),
+                            (5, "malformed_csv")]
+
+
+def test_image_folder_a_name_that_is_not_utf8(tmp_path):
+    """Before: UnicodeEncodeError (a crash) building the records."""
+    root = tmp_path / "images"
+    (root / "Pica_pica").mkdir(parents=True)
+    (root / "Pica_pica" / "a.jpg").write_bytes(b"")
+    with open(os.fsencode(root / "Pica_pica") + b"/caf\xe9.jpg", "wb"):
+        pass
+    manifest = write_manifest(tmp_path, "image_folder", [{"name": "images", "role": "media"}])
+    out = ingest(tmp_path, "image_folder", manifest.path)
+    (part,) = out.parts
+    assert part.record_rows == [1] and part.records[0]["scientific_name"] == "Pica pica"
+    assert [(r["row"], r["reason"], r["value"]) for r in part.rejects] == [
+        (2, "undecodable_name", "Pica_pica/caf\\xe9.jpg")]
+
+
+def test_inat21_an_empty_rights_holder_reads_the_same_in_any_batch(tmp_path):
+    """Before: '' stayed '' when every image of its batch was well typed, and became null when another image
+    of the batch was not (the value-by-value path): the same image read two ways."""
+    good = {"id": 0, "file_name": "train/x/a.jpg", "license": "", "rights_holder": ""}
+    for name, images in (("clean", [good]), ("mixed", [good, {"id": "1", "file_name": "train/x/b.jpg"}])):
+        folder = tmp_path / name
+        folder.mkdir()
+        tar_gz(folder / "train.json.tar.gz", {"train.json": json.dumps({"images": images})})
+        manifest = write_manifest(folder, "inat21", [
+            {"name": "train.json.tar.gz", "role": "metadata", "split": "train"},
+            {"name": "train.tar.gz", "role": "media", "split": "train"}]).path
+        (record,) = ingest(folder, "inat21", manifest).records
+        assert (record["rights_holder"], record["licence"]) == (None, None), name
+
+
+@pytest.mark.parametrize("keep", [3, 4, 9])
+def test_an_archive_cut_inside_its_gzip_header(tmp_path, keep):
+    """Before: tarfile raised TypeError (ord() of an empty read) on a gzip header cut short: a crash."""
+    import gzip
+
+    (tmp_path / "media_manifest.tgz").write_bytes(gzip.compress(b"x" * 1024, mtime=0)[:keep])
+    manifest = write_manifest(tmp_path, "eol", [{"name": "media_manifest.tgz", "role": "metadata"}])
+    out = ingest(tmp_path, "eol", manifest.path)
+    assert out.error is not None and out.error.file == "media_manifest.tgz" and "unreadable archive" in str(out.error)

@@ -114,9 +114,10 @@ class _Lines:
 
     Lines end at LF (a CR before it belongs to the line end). A row is one line, unless a quoted field in it
     holds line breaks: then it runs to the line with the closing quote, or to the end of the file when the quote
-    is never closed. The split is RFC 4180's, as DuckDB's reader does it: a quote opens a quoted field only at
-    the start of a field, '""' inside one is a quote, any other quote closes it. The quotes are scanned only
-    when some row spans lines (fewer rows than non-blank lines); the file is read in blocks, never whole."""
+    is never closed. The split is RFC 4180's as DuckDB's reader does it: a quote opens a quoted field at the
+    start of a field (after one space at most); in one, a quote ends it unless another quote follows, spaces
+    aside ('""' is a quote). The quotes are scanned only when some row spans lines (fewer rows than non-blank
+    lines) or the first line holds one; the file is read in blocks, never whole."""
 
     BLOCK = 1 << 26
 
@@ -173,23 +174,29 @@ class _Lines:
             return np.zeros(len(positions), dtype=bool)
         if not hasattr(self, "_spans"):
             q = self._find(ord(self.quote))
-            mm, delim = self.mm, ord(self.delim)
+            mm, delim, size = self.mm, ord(self.delim), self.size
+            starts = (10, delim)  # the byte before a field's start (or none: the file's start)
             opens, closes = [], []
             inside, i = False, 0
             while i < len(q):
                 p = int(q[i])
-                if not inside:
-                    if p == 0 or int(mm[p - 1]) in (10, delim):  # at a field's start: opens a quoted field
+                if not inside:  # a quote opens a quoted field at a field's start, or after one space there
+                    if p == 0 or mm[p - 1] in starts or (mm[p - 1] == 32 and (p == 1 or mm[p - 2] in starts)):
                         inside = True
                         opens.append(p)
-                elif i + 1 < len(q) and q[i + 1] == p + 1:  # '""': a quote inside the field
                     i += 1
-                else:
-                    inside = False
-                    closes.append(p)
+                    continue
+                j = p + 1  # a quote in a quoted field ends it, unless another follows after spaces ('""' is
+                while j < size and mm[j] == 32:  # a quote; '"a" "b"' reads as 'a b')
+                    j += 1
+                if j < size and mm[j] == ord(self.quote):
+                    i = int(np.searchsorted(q, j)) + 1
+                    continue
+                inside = False
+                closes.append(p)
                 i += 1
             if inside:
-                closes.append(self.size)
+                closes.append(size)
             self._spans = np.asarray(opens, np.int64), np.asarray(closes, np.int64)
         o, c = self._spans
         if not len(o):
@@ -248,7 +255,8 @@ class _Lines:
         if crlf:
             after = self.mm[np.minimum(cr + 1, self.size - 1)]
             before = self.mm[np.maximum(self.nl - 1, 0)]
-            stray = np.concatenate([cr[(cr + 1 >= self.size) | (after != 10)], self.nl[(self.nl == 0) | (before != 13)]])
+            lone_cr, lone_lf = cr[(cr + 1 >= self.size) | (after != 10)], self.nl[(self.nl == 0) | (before != 13)]
+            stray = np.concatenate([lone_cr, lone_lf])
         else:
             stray = cr
         stray = np.sort(stray[~self._inside(stray)]) if len(stray) else stray
@@ -277,7 +285,7 @@ def extract_members(archive: Path, label: str, select: Callable[[str], Path | No
     the member. Returns {member name (normalised): destination}."""
     written: dict[str, Path] = {}
     try:
-        with tarfile.open(archive, mode="r|*") as tar:
+        with _open_stream(archive) as tar:
             for m in tar:
                 name = safe_member_name(m.name)
                 if name is None:
@@ -302,6 +310,13 @@ def extract_members(archive: Path, label: str, select: Callable[[str], Path | No
     except _ARCHIVE_ERRORS as e:
         raise InputError(label, f"unreadable archive: {e}") from None
     return written
+
+
+def _open_stream(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, mode="r|*")
+    except TypeError as e:  # CPython reads a gzip header cut short with ord(b""): a TypeError, not a ReadError
+        raise tarfile.ReadError(f"the gzip header is cut short ({e})") from None
 
 
 def archive_identity(path: Path, f: ManifestFile) -> str:

@@ -21,8 +21,9 @@ media archive + `file_name`, ranks kingdom..genus from the category, species = `
 (the epithet only), scientific_name = category `name`, common_name = category `common_name`,
 source_taxon_id = the category id, licence = the licence name (the id when the file has no `licenses`).
 A file without annotations (public_test) gives unlabelled records; in a file with annotations an image
-without one is rejected (an annotation of no image labels nothing: it is not read). A top-level images, categories, annotations or licenses that is there but not an array is an
-InputError. The directory names in `file_name` are not checked against the labels.
+without one is rejected (an annotation of no image labels nothing: it is not read). A top-level images,
+categories, annotations or licenses that is there but not an array is an InputError. The directory names in
+`file_name` are not checked against the labels.
 
 Archive extraction (`extract_members`) lives in `sources/formats.py`, shared with the `eol` reader.
 """
@@ -314,9 +315,11 @@ def _image_batch(batch: list, start: int, rejects: RejectLog, label: str) -> pa.
               and pc.min(pc.utf8_length(names)).as_py() > 0)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, AttributeError, TypeError):
         ok = False
-    if ok:
+    if ok:  # '' is missing, as _text reads it value by value (the same image reads the same in either path)
+        lic, holders = (pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a)
+                        for a in (lic.cast(pa.string()), holders))
         return pa.table({"_row": pa.array(range(start, start + n), pa.int64()), "image_id": ids,
-                         "file_name": names, "license": lic.cast(pa.string()), "rights_holder": holders})
+                         "file_name": names, "license": lic, "rights_holder": holders})
     rows, ids_, names_, lic_, holders_ = [], [], [], [], []
     for j, d in enumerate(batch):
         row = start + j

@@ -80,9 +80,10 @@ class TableSource(Source):
         params: dict = {"path": str(path)}
         if fmt == "parquet":
             try:
-                present = [r[0] for r in con.sql("DESCRIBE SELECT * FROM read_parquet($path)", params=params).fetchall()]
+                described = con.sql("DESCRIBE SELECT * FROM read_parquet($path)", params=params).fetchall()
             except duckdb.Error as e:
                 raise InputError(path, f"unreadable parquet table: {str(e).splitlines()[0]}") from None
+            present = [r[0] for r in described]
         else:  # the header line gives the columns (and the delimiter, unless set); rows are read as text
             delim = "\t" if fmt == "tsv" else self.options.delimiter
             present, delim = csv_header(path, path.name, delim)
@@ -112,12 +113,8 @@ class TableSource(Source):
             if col == "source_split":  # the manifest file's split, unless the table has one
                 value = f"coalesce({value}, NULLIF($split, ''))"
             exprs.append(f"{value} AS {sql_ident(col)}")
-        try:
-            table = arrow_of(con.sql(f"SELECT {', '.join(exprs)}, {row} AS _row FROM {scan}", params=params))
-        except duckdb.Error as e:  # a parquet value with no text form (binary that is not UTF-8)
-            raise InputError(path, f"a mapped column cannot be read as text: {str(e).splitlines()[0]}") from None
-        finally:
-            con.close()
+        table = arrow_of(con.sql(f"SELECT {', '.join(exprs)}, {row} AS _row FROM {scan}", params=params))
+        con.close()
         yield path.name, table
 
 
@@ -127,6 +124,7 @@ def csv_header(path: Path, label: str, delim: str) -> tuple[list[str], str]:
     text = first_line(path, label)
     if not text:
         raise InputError(label, "no header line (the first line is empty)", row=0)
+
     def cells_of(d: str) -> list[str]:
         try:
             return next(csv.reader([text], delimiter=d), [])
