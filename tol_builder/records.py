@@ -127,9 +127,10 @@ def duckdb_connection(threads: int = 1):
 def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None) -> pa.Table:
     """Check what every record needs, add `uid` and `source`; reject the rest with their reason.
 
-    Checks, in order: a source id (`missing_source_id`), a media URI (`missing_media`), one row per image
-    (`duplicate_source_id`: the first occurrence in input order is kept). Vectorised: Arrow masks, and DuckDB
-    over the id column only, so the partition is never copied whole (iNat21 train is one 2.7M-row partition)."""
+    Checks, in order: a source id (`missing_source_id`), a media URI (`missing_media`; for both, white space only
+    is missing), one row per image (`duplicate_source_id`: the first occurrence in input order is kept).
+    Vectorised: Arrow masks, and DuckDB over the id column only, so the partition is never copied whole (iNat21
+    train is one 2.7M-row partition)."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -137,9 +138,9 @@ def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None
     raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
     n = raw.num_rows
 
-    def empty(col: str):
+    def empty(col: str):  # null, "" or only white space
         c = raw[col]
-        return pc.fill_null(pc.or_kleene(pc.is_null(c), pc.equal(pc.utf8_length(c), 0)), True)
+        return pc.fill_null(pc.or_kleene(pc.is_null(c), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(c)), 0)), True)
 
     no_id = empty("source_id")
     no_media = pc.and_(pc.invert(no_id), empty("media_uri"))

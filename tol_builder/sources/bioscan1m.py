@@ -196,14 +196,15 @@ def _format_of(f: ManifestFile) -> str:
 
 def _jsonld_keys(path: Path, label: str) -> list[str] | None:
     """The keys of the first object of the JSON array (the objects are flat and uniform); None if empty."""
+    empty = object()
     try:
         with open(path, "rb") as f:
-            first = next(iter(ijson.items(f, "item", use_float=True)), None)
-    except ijson.JSONError as e:
+            first = next(iter(ijson.items(f, "item", use_float=True)), empty)
+    except (ijson.JSONError, UnicodeDecodeError) as e:  # ijson lets bad UTF-8 in a key through as the latter
         raise InputError(label, f"invalid JSON: {e}", row=0) from None
-    if first is None:
+    if first is empty:
         return None
-    if not isinstance(first, dict):
+    if not isinstance(first, dict):  # null too: it is not an empty array
         raise InputError(label, "expected a JSON array of objects", row=0)
     return list(first)
 

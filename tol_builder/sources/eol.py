@@ -151,13 +151,19 @@ def _canon(name: str) -> str:
 
 def detect_header(path: Path, label: str) -> list[str] | None:
     """The chunk's column names (canonical spelling, file order) when its first line is a header; None when it
-    is a data row. A first line that looks like a header (no URL, no integer id) but does not name exactly the
-    manifest's columns raises InputError naming the chunk and the columns."""
+    is a data row. A first line that looks like a header (it names one of the columns, and holds no URL and no
+    integer id) but does not name exactly the manifest's columns raises InputError naming the chunk and the
+    columns."""
     text = first_line(path, label)
-    fields = next(csv.reader([text]), [])
+    try:
+        fields = next(csv.reader([text]), [])
+    except csv.Error:  # a stray carriage return: no header (the CSV reader names the row)
+        return None
     if sorted(_norm(x) for x in fields) == sorted(_CANONICAL):
         return [_canon(x) for x in fields]
-    if any(x.strip() for x in fields) and not any("://" in x or x.strip().isdigit() for x in fields):
+    # a header with a column renamed or missing (it names some of the columns, and no id or URL) stops the
+    # source; a data row (even a damaged one) is read as one
+    if any(_norm(x) in _CANONICAL for x in fields) and not any("://" in x or x.strip().isdigit() for x in fields):
         unknown = [x for x in fields if _norm(x) not in _CANONICAL]
         missing = [c for c in COLUMNS if _norm(c) not in {_norm(x) for x in fields}]
         detail = "; ".join(x for x in (f"unknown: {unknown}" if unknown else "",

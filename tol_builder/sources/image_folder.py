@@ -6,7 +6,8 @@ The root is the manifest's `media` file (a local folder). A class folder's name 
 (underscores read as spaces: `Amanita_excelsa`); an optional `metadata` file, a CSV with a `folder` column
 and any of the records' rank / name columns (kingdom ... species, scientific_name, common_name), gives the
 lineage of each folder instead. Records: source_id = the image's path relative to the root; media_uri = its
-absolute path. Files are listed in sorted order, so the same folder always gives the same records.
+absolute path. Files are listed in sorted order, so the same folder always gives the same records (`_row` =
+the position in that order); a path that is not UTF-8 is rejected as `undecodable_name`.
 """
 
 from __future__ import annotations
@@ -83,11 +84,21 @@ class ImageFolderSource(Source):
                 if not name.startswith(".") and Path(name).suffix.lower() in wanted:
                     files.append(Path(dirpath, name).relative_to(root).as_posix())
         files.sort()
+        rows = []
+        for i, f in enumerate(files, 1):
+            try:
+                f.encode("utf-8")
+                rows.append(i)
+            except UnicodeEncodeError:  # a name that is not UTF-8 (a Linux file system allows any bytes): it has
+                # no text form for the records, so it is rejected (named with its bytes escaped), not a crash
+                rejects.add(file=str(root), row=i, field="source_id", reason="undecodable_name",
+                            value=os.fsencode(f).decode("utf-8", "backslashreplace"))
+        files = [files[i - 1] for i in rows]
         folders = [f.rsplit("/", 1)[0] if "/" in f else None for f in files]
         table = raw_table({
             "source_id": files, "media_uri": [str(root / f) for f in files],
             "scientific_name": [None if d is None else " ".join(d.rsplit("/", 1)[-1].replace("_", " ").split())
-                                for d in folders], "_row": list(range(1, len(files) + 1))}, len(files))
+                                for d in folders], "_row": rows}, len(files))
         if partition.get("labels"):
             table = self._apply_labels(table, folders, Path(partition.get("labels")),
                                        partition.get("labels_name"), rejects)

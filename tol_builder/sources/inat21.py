@@ -21,7 +21,9 @@ media archive + `file_name`, ranks kingdom..genus from the category, species = `
 (the epithet only), scientific_name = category `name`, common_name = category `common_name`,
 source_taxon_id = the category id, licence = the licence name (the id when the file has no `licenses`).
 A file without annotations (public_test) gives unlabelled records; in a file with annotations an image
-without one is rejected. The directory names in `file_name` are not checked against the labels.
+without one is rejected (an annotation of no image labels nothing: it is not read). A top-level images,
+categories, annotations or licenses that is there but not an array is an InputError. The directory names in
+`file_name` are not checked against the labels.
 
 Archive extraction (`extract_members`) lives in `sources/formats.py`, shared with the `eol` reader.
 """
@@ -49,6 +51,7 @@ _TOP_KEYS = ("info", "images", "categories", "annotations", "licenses")
 _RANK_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus", "specific_epithet")
 _CATEGORY_COLUMNS = ("name", "common_name") + _RANK_KEYS
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_JSON_ERRORS = (ijson.JSONError, UnicodeDecodeError)  # ijson lets some bad UTF-8 through as the latter
 _IMAGE_SCHEMA = pa.schema([("_row", pa.int64()), ("image_id", pa.int64()), ("file_name", pa.string()),
                            ("license", pa.string()), ("rights_holder", pa.string())])
 
@@ -97,6 +100,12 @@ class INat21Source(Source):
             raise InputError(doc.archive, "no top-level 'images' array", member=member, field="images")
         arrays = doc.read_arrays({"categories": _categories_of, "licenses": _licences_of,
                                   "annotations": _annotations_of})
+        # a key that gave nothing may hold a null, an object or a number: an error, not an empty array (an
+        # `annotations` that is not an array would silently make every image unlabelled)
+        gave = {"images": doc.images_seen, **{k: t.num_rows + len(bad) for k, (t, bad) in arrays.items()}}
+        for key, n in gave.items():
+            if not n and doc.top_level_type(key) not in (None, "start_array"):
+                raise InputError(doc.archive, f"the top-level '{key}' is not an array", member=member, field=key)
         (categories, cat_rejects), (licences, _), (annotations, ann_rejects) = (
             arrays["categories"], arrays["licenses"], arrays["annotations"])
         for r in cat_rejects + ann_rejects:
@@ -176,6 +185,7 @@ class CocoJson:
         self.path, self.archive, self.member = Path(path), archive, member
         self.size = self.path.stat().st_size
         self.has_images = False
+        self.images_seen = 0
         self._head_end: int | None = None  # bytes read when the first image came out: the array starts before
         self._tail_start: int | None = None  # start of the read that produced the last image: it ends after
         self._regions: dict[str, tuple[int, int, bool]] | None = None
@@ -206,12 +216,34 @@ class CocoJson:
                         out.append(_image_batch(batch, start, rejects, label))
                         start += len(batch)
                         batch = []
-        except ijson.JSONError as e:
+        except _JSON_ERRORS as e:
             raise self._error(e, "images") from None
+        self.images_seen = start + len(batch)  # items of images[], rejected ones too
         if batch:
             out.append(_image_batch(batch, start, rejects, label))
         self.has_images = self._head_end is not None or _contains_key(self.path, "images", [(0, self.size)])
         return out
+
+    def top_level_type(self, key: str) -> str | None:
+        """The ijson event that starts the top-level `key`'s value ('start_array', 'start_map', 'null', 'string',
+        'number'...), None when there is no such key. From the byte ranges when read_arrays could use them,
+        else by parsing up to the key (asked only of a key that gave no item)."""
+        if key != "images" and self._regions is not None:  # the ranges parsed: their keys are the top level
+            if key not in self._regions:
+                return None
+            with open(self.path, "rb") as f:
+                f.seek(self._regions[key][0] + len(key) + 2)
+                head = f.read(256).lstrip(b" \t\r\n")[1:].lstrip(b" \t\r\n")  # after the ':'
+            return "start_array" if head[:1] == b"[" else "other"
+        try:
+            with open(self.path, "rb") as f:
+                events = ijson.parse(f, use_float=True, buf_size=_BUF)
+                for prefix, event, value in events:
+                    if prefix == "" and event == "map_key" and value == key:
+                        return next(events)[1]
+        except _JSON_ERRORS as e:
+            raise self._error(e, key) from None
+        return None
 
     # ---------------------------------------------------------------------------------- other arrays
     def read_arrays(self, converters: dict[str, Callable[[Iterator], tuple[pa.Table, list[dict]]]]) -> dict:
@@ -229,7 +261,7 @@ class CocoJson:
                         items = ijson.items(w, f"{key}.item", use_float=True, buf_size=_BUF)
                         results[key] = converters[key](items) if key in converters else _drain(items)
                 return {k: results[k] if k in results else c(iter(())) for k, c in converters.items()}
-            except ijson.JSONError:
+            except _JSON_ERRORS:
                 self._regions = None  # a cut was not at the top level after all: read the slow way
         results = {}
         for key, convert in converters.items():
@@ -237,7 +269,7 @@ class CocoJson:
             try:
                 with open(self.path, "rb") as f:
                     results[key] = convert(ijson.items(f, f"{key}.item", use_float=True, buf_size=_BUF))
-            except ijson.JSONError as e:
+            except _JSON_ERRORS as e:
                 raise self._error(e, key) from None
         return results
 
@@ -283,9 +315,11 @@ def _image_batch(batch: list, start: int, rejects: RejectLog, label: str) -> pa.
               and pc.min(pc.utf8_length(names)).as_py() > 0)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, AttributeError, TypeError):
         ok = False
-    if ok:
+    if ok:  # '' is missing, as _text reads it value by value (the same image reads the same in either path)
+        lic, holders = (pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a)
+                        for a in (lic.cast(pa.string()), holders))
         return pa.table({"_row": pa.array(range(start, start + n), pa.int64()), "image_id": ids,
-                         "file_name": names, "license": lic.cast(pa.string()), "rights_holder": holders})
+                         "file_name": names, "license": lic, "rights_holder": holders})
     rows, ids_, names_, lic_, holders_ = [], [], [], [], []
     for j, d in enumerate(batch):
         row = start + j

@@ -11,14 +11,20 @@ columns; a column not mapped and not named like a records column stays null:
 
 Media are per-image URLs (http or https; local paths, relative to the table, only with
 `options.local_media = true`), or archive members when a `media_member` column is mapped.
+
+CSV and TSV are read as text with `formats.read_delimited` (RFC 4180 quoting with '"'): the header line names
+the columns (and gives the delimiter unless `options.delimiter` sets it), and a malformed line is a reject
+naming its row, like in the other readers, not the end of the table.
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import duckdb
 import pyarrow as pa
 
 from ..errors import InputError
@@ -26,6 +32,7 @@ from ..fileio import retrieve
 from ..records import RAW_COLUMNS, RejectLog, arrow_of, duckdb_connection
 from ..sql import ident as sql_ident
 from .base import Partition, Source
+from .formats import first_line, read_delimited
 
 
 @dataclass
@@ -72,16 +79,14 @@ class TableSource(Source):
         con = duckdb_connection(self.threads)
         params: dict = {"path": str(path)}
         if fmt == "parquet":
-            scan = "read_parquet($path)"
-        else:
+            try:
+                described = con.sql("DESCRIBE SELECT * FROM read_parquet($path)", params=params).fetchall()
+            except duckdb.Error as e:
+                raise InputError(path, f"unreadable parquet table: {str(e).splitlines()[0]}") from None
+            present = [r[0] for r in described]
+        else:  # the header line gives the columns (and the delimiter, unless set); rows are read as text
             delim = "\t" if fmt == "tsv" else self.options.delimiter
-            scan = "read_csv($path, all_varchar=true, header=true" + (", delim=$delim)" if delim else ")")
-            if delim:
-                params["delim"] = delim
-        try:
-            present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}", params=params).fetchall()]
-        except Exception as e:
-            raise InputError(path, f"unreadable {fmt} table: {e}") from None
+            present, delim = csv_header(path, path.name, delim)
         mapping = {col: self.options.columns.get(col, col if col in present else None) for col in RAW_COLUMNS}
         for col in ("source_id", "media_uri"):
             if mapping[col] is None:
@@ -89,6 +94,15 @@ class TableSource(Source):
         missing = [src for src in mapping.values() if src is not None and src not in present]
         if missing:
             raise InputError(path, f"column(s) {missing} not in the table (it has {present})", field=missing[0])
+        if fmt == "parquet":
+            scan, row = "read_parquet($path)", "(row_number() OVER ())::BIGINT"
+        else:
+            # malformed lines (wrong field count, bad quoting, invalid UTF-8) are rejects, naming row and field
+            used = sorted({src for src in mapping.values() if src is not None})
+            con.register("rows_read", read_delimited(path, present, used, label=path.name, delim=delim, quote='"',
+                                                     header=True, rejects=rejects, threads=self.threads))
+            scan, row = "rows_read", "_row"
+            del params["path"]
         params.update(base=str(path.parent) + "/", split=partition.get("split") or "")
         exprs = []
         for col, src in mapping.items():
@@ -99,6 +113,33 @@ class TableSource(Source):
             if col == "source_split":  # the manifest file's split, unless the table has one
                 value = f"coalesce({value}, NULLIF($split, ''))"
             exprs.append(f"{value} AS {sql_ident(col)}")
-        table = arrow_of(con.sql(f"SELECT {', '.join(exprs)}, (row_number() OVER ())::BIGINT AS _row FROM {scan}",
-                                 params=params))
+        table = arrow_of(con.sql(f"SELECT {', '.join(exprs)}, {row} AS _row FROM {scan}", params=params))
+        con.close()
         yield path.name, table
+
+
+def csv_header(path: Path, label: str, delim: str) -> tuple[list[str], str]:
+    """The column names of a CSV/TSV's header line and its delimiter (when not given: the one of , ; tab |
+    the line holds most of). Empty names become column<i> and repeated ones name_<k>, as DuckDB names them."""
+    text = first_line(path, label)
+    if not text:
+        raise InputError(label, "no header line (the first line is empty)", row=0)
+
+    def cells_of(d: str) -> list[str]:
+        try:
+            return next(csv.reader([text], delimiter=d), [])
+        except csv.Error:  # a stray carriage return: split plainly (read_delimited then names the row)
+            return text.split(d)
+
+    if not delim:
+        delim = max((",", ";", "\t", "|"), key=lambda d: (len(cells_of(d)), d == ","))
+    cells = cells_of(delim)
+    names: list[str] = []
+    for i, cell in enumerate(cells):
+        name = cell or f"column{i}"
+        k = 0
+        while name in names:
+            k += 1
+            name = f"{cell or f'column{i}'}_{k}"
+        names.append(name)
+    return names, delim
