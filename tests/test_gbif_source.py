@@ -108,9 +108,10 @@ def test_one_record_per_still_image_with_its_occurrence(tmp_path):
         "CC0 1.0", "Ann Holder", "https://www.inaturalist.org/observations/1")
     assert by_url["https://img.example.org/3.jpg"]["genus"] is None  # a family-only occurrence keeps its family
     reasons = sorted((r["reason"], r["row"]) for r in rejects)
-    # lines of multimedia.txt (the header is line 1): 4 Sound, 6 no occurrence, 7 too many fields, 8 no URL
-    assert reasons == [("malformed_line", 7), ("missing_media", 8), ("not_a_still_image", 4),
-                       ("occurrence_not_found", 6)]
+    # rows of multimedia.txt (1 = the first line after the header): 3 Sound, 5 no occurrence, 6 too many fields,
+    # 7 no URL
+    assert reasons == [("malformed_csv", 6), ("missing_media", 7), ("not_a_still_image", 3),
+                       ("occurrence_not_found", 5)]
     assert counters["rows_read"] == 7 == len(records) + len(rejects)  # every multimedia row accounted for
 
 

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import InputError
 from ..fileio import atomic_path, retrieve, safe_member_name
 from ..records import RejectLog, arrow_of, duckdb_connection
 from .base import Partition, Source
+from .formats import _Lines
 
 NS = "{http://rs.tdwg.org/dwc/text/}"
 MULTIMEDIA = "http://rs.gbif.org/terms/1.0/Multimedia"
@@ -95,24 +99,55 @@ def read_meta(meta: Path, label: str) -> tuple[dict, dict | None]:
     if core is None:
         raise InputError(label, "meta.xml: no <core> table", member="meta.xml")
     media = [e for e in root.findall(f"{NS}extension") if e.get("rowType") == MULTIMEDIA]
-    return table(core), (table(media[0]) if media else None)
+    try:
+        core_t, media_t = table(core), (table(media[0]) if media else None)
+    except ValueError as e:  # an index or ignoreHeaderLines that is not a number
+        raise InputError(label, f"meta.xml: {e}", member="meta.xml") from None
+    for t in (core_t, media_t or core_t):
+        if len(t["delimiter"]) != 1 or len(t["quote"]) > 1 or min([*t["columns"].values(), t["id"], t["header"]]) < 0:
+            raise InputError(label, f"meta.xml: the table {t['location']!r} has a delimiter, quote, index or "
+                             "ignoreHeaderLines this reader cannot use (one character; at most one; >= 0)",
+                             member="meta.xml")
+    return core_t, media_t
 
 
-def _renumber(con, alias: str, header: int) -> None:
-    """Rows numbered by their line in the file: DuckDB numbers the lines it parsed, so every line it refused
-    before a row shifts that row's number by one."""
-    import numpy as np
-
-    bad = np.array(sorted(r[0] for r in con.execute(f"SELECT DISTINCT CAST(line AS BIGINT) FROM {alias}_errors")
-                          .fetchall()), dtype=np.int64)
-    if not len(bad):
-        return
-    n = con.execute(f"SELECT max(_row) FROM {alias}").fetchall()[0][0] or 0
-    k = np.arange(header + 1, n + 1, dtype=np.int64)  # the numbers given: parsed line + header
-    line = k + np.searchsorted(bad - np.arange(1, len(bad) + 1), k, side="left")
-    con.register("_renumbered", pa.table({"old": k, "new": line}))
-    con.execute(f"UPDATE {alias} SET _row = r.new FROM _renumbered r WHERE {alias}._row = r.old")
-    con.unregister("_renumbered")
+def _load_table(con, alias: str, t: dict, terms: dict, folder: Path, label: str, part: int, parts: int) -> pa.Table:
+    """Temp table `alias` of this task's rows of one DwC-A table (the `terms` columns, trimmed, '' as NULL, and
+    `_row`: the physical line where the row starts, 1 = the first line after the header, as in every reader).
+    Returns the lines DuckDB could not split, as rejects. Line ends are checked first (formats._Lines), and
+    rows are numbered by the same scan `read_delimited` uses, so blank lines and refused lines shift nothing."""
+    member = safe_member_name(t["location"])
+    path, file = folder / member, f"{label}:{t['location']}"
+    if t["header"] > 1:
+        raise InputError(label, f"meta.xml: ignoreHeaderLines = {t['header']} (0 or 1 are read)", member="meta.xml")
+    width = max([*t["columns"].values(), t["id"]]) + 1
+    term_at = {i: term for term, i in t["columns"].items()}
+    names = [term_at.get(i, f"column{i}") for i in range(width)]
+    lines = _Lines(path, t["quote"], t["delimiter"], t["header"] > 0)
+    lines.check_line_ends(file, names)
+    cols = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width)) + "}"
+    picked = [f"trim(c{t['id']}) AS gbif_id"] + [f"NULLIF(trim(c{t['columns'][term]}), '') AS {col}"
+                                                 for col, term in terms.items() if col != "gbif_id"]
+    con.execute(f"""CREATE TEMP TABLE {alias}_all AS SELECT {', '.join(picked)}, row_number() OVER () AS _k
+        FROM read_csv($path, delim=$d, quote=$q, escape=$q, new_line=$nl, header=$h, columns={cols},
+                      auto_detect=false, store_rejects=true, rejects_table='{alias}_errors',
+                      rejects_scan='{alias}_scans')""",
+                {"path": str(path), "d": t["delimiter"], "q": t["quote"], "nl": r"\r\n" if lines.crlf else r"\n",
+                 "h": t["header"] > 0})
+    n_read = con.execute(f"SELECT count(*) FROM {alias}_all").fetchall()[0][0]
+    errors = arrow_of(con.sql(f"""SELECT CAST(line AS BIGINT) AS line, min(line_byte_position) AS pos,
+            arg_min(column_name, column_idx) AS field, 'malformed_csv' AS reason,
+            arg_min(error_type, column_idx) || ': ' || left(any_value(csv_line), 400) AS value, $file AS file
+        FROM {alias}_errors GROUP BY line ORDER BY line""", params={"file": file}))
+    rows, errors = lines.number(n_read, errors)
+    con.register("_rows", pa.table({"_k": pa.array(range(1, n_read + 1), pa.int64()), "_row": rows}))
+    con.execute(f"""CREATE TEMP TABLE {alias} AS SELECT a.* EXCLUDE (_k), r._row FROM {alias}_all a JOIN _rows r
+        USING (_k) WHERE hash(a.gbif_id) % $parts = $part""", {"parts": parts, "part": part})
+    con.unregister("_rows")
+    con.execute(f"DROP TABLE {alias}_all")
+    fields = pc.replace_substring_regex(errors.column("field").cast(pa.string()), r"^c(\d+)$", r"\1")
+    named = [names[int(f)] if f is not None and f.isdigit() and int(f) < width else f for f in fields.to_pylist()]
+    return errors.set_column(errors.schema.get_field_index("field"), "field", pa.array(named, pa.string()))
 
 
 class GBIFSource(Source):
@@ -145,28 +180,42 @@ class GBIFSource(Source):
             zf = zipfile.ZipFile(archive)
         except zipfile.BadZipFile as e:
             raise InputError(label, f"not a zip archive: {e}") from None
-        with zf:
-            names = {safe_member_name(n): n for n in zf.namelist() if safe_member_name(n)}
-            if "meta.xml" not in names:
-                raise InputError(label, "no meta.xml in the archive", member="meta.xml")
-            self._copy(zf, names["meta.xml"], folder / "meta.xml")
-            core, media = read_meta(folder / "meta.xml", label)
-            for t in (core, media):
-                if t is not None:
-                    member = safe_member_name(t["location"])
-                    if member not in names:
-                        raise InputError(label, f"meta.xml names {t['location']!r}, which the archive lacks",
-                                         member=t["location"])
-                    self._copy(zf, names[member], folder / member)
+        try:
+            with zf:
+                return self._extract_from(zf, folder, label)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # a damaged member
+            raise InputError(label, f"unreadable zip archive: {e}") from None
+
+    def _extract_from(self, zf: zipfile.ZipFile, folder: Path, label: str):
+        """meta.xml and the tables it names, copied out of the open zip."""
+        # files only: a folder entry named like a table is not that table
+        names = {safe_member_name(i.filename): i.filename for i in zf.infolist()
+                 if safe_member_name(i.filename) and not i.is_dir()}
+        if "meta.xml" not in names:
+            raise InputError(label, "no meta.xml in the archive", member="meta.xml")
+        self._copy(zf, names["meta.xml"], folder / "meta.xml")
+        core, media = read_meta(folder / "meta.xml", label)
+        for t in (core, media):
+            if t is not None:
+                member = safe_member_name(t["location"])
+                if member not in names:
+                    raise InputError(label, f"meta.xml names {t['location']!r}, which the archive lacks",
+                                     member=t["location"])
+                self._copy(zf, names[member], folder / member)
         return core, media
 
     @staticmethod
     def _copy(zf: zipfile.ZipFile, member: str, dest: Path) -> None:
-        if dest.exists() and dest.stat().st_size == zf.getinfo(member).file_size:
+        info = zf.getinfo(member)
+        stamp = dest.with_name(dest.name + ".from")  # which member (by CRC and size) the copy was made from
+        made_from = f"{info.CRC}:{info.file_size}"
+        if dest.exists() and stamp.exists() and stamp.read_text() == made_from:
             return
         with atomic_path(dest) as tmp, zf.open(member) as src, open(tmp, "wb") as out:
-            while block := src.read(1 << 20):
+            while block := src.read(1 << 20):  # zipfile checks the CRC at the end: a damaged copy is not kept
                 out.write(block)
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(made_from)
 
     def read(self, partition: Partition, rejects: RejectLog) -> Iterator[tuple[str, pa.Table]]:
         folder, label = Path(partition.get("folder")), partition.get("label")
@@ -181,28 +230,15 @@ class GBIFSource(Source):
         tmp = self.cache / "duckdb-tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         con.execute("SET temp_directory = ?", [str(tmp)])
-
-        def scan(t: dict, alias: str, terms: dict) -> str:
-            width = max([*t["columns"].values(), t["id"]]) + 1
-            cols = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width)) + "}"
-            pick = ", ".join(f"NULLIF(trim(c{t['columns'][term]}), '') AS {col}" for col, term in terms.items()
-                             if term in t["columns"] and col != "gbif_id")
-            return (f"(SELECT trim(c{t['id']}) AS gbif_id, {pick}, row_number() OVER () + {t['header']} AS _row "
-                    f"FROM read_csv(${alias}, delim=${alias}_d, quote=${alias}_q, escape=${alias}_q, header=false, "
-                    f"skip=${alias}_h, columns={cols}, auto_detect=false, null_padding=true, store_rejects=true, "
-                    f"rejects_table='{alias}_errors', rejects_scan='{alias}_scans'))")
-
-        params = {"occ": str(folder / safe_member_name(core["location"])), "occ_d": core["delimiter"],
-                  "occ_q": core["quote"], "occ_h": core["header"],
-                  "mm": str(folder / safe_member_name(media["location"])), "mm_d": media["delimiter"],
-                  "mm_q": media["quote"], "mm_h": media["header"], "parts": parts, "part": part}
         core_terms = {k: v for k, v in CORE_TERMS.items() if v in core["columns"] or k == "gbif_id"}
         media_terms = {k: v for k, v in MEDIA_TERMS.items() if v in media["columns"] or k == "gbif_id"}
-        mine = "hash(gbif_id) % $parts = $part"
-        for alias, t, terms in (("mm", media, media_terms), ("occ", core, core_terms)):
-            mine_params = {k: v for k, v in params.items() if k.split("_")[0] in (alias, "parts", "part")}
-            con.execute(f"CREATE TEMP TABLE {alias} AS SELECT * FROM {scan(t, alias, terms)} WHERE {mine}", mine_params)
-            _renumber(con, alias, t["header"])
+        try:
+            for alias, t, terms in (("mm", media, media_terms), ("occ", core, core_terms)):
+                errors = _load_table(con, alias, t, terms, folder, label, part, parts)
+                if part == 0:  # lines DuckDB could not split have no gbifID to partition by: the first task says
+                    rejects.add_table(errors)
+        except duckdb.Error as e:
+            raise InputError(label, f"unreadable: {str(e).splitlines()[0]}", member=media["location"]) from None
         col = lambda t, name: f"{t}.{name}" if name in (media_terms if t == 'm' else core_terms) else "NULL"  # noqa: E731
         bad = arrow_of(con.sql(f"""
             SELECT m._row AS row, CASE WHEN o.gbif_id IS NULL THEN 'gbifID' ELSE 'type' END AS field,
@@ -212,13 +248,6 @@ class GBIFSource(Source):
             WHERE o.gbif_id IS NULL OR lower(coalesce({col('m', 'type')}, '')) <> 'stillimage' ORDER BY m._row"""))
         rejects.add_table(bad.append_column("file", pa.array([f"{label}:{media['location']}"] * bad.num_rows,
                                                              pa.string())))
-        if part == 0:  # lines DuckDB could not split have no gbifID to partition by: the first task reports them
-            for alias, t in (("occ", core), ("mm", media)):
-                errors = arrow_of(con.sql(f"""SELECT CAST(line AS BIGINT) AS row, arg_min(column_name, column_idx) AS
-                        field, 'malformed_line' AS reason, left(any_value(csv_line), 400) AS value
-                    FROM {alias}_errors GROUP BY line ORDER BY line"""))
-                rejects.add_table(errors.append_column(
-                    "file", pa.array([f"{label}:{t['location']}"] * errors.num_rows, pa.string())))
         ranks = ", ".join(f"{col('o', c)} AS \"{c}\"" for c in
                           ("kingdom", "phylum", "class", "order", "family", "genus", "species"))
         table = arrow_of(con.sql(f"""
