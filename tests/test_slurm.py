@@ -40,17 +40,20 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture
-def slurm() -> None:
+def slurm() -> tuple[int, int]:
+    """(CPUs, memory in MB) of an idle Slurm node, or skip."""
     if not (shutil.which("sbatch") and shutil.which("sinfo")):
         _unavailable("sbatch or sinfo is not on PATH")
-    r = _run("sinfo", "-h", "-N", "-o", "%T")
-    usable = [s for s in r.stdout.split() if s.startswith(("idle", "mix"))]  # "idle*" is unreachable
-    if r.returncode != 0 or not [s for s in usable if not s.endswith("*")]:
+    r = _run("sinfo", "-h", "-N", "-o", "%T %c %m")
+    nodes = [line.split() for line in r.stdout.splitlines() if len(line.split()) == 3]
+    usable = [(int(c), int(m)) for state, c, m in nodes if state in ("idle", "mixed")]  # "idle*": unreachable
+    if r.returncode != 0 or not usable:
         _unavailable(f"sinfo shows no idle node ({(r.stdout or r.stderr).strip() or 'no nodes'})")
     try:
         import dask_jobqueue  # noqa: F401
     except ImportError:
         _unavailable("dask-jobqueue is not installed (pip install -e '.[dev]')")
+    return max(usable)
 
 
 def _job_state(job_id: str) -> str:
@@ -71,10 +74,12 @@ def test_demo_builds_on_a_slurm_job_submitted_from_the_workflow(slurm, tmp_path,
     # the job inherits this environment (sbatch's default --export=ALL): its worker imports this checkout
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     logs = tmp_path / "slurm-logs"
+    cpus, mem_mb = slurm
+    cores, memory = min(cpus, 2), f"{min(mem_mb, 4000)}MB"  # a job the node can start
     inputs = prepare_demo(tmp_path / "demo")
     inputs.template["cluster"] = {
-        "jobqueue": "slurm", "jobs": 1, "threads_per_worker": 2,
-        "jobqueue_options": {"cores": 2, "processes": 1, "memory": "4GB", "walltime": "00:15:00",
+        "jobqueue": "slurm", "jobs": 1, "threads_per_worker": cores,
+        "jobqueue_options": {"cores": cores, "processes": 1, "memory": memory, "walltime": "00:15:00",
                              "job_name": job_name, "log_directory": str(logs),
                              "scheduler_options": {"dashboard_address": ":0"}},
     }
