@@ -27,7 +27,7 @@ SETUP_STATUS = Path(os.environ.get("TOL_SLURM_STATUS", "/tmp/tol-slurm-setup.sta
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
+    return subprocess.run(list(cmd), check=False, capture_output=True, text=True, timeout=30)
 
 
 def _unavailable(reason: str) -> None:
