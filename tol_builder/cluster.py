@@ -101,8 +101,7 @@ def jobqueue_cluster(cfg: ClusterConfig, start: bool = False):
 
     `start=False` submits nothing (`cluster.job_script()` shows the script each job would run); `start=True`
     submits `jobs` jobs, or, with `adaptive_maximum_jobs` set, lets dask-jobqueue keep between
-    `adaptive_minimum_jobs` and `adaptive_maximum_jobs` jobs as the work needs (a job that ends, e.g. at its
-    walltime, is then replaced while work remains)."""
+    `adaptive_minimum_jobs` and `adaptive_maximum_jobs` jobs as the work needs."""
     try:
         import dask_jobqueue
     except ImportError:
