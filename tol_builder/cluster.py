@@ -32,8 +32,7 @@ def get_client(cfg: ClusterConfig | None = None, *, scheduler: str | None = None
             raise TolError(f"cannot join the Dask scheduler at {address}: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'no answer'}") from None
     if cfg.jobqueue:
-        cluster = jobqueue_cluster(cfg)
-        cluster.scale(jobs=cfg.jobs)
+        cluster = jobqueue_cluster(cfg, start=True)
         client = Client(cluster)
         client._tol_owns_cluster = True
         return client
@@ -97,21 +96,35 @@ def worker_settings(cfg: ClusterConfig):
 JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
 
 
-def jobqueue_cluster(cfg: ClusterConfig):
-    """A dask-jobqueue cluster (not yet scaled) for Slurm, PBS, SGE or LSF."""
+def jobqueue_cluster(cfg: ClusterConfig, start: bool = False):
+    """A dask-jobqueue cluster for Slurm, PBS, SGE or LSF.
+
+    `start=False` submits nothing (`cluster.job_script()` shows the script each job would run); `start=True`
+    submits `jobs` jobs, or, with `adaptive_maximum_jobs` set, lets dask-jobqueue keep between
+    `adaptive_minimum_jobs` and `adaptive_maximum_jobs` jobs as the work needs."""
     try:
         import dask_jobqueue
     except ImportError:
-        from .errors import TolError
-
         raise TolError(f"cluster.jobqueue = '{cfg.jobqueue}' needs dask-jobqueue: "
                        "pip install 'tol_builder[cluster]'") from None
+    from dask.utils import parse_bytes
+
     cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg.jobqueue])
     options = dict(cfg.jobqueue_options)
-    options.setdefault("cores", cfg.threads_per_worker)
-    options.setdefault("processes", 1)
-    options.setdefault("memory", "8GB" if cfg.memory_limit == "auto" else cfg.memory_limit)
-    return cls(**options)
+    processes = int(options.setdefault("processes", 1))
+    # threads_per_worker and memory_limit are per worker process; a job holds `processes` of them
+    options.setdefault("cores", cfg.threads_per_worker * processes)
+    options.setdefault("memory", parse_bytes("8GB" if cfg.memory_limit == "auto" else cfg.memory_limit) * processes)
+    if cfg.dashboard_address:  # ":0": any free port (8787 is often taken on a shared login node)
+        options["scheduler_options"] = {"dashboard_address": cfg.dashboard_address,
+                                        **options.get("scheduler_options", {})}
+    cluster = cls(**options)
+    if start:
+        if cfg.adaptive_maximum_jobs:
+            cluster.adapt(minimum_jobs=cfg.adaptive_minimum_jobs, maximum_jobs=cfg.adaptive_maximum_jobs)
+        else:
+            cluster.scale(jobs=cfg.jobs)
+    return cluster
 
 
 def close_client(client) -> None:

@@ -50,8 +50,14 @@ class ClusterConfig:
     worker_profiler: bool = False
     # Batch schedulers through dask-jobqueue (pip install 'tol_builder[cluster]'): "slurm", "pbs", "sge", "lsf"
     jobqueue: Literal["", "slurm", "pbs", "sge", "lsf"] = ""
-    jobs: int = 1  # jobs to submit
-    jobqueue_options: dict = field(default_factory=dict)  # passed to e.g. SLURMCluster (cores, memory, queue, ...)
+    jobs: int = 1  # jobs to submit (a fixed number; see adaptive_maximum_jobs)
+    # passed to e.g. SLURMCluster: cores, memory (per job), walltime, queue, account, job_extra_directives, ...;
+    # processes: worker processes per job (1); without cores or memory: threads_per_worker and memory_limit
+    # (8GB for "auto") times processes, as both are per worker process
+    jobqueue_options: dict = field(default_factory=dict)
+    # adaptive: jobs come and go with the work, between these bounds (dask-jobqueue's adapt); 0 = fixed `jobs`
+    adaptive_minimum_jobs: int = 0
+    adaptive_maximum_jobs: int = 0
 
 
 @dataclass

@@ -161,6 +161,9 @@ class Runner:
                     bar.advance()
         finally:
             bar.close()
+        if todo:
+            for d in outputs:
+                clean_tmp(d)  # leftovers of tasks whose worker died mid-write (Dask ran them again elsewhere)
         if failures:
             raise StageError(stage, failures)
         markers = read_markers(self.out, stage)

@@ -23,7 +23,15 @@ def _positive(section: str, cfg: Any, names: tuple[str, ...]) -> list[Problem]:
 
 
 def cluster_problems(cfg) -> list[Problem]:
-    return _positive("cluster", cfg, ("n_workers", "threads_per_worker", "jobs"))
+    out = _positive("cluster", cfg, ("n_workers", "threads_per_worker", "jobs"))
+    lo, hi = cfg.adaptive_minimum_jobs, cfg.adaptive_maximum_jobs
+    out += [(f"cluster.{n}", "0 or a positive integer", v) for n, v in
+            (("adaptive_minimum_jobs", lo), ("adaptive_maximum_jobs", hi)) if v < 0]
+    if (lo or hi) and not cfg.jobqueue:
+        out.append(("cluster.jobqueue", "a batch system (slurm, pbs, sge, lsf) for adaptive_*_jobs", cfg.jobqueue))
+    if lo > 0 and hi < lo:
+        out.append(("cluster.adaptive_maximum_jobs", f"at least adaptive_minimum_jobs ({lo})", hi))
+    return out
 
 
 def fetch_problems(cfg) -> list[Problem]:
