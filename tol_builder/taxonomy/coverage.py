@@ -3,7 +3,8 @@
 The views live in `catalog.duckdb` (created by `create_views` when the taxonomy stage registers its
 outputs); `coverage_table`, `rank_summary` and `plot_coverage` read them through a read-only connection
 for `tol coverage DIR [--rank R] [--plot FILE.png]`. Counts come from `lineage_map` (images per raw
-lineage), so no view has to scan the 10M records; `images` is the per-record view for everything else.
+lineage), so no view has to scan the 10M records; `images` (the table the taxonomy stage writes once,
+images.py) is the per-record one for everything else.
 
 Confirmed against source-asserted: every count of a rank is split by the raw lineage's `confirmed_rank`
 (lineage_map; the most specific rank an authority or the source's full lineage confirmed). A record has a
@@ -62,16 +63,13 @@ VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def create_views(con, page_sources: list[str], min_images: int) -> None:
-    """The `images` view and the coverage views, on a writable catalog connection."""
-    from .reconcile import lineage_key_sql
+def create_views(con, page_sources: list[str], min_images: int, images: bool = True) -> None:
+    """The coverage views, and with `images` the `images` view computed from records, lineage_map and taxa
+    (a connection without the table the taxonomy stage writes: images.py), on a writable connection."""
+    from .images import images_sql
 
-    con.execute(f"""CREATE OR REPLACE VIEW images AS
-        SELECT r.uid, r.source, r.source_id, m.taxon_id, t.kingdom, t.phylum, t.class, t."order", t.family,
-               t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank, m.confirmed_rank, m.rank_status
-        FROM records r
-        LEFT JOIN lineage_map m ON m.source = r.source AND m.lineage_key = {lineage_key_sql(page_sources, 'r')}
-        LEFT JOIN taxa t ON t.taxon_id = m.taxon_id""")
+    if images:
+        con.execute(f"CREATE OR REPLACE VIEW images AS {images_sql(page_sources)}")
     confirmed_index = f"coalesce(list_position({RANK_SQL}, m.confirmed_rank) - 1, -1)"
     per_rank = " UNION ALL ".join(
         f"""SELECT m.source, '{r}' AS rank, {i} AS rank_index, m.images,
