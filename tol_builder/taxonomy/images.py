@@ -11,8 +11,9 @@ written into a temporary folder that replaces `images/` whole, before the task's
 sees images of one reconciliation mixed with another's. One DuckDB COPY per records file: memory stays
 bounded by one file's join against the (few hundred thousand) lineages, whatever the number of records.
 
-`images_sql` is the definition itself: the writer uses it, and so does the computed view a connection
-without the written table gets (the shard plan's own connection; builds reconciled before this table existed).
+`images_sql` is the same rows computed at query time: the view a connection without the written table gets
+(the shard plan's own connection; outputs reconciled before this table existed). tests/test_taxonomy_materialised.py
+checks that the two agree.
 """
 
 from __future__ import annotations
@@ -60,27 +61,40 @@ def _records_root(records_glob: str) -> str:
 
 def write_images(con, out: Path, records_glob: str, output_dir: str, page_sources: list[str]) -> dict[str, int]:
     """Write `<out>/<output_dir>/images/` from the records and the `lineage_map.parquet` / `taxa.parquet`
-    just written there. Returns counters (images_rows, images_files, images_bytes)."""
+    just written there. Returns counters (images_rows, images_files, images_bytes).
+
+    Each file is sorted by taxon (kingdom .. species), then uid: a `GROUP BY genus, species` then meets each
+    group's rows together (several times faster on 10.4M rows than in the records' order), a `WHERE genus = ...`
+    skips row groups by their min/max, and the same inputs give the same bytes."""
+    from .reconcile import lineage_key_sql
+
     out = Path(out)
     d = out / output_dir
     root = out / _records_root(records_glob)
     files = sorted(out.glob(records_glob))
-    # the lineages joined once (m: lineage_map's columns, t: taxa's), small next to the records
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _img_lm AS SELECT source, lineage_key, taxon_id, confirmed_rank, "
-                f"rank_status FROM read_parquet({literal(str(d / 'lineage_map.parquet'))})")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _img_taxa AS SELECT * FROM read_parquet({literal(str(d / 'taxa.parquet'))})")
+    ranks = ", ".join(f't."{r}"' for r in RANKS)
+    # the lineages joined to their taxa once, numbered in taxon order: small next to the records
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_lineages AS
+        SELECT m.source, m.lineage_key, m.taxon_id, {ranks}, t.scientific_name, t.common_name, t.lowest_rank,
+               m.confirmed_rank, m.rank_status,
+               row_number() OVER (ORDER BY {ranks}, m.taxon_id, m.source, m.lineage_key) AS taxon_order
+        FROM read_parquet({literal(str(d / 'lineage_map.parquet'))}) m
+        LEFT JOIN read_parquet({literal(str(d / 'taxa.parquet'))}) t ON t.taxon_id = m.taxon_id""")
+    columns = ", ".join(f'l."{c}"' for c in IMAGE_COLUMNS[3:])
     rows = size = 0
     with atomic_path(d / IMAGES_DIR) as tmp:
         tmp.mkdir()
         for f in files:
             dest = tmp / f.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            records = f"read_parquet({literal(str(f))})"
-            rows += con.execute(f"COPY ({images_sql(page_sources, records, '_img_lm', '_img_taxa')}) TO "
-                                f"{literal(str(dest))} (FORMAT parquet, COMPRESSION zstd)").fetchall()[0][0]
+            rows += con.execute(f"""COPY (
+                SELECT r.uid, r.source, r.source_id, {columns}
+                FROM read_parquet({literal(str(f))}) r
+                LEFT JOIN _img_lineages l ON l.source = r.source AND l.lineage_key = {lineage_key_sql(page_sources, 'r')}
+                ORDER BY l.taxon_order NULLS LAST, r.uid)
+                TO {literal(str(dest))} (FORMAT parquet, COMPRESSION zstd)""").fetchall()[0][0]
             size += dest.stat().st_size
-    con.execute("DROP TABLE _img_lm")
-    con.execute("DROP TABLE _img_taxa")
+    con.execute("DROP TABLE _img_lineages")
     return {"images_rows": int(rows), "images_files": len(files), "images_bytes": int(size)}
 
 
