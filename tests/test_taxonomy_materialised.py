@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from test_taxonomy_fixtures import RECORDS, run_stage, write_authorities
 from tol_builder import catalog
 from tol_builder.runner import read_markers
+from tol_builder.sql import literal
 from tol_builder.taxonomy import STAGE, register
 from tol_builder.taxonomy.images import IMAGE_COLUMNS
 
@@ -117,3 +118,41 @@ def test_moved_build_and_missing_table_fallback(tmp_path):
     con = duckdb.connect(str(moved / "catalog.duckdb"), read_only=True)
     assert "images" not in {r[0] for r in con.execute("SELECT name FROM _parquet_views").fetchall()}
     con.close()
+
+
+COVERAGE = ["coverage_ranks", "coverage_lowest_rank", "taxon_images", "taxa_few_images", "unresolved_lineages"]
+
+
+def coverage_from_views(out: Path) -> dict[str, list[tuple]]:
+    """The coverage results computed by their view definitions over the build's parquet (the reference)."""
+    from tol_builder.config import TaxonomyConfig
+    from tol_builder.taxonomy.coverage import create_views
+
+    con = duckdb.connect()
+    try:
+        for name in ("lineage_map", "taxa"):
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal(out / 'taxonomy' / (name + '.parquet'))})")
+        create_views(con, ["eol"], TaxonomyConfig().min_images, images=False)
+        return {n: sorted(con.execute(f"SELECT * FROM {n}").fetchall(), key=repr) for n in COVERAGE}
+    finally:
+        con.close()
+
+
+def coverage_in_catalog(out: Path) -> dict[str, list[tuple]]:
+    return {n: sorted((tuple(r.values()) for r in catalog.query(out, f"SELECT * FROM {n}").to_pylist()), key=repr)
+            for n in COVERAGE}
+
+
+def test_coverage_results_are_tables_equal_to_their_views_and_follow_the_records(tmp_path):
+    d = write_authorities(tmp_path)
+    out, _ = run_stage(tmp_path, d, parts=2)
+    con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
+    kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
+    con.close()
+    assert {n: kinds[n] for n in COVERAGE} == {n: "BASE TABLE" for n in COVERAGE}
+    first = coverage_in_catalog(out)
+    assert first == coverage_from_views(out) and all(first[n] for n in COVERAGE if n != "taxa_few_images")
+    (out / "records" / "eol" / "part-0.parquet").unlink()  # fewer records: every count changes
+    run_stage(tmp_path, d, parts=2)
+    second = coverage_in_catalog(out)
+    assert second == coverage_from_views(out) and second["coverage_ranks"] != first["coverage_ranks"]

@@ -163,7 +163,8 @@ def run(ctx: BuildContext) -> dict[str, int]:
 def register(out: Path, page_sources: list[str], min_images: int) -> None:
     """Catalog views over the taxonomy outputs, `images` and the coverage views. Idempotent.
     `images` is a view over the written table; over the records (computed at every query) only when the
-    table is missing (outputs of an older reconcile, read by hand)."""
+    table is missing (outputs of an older reconcile, read by hand). The coverage results are small tables
+    in the catalog, computed here once per reconciliation."""
     for name in OUTPUTS:
         catalog.register_parquet(out, name, f"taxonomy/{name}.parquet")
     written = catalog.register_parquet(out, "images", images_glob())
@@ -171,7 +172,7 @@ def register(out: Path, page_sources: list[str], min_images: int) -> None:
         catalog.unregister(out, "images")
     con = catalog.connect(out, read_only=False)
     try:
-        create_views(con, page_sources, min_images, images=not written)
+        create_views(con, page_sources, min_images, images=not written, tables=True)
     finally:
         con.close()
     catalog.register_parquet(out, "taxa", "taxonomy/taxa.parquet")  # (re)writes the `tables` documentation

@@ -63,20 +63,28 @@ VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def create_views(con, page_sources: list[str], min_images: int, images: bool = True) -> None:
+def create_views(con, page_sources: list[str], min_images: int, images: bool = True, tables: bool = False) -> None:
     """The coverage views, and with `images` the `images` view computed from records, lineage_map and taxa
-    (a connection without the table the taxonomy stage writes: images.py), on a writable connection."""
+    (a connection without the table the taxonomy stage writes: images.py), on a writable connection.
+
+    `tables`: the coverage results computed once and stored as tables (the catalog: at full size
+    coverage_ranks alone takes seconds over 500,000 lineages, every query; the stage re-registers them after
+    each reconciliation, so they never outlive their inputs)."""
     from .images import images_sql
 
     if images:
-        con.execute(f"CREATE OR REPLACE VIEW images AS {images_sql(page_sources)}")
+        _replace(con, "images", images_sql(page_sources), False)
+
+    def create(name: str, sql: str) -> None:
+        _replace(con, name, sql, tables)
+
     confirmed_index = f"coalesce(list_position({RANK_SQL}, m.confirmed_rank) - 1, -1)"
     per_rank = " UNION ALL ".join(
         f"""SELECT m.source, '{r}' AS rank, {i} AS rank_index, m.images,
                    t."{r}" IS NOT NULL AS has_rank, t."{r}" IS NOT NULL AND {confirmed_index} >= {i} AS confirmed,
                    {"t.genus || ' ' || t.species" if r == "species" else f't."{r}"'} AS name
             FROM lineage_map m LEFT JOIN taxa t USING (taxon_id)""" for i, r in enumerate(RANKS))
-    con.execute(f"""CREATE OR REPLACE VIEW coverage_ranks AS
+    create("coverage_ranks", f"""
         SELECT coalesce(source, 'all') AS source, rank, rank_index, sum(images)::BIGINT AS images,
                sum(CASE WHEN has_rank THEN images ELSE 0 END)::BIGINT AS images_with_rank,
                round(sum(CASE WHEN has_rank THEN images ELSE 0 END) / sum(images), 4) AS share,
@@ -86,7 +94,7 @@ def create_views(con, page_sources: list[str], min_images: int, images: bool = T
                round(sum(CASE WHEN confirmed THEN images ELSE 0 END) / sum(images), 4) AS share_confirmed
         FROM ({per_rank}) GROUP BY GROUPING SETS ((source, rank, rank_index), (rank, rank_index))
         ORDER BY source = 'all', source, rank_index""")
-    con.execute("""CREATE OR REPLACE VIEW coverage_lowest_rank AS
+    create("coverage_lowest_rank", """
         SELECT source, coalesce(lowest_rank, 'unresolved') AS lowest_rank, sum(images)::BIGINT AS images,
                count(*) AS lineages,
                sum(CASE WHEN rank_status = 'confirmed' THEN images ELSE 0 END)::BIGINT AS images_confirmed,
@@ -94,18 +102,29 @@ def create_views(con, page_sources: list[str], min_images: int, images: bool = T
         FROM lineage_map GROUP BY source, lowest_rank
         ORDER BY source, coalesce(list_position(['species','genus','family','order','class','phylum','kingdom'],
                                                 any_value(lowest_rank)), 99)""")
-    con.execute("""CREATE OR REPLACE VIEW taxon_images AS
+    create("taxon_images", """
         SELECT taxon_id, source, sum(images)::BIGINT AS images FROM lineage_map WHERE taxon_id IS NOT NULL
         GROUP BY ALL ORDER BY taxon_id, source""")
-    con.execute(f"""CREATE OR REPLACE VIEW taxa_few_images AS
+    create("taxa_few_images", f"""
         SELECT t.taxon_id, t.scientific_name, t.lowest_rank, sum(m.images)::BIGINT AS images,
                string_agg(DISTINCT m.source, ',' ORDER BY m.source) AS sources
         FROM taxa t JOIN lineage_map m USING (taxon_id)
         GROUP BY ALL HAVING sum(m.images) < {int(min_images)} ORDER BY images, t.scientific_name""")
     raw = "concat_ws('|', " + ", ".join(f"coalesce(raw_{r}, '')" for r in RANKS) + ")"
-    con.execute(f"""CREATE OR REPLACE VIEW unresolved_lineages AS
+    create("unresolved_lineages", f"""
         SELECT source, lineage_key, rule, images, notes, {raw} AS raw_lineage, raw_scientific_name, taxon_ref
         FROM lineage_map WHERE taxon_id IS NULL ORDER BY images DESC, source, lineage_key""")
+
+
+def _replace(con, name: str, sql: str, table: bool) -> None:
+    """(Re)create `name` as a view, or as a table holding the result; whatever held the name before goes."""
+    kinds = {r[0] for r in con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ? "
+                                       "AND table_schema = 'main'", [name]).fetchall()}
+    if "VIEW" in kinds:
+        con.execute(f"DROP VIEW {ident(name)}")
+    elif kinds:
+        con.execute(f"DROP TABLE {ident(name)}")
+    con.execute(f"CREATE {'TABLE' if table else 'VIEW'} {ident(name)} AS {sql}")
 
 
 def check_rank(rank: str) -> None:

@@ -63,9 +63,9 @@ def write_images(con, out: Path, records_glob: str, output_dir: str, page_source
     """Write `<out>/<output_dir>/images/` from the records and the `lineage_map.parquet` / `taxa.parquet`
     just written there. Returns counters (images_rows, images_files, images_bytes).
 
-    Each file is sorted by taxon (kingdom .. species), then uid: a `GROUP BY genus, species` then meets each
-    group's rows together (several times faster on 10.4M rows than in the records' order), a `WHERE genus = ...`
-    skips row groups by their min/max, and the same inputs give the same bytes."""
+    Each file is sorted by taxon (genus, species, then kingdom .. family), then uid: a `GROUP BY genus, species`
+    meets each group's rows together (several times faster on 10.4M rows than in the records' order), a
+    `WHERE genus = ...` skips row groups by their min/max, and the same inputs give the same bytes."""
     from .reconcile import lineage_key_sql
 
     out = Path(out)
@@ -77,7 +77,8 @@ def write_images(con, out: Path, records_glob: str, output_dir: str, page_source
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_lineages AS
         SELECT m.source, m.lineage_key, m.taxon_id, {ranks}, t.scientific_name, t.common_name, t.lowest_rank,
                m.confirmed_rank, m.rank_status,
-               row_number() OVER (ORDER BY {ranks}, m.taxon_id, m.source, m.lineage_key) AS taxon_order
+               row_number() OVER (ORDER BY t.genus, t.species, {ranks}, m.taxon_id, m.source, m.lineage_key)
+                   AS taxon_order
         FROM read_parquet({literal(str(d / 'lineage_map.parquet'))}) m
         LEFT JOIN read_parquet({literal(str(d / 'taxa.parquet'))}) t ON t.taxon_id = m.taxon_id""")
     columns = ", ".join(f'l."{c}"' for c in IMAGE_COLUMNS[3:])
