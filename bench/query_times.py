@@ -42,6 +42,9 @@ QUERIES = [
                          "GROUP BY ALL HAVING count(*) < 10 ORDER BY images, genus, species LIMIT 20"),
     ("species_under_10_count", "SELECT count(*) AS species FROM (SELECT genus, species FROM images "
                                "WHERE species IS NOT NULL GROUP BY ALL HAVING count(*) < 10)"),
+    ("species_under_10_by_taxon", "SELECT t.genus, t.species, sum(i.images) AS images FROM taxon_images i "
+                                  "JOIN taxa t USING (taxon_id) WHERE t.species IS NOT NULL GROUP BY ALL "
+                                  "HAVING sum(i.images) < 10 ORDER BY images, genus, species LIMIT 20"),
     ("to_species_per_source", "SELECT source, count(*) FILTER (WHERE lowest_rank = 'species') AS to_species, "
                               "count(*) AS images FROM images GROUP BY 1 ORDER BY 1"),
     ("top20_families", "SELECT family, count(*) AS images FROM images WHERE family IS NOT NULL GROUP BY 1 "
@@ -52,6 +55,8 @@ QUERIES = [
     ("coverage_lowest_rank", "SELECT * FROM coverage_lowest_rank"),
     ("taxa_few_images_count", "SELECT count(*) FROM taxa_few_images"),
 ]
+
+COMMANDS = [("tol_coverage_class", ("coverage", "--rank", "class"))]  # (tol status needs markers: bench builds have none)
 
 
 def loadavg() -> str:
@@ -128,17 +133,18 @@ def child_inprocess(build: Path, queries: list[list[str]], repeat: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ parent
-def time_cli(code: Path, build: Path, sql: str, repeat: int) -> float:
-    """Best wall time of `tol query BUILD SQL` in a new process (the console script's own code)."""
-    cmd = [sys.executable, "-c", "import sys; from tol_builder.cli import main; sys.exit(main())",
-           "query", str(build), sql]
+def time_cli(code: Path, build: Path, sql: str | None, repeat: int, command: tuple[str, ...] = ()) -> float:
+    """Best wall time of `tol query BUILD SQL` (or `tol COMMAND BUILD ...`) in a new process, as the console
+    script runs it."""
+    args = ["query", str(build), sql] if sql is not None else [command[0], str(build), *command[1:]]
+    cmd = [sys.executable, "-c", "import sys; from tol_builder.cli import main; sys.exit(main())", *args]
     best = float("inf")
     for _ in range(repeat):
         t = time.time()
         p = subprocess.run(cmd, env=code_env(code), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         dt = time.time() - t
         if p.returncode:
-            sys.exit(f"tol query failed ({sql}):\n{p.stderr[-2000:]}")
+            sys.exit(f"tol {' '.join(args[:1] + args[2:])} failed:\n{p.stderr[-2000:]}")
         best = min(best, dt)
     return round(best, 3)
 
@@ -211,6 +217,13 @@ def main(argv=None) -> None:
         s = time_cli(code, build, sql, args.repeat)
         report["cli"][name] = {"seconds": s, "loadavg": la}
         print(f"{name:26} {s:11.3f} {inproc['seconds'][name]:12.3f} {inproc['rows'][name]:6}  {la}", flush=True)
+    for name, cmd in COMMANDS:  # other commands a user runs on the catalog, through the CLI only
+        if args.only and name not in args.only:
+            continue
+        la = loadavg()
+        s = time_cli(code, build, None, args.repeat, cmd)
+        report["cli"][name] = {"seconds": s, "loadavg": la}
+        print(f"{name:26} {s:11.3f} {'':>12} {'':>6}  {la}", flush=True)
     report["sql"] = dict(queries)
     scale = args.scale
     results = ROOT / "bench" / "results"
