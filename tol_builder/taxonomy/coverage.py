@@ -25,7 +25,8 @@ from ..sql import ident, literal
 RANK_SQL = "['kingdom','phylum','class','order','family','genus','species']"
 
 VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
-    "images": ("every record with its resolved taxon (unresolved records: taxon_id and ranks NULL)",
+    "images": ("every record with its resolved taxon, written once by the taxonomy stage (taxonomy/images/, "
+               "sorted by genus and species; unresolved records: taxon_id and ranks NULL)",
                {"uid": "image id", "source": "source id", "source_id": "id in the source",
                 "taxon_id": "taxa.taxon_id", **{r: f"resolved {r}" for r in RANKS[:6]},
                 "species": "species epithet", "scientific_name": "taxa.scientific_name",
