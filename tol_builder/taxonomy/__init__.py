@@ -6,14 +6,15 @@ Two runner stages, like ingest:
   authority under `<out>/cache/taxonomy/`, loaded once per build. A task's key carries the authority's
   fingerprint (manifest, files, kingdom synonyms), so changing an authority reloads it and nothing else.
 * `taxonomy`: one task (reconcile.py; a DuckDB job on the distinct raw lineages) ->
-  `<out>/taxonomy/{lineage_map,taxa,conflicts,common_names}.parquet`. Its key fingerprints the settings, the curated
+  `<out>/taxonomy/{lineage_map,taxa,conflicts,common_names}.parquet`, then every record with its taxon,
+  written once as `<out>/taxonomy/images/<source>/<part>.parquet` (images.py). Its key fingerprints the settings, the curated
   files, the authorities and the records, so a re-run after any of them changed reconciles again, and a
   re-run after nothing changed does nothing.
 
 Then `register` puts it all in the catalog: `taxa`, `lineage_map`, `conflicts`, `common_names` (every
 common name of every taxon in every language: common_names.py) as parquet views, the
-`images` view (every record with its taxon; unresolved ones with empty ranks; each record's
-`confirmed_rank` and `rank_status` through its own raw lineage) and the coverage views (coverage.py), which
+`images` view over the written table (every record with its taxon; unresolved ones with empty ranks; each
+record's `confirmed_rank` and `rank_status` through its own raw lineage) and the coverage views (coverage.py), which
 count confirmed against source-asserted ranks. Stages never import cluster code; the runner hands the tasks to Dask.
 """
 
@@ -36,6 +37,7 @@ from . import curation
 from . import languages
 from .common_names import COMMON_NAMES_COLUMNS
 from .coverage import VIEW_DOCS, create_views
+from .images import IMAGES_DIR, images_glob
 from .reconcile import (CONFLICT_COLUMNS, LINEAGE_MAP_COLUMNS, TAXA_COLUMNS, Settings,
                         reconcile_task, settings_dict)
 
@@ -142,7 +144,8 @@ def run(ctx: BuildContext) -> dict[str, int]:
                                     "records": files_fingerprint(out, settings.records_glob),
                                     "version": auth.LOADER_VERSION}, sort_keys=True, default=str).encode())
     key = f"reconcile.{fp.hexdigest()[:16]}"
-    if not all((out / "taxonomy" / f"{n}.parquet").exists() for n in OUTPUTS):
+    if not all((out / "taxonomy" / f"{n}.parquet").exists() for n in OUTPUTS) or \
+            not (out / "taxonomy" / IMAGES_DIR).is_dir():  # also: a build reconciled before images/ existed
         (marker_dir(out, STAGE) / f"{key}.json").unlink(missing_ok=True)
     drop_stale_markers(out, STAGE, {key})
     result = ctx.runner.run(STAGE, [Task(key, reconcile_task, dict(out=str(out), settings=sd))],
@@ -158,12 +161,18 @@ def run(ctx: BuildContext) -> dict[str, int]:
 
 
 def register(out: Path, page_sources: list[str], min_images: int) -> None:
-    """Catalog views over the taxonomy outputs, `images` and the coverage views. Idempotent."""
+    """Catalog views over the taxonomy outputs, `images` and the coverage views. Idempotent.
+    `images` is a view over the written table; over the records (computed at every query) only when the
+    table is missing (outputs of an older reconcile, read by hand). The coverage results are small tables
+    in the catalog, computed here once per reconciliation."""
     for name in OUTPUTS:
         catalog.register_parquet(out, name, f"taxonomy/{name}.parquet")
+    written = catalog.register_parquet(out, "images", images_glob())
+    if not written:
+        catalog.unregister(out, "images")
     con = catalog.connect(out, read_only=False)
     try:
-        create_views(con, page_sources, min_images)
+        create_views(con, page_sources, min_images, images=not written, tables=True)
     finally:
         con.close()
     catalog.register_parquet(out, "taxa", "taxonomy/taxa.parquet")  # (re)writes the `tables` documentation

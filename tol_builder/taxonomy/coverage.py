@@ -3,7 +3,8 @@
 The views live in `catalog.duckdb` (created by `create_views` when the taxonomy stage registers its
 outputs); `coverage_table`, `rank_summary` and `plot_coverage` read them through a read-only connection
 for `tol coverage DIR [--rank R] [--plot FILE.png]`. Counts come from `lineage_map` (images per raw
-lineage), so no view has to scan the 10M records; `images` is the per-record view for everything else.
+lineage), so no view has to scan the 10M records; `images` (the table the taxonomy stage writes once,
+images.py) is the per-record one for everything else.
 
 Confirmed against source-asserted: every count of a rank is split by the raw lineage's `confirmed_rank`
 (lineage_map; the most specific rank an authority or the source's full lineage confirmed). A record has a
@@ -24,7 +25,8 @@ from ..sql import ident, literal
 RANK_SQL = "['kingdom','phylum','class','order','family','genus','species']"
 
 VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
-    "images": ("every record with its resolved taxon (unresolved records: taxon_id and ranks NULL)",
+    "images": ("every record with its resolved taxon, written once by the taxonomy stage (taxonomy/images/, "
+               "sorted by genus and species; unresolved records: taxon_id and ranks NULL)",
                {"uid": "image id", "source": "source id", "source_id": "id in the source",
                 "taxon_id": "taxa.taxon_id", **{r: f"resolved {r}" for r in RANKS[:6]},
                 "species": "species epithet", "scientific_name": "taxa.scientific_name",
@@ -62,23 +64,28 @@ VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def create_views(con, page_sources: list[str], min_images: int) -> None:
-    """The `images` view and the coverage views, on a writable catalog connection."""
-    from .reconcile import lineage_key_sql
+def create_views(con, page_sources: list[str], min_images: int, images: bool = True, tables: bool = False) -> None:
+    """The coverage views, and with `images` the `images` view computed from records, lineage_map and taxa
+    (a connection without the table the taxonomy stage writes: images.py), on a writable connection.
 
-    con.execute(f"""CREATE OR REPLACE VIEW images AS
-        SELECT r.uid, r.source, r.source_id, m.taxon_id, t.kingdom, t.phylum, t.class, t."order", t.family,
-               t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank, m.confirmed_rank, m.rank_status
-        FROM records r
-        LEFT JOIN lineage_map m ON m.source = r.source AND m.lineage_key = {lineage_key_sql(page_sources, 'r')}
-        LEFT JOIN taxa t ON t.taxon_id = m.taxon_id""")
+    `tables`: the coverage results computed once and stored as tables (the catalog: at full size
+    coverage_ranks alone takes seconds over 500,000 lineages, every query; the stage re-registers them after
+    each reconciliation, so they never outlive their inputs)."""
+    from .images import images_sql
+
+    if images:
+        _replace(con, "images", images_sql(page_sources), False)
+
+    def create(name: str, sql: str) -> None:
+        _replace(con, name, sql, tables)
+
     confirmed_index = f"coalesce(list_position({RANK_SQL}, m.confirmed_rank) - 1, -1)"
     per_rank = " UNION ALL ".join(
         f"""SELECT m.source, '{r}' AS rank, {i} AS rank_index, m.images,
                    t."{r}" IS NOT NULL AS has_rank, t."{r}" IS NOT NULL AND {confirmed_index} >= {i} AS confirmed,
                    {"t.genus || ' ' || t.species" if r == "species" else f't."{r}"'} AS name
             FROM lineage_map m LEFT JOIN taxa t USING (taxon_id)""" for i, r in enumerate(RANKS))
-    con.execute(f"""CREATE OR REPLACE VIEW coverage_ranks AS
+    create("coverage_ranks", f"""
         SELECT coalesce(source, 'all') AS source, rank, rank_index, sum(images)::BIGINT AS images,
                sum(CASE WHEN has_rank THEN images ELSE 0 END)::BIGINT AS images_with_rank,
                round(sum(CASE WHEN has_rank THEN images ELSE 0 END) / sum(images), 4) AS share,
@@ -88,7 +95,7 @@ def create_views(con, page_sources: list[str], min_images: int) -> None:
                round(sum(CASE WHEN confirmed THEN images ELSE 0 END) / sum(images), 4) AS share_confirmed
         FROM ({per_rank}) GROUP BY GROUPING SETS ((source, rank, rank_index), (rank, rank_index))
         ORDER BY source = 'all', source, rank_index""")
-    con.execute("""CREATE OR REPLACE VIEW coverage_lowest_rank AS
+    create("coverage_lowest_rank", """
         SELECT source, coalesce(lowest_rank, 'unresolved') AS lowest_rank, sum(images)::BIGINT AS images,
                count(*) AS lineages,
                sum(CASE WHEN rank_status = 'confirmed' THEN images ELSE 0 END)::BIGINT AS images_confirmed,
@@ -96,18 +103,29 @@ def create_views(con, page_sources: list[str], min_images: int) -> None:
         FROM lineage_map GROUP BY source, lowest_rank
         ORDER BY source, coalesce(list_position(['species','genus','family','order','class','phylum','kingdom'],
                                                 any_value(lowest_rank)), 99)""")
-    con.execute("""CREATE OR REPLACE VIEW taxon_images AS
+    create("taxon_images", """
         SELECT taxon_id, source, sum(images)::BIGINT AS images FROM lineage_map WHERE taxon_id IS NOT NULL
         GROUP BY ALL ORDER BY taxon_id, source""")
-    con.execute(f"""CREATE OR REPLACE VIEW taxa_few_images AS
+    create("taxa_few_images", f"""
         SELECT t.taxon_id, t.scientific_name, t.lowest_rank, sum(m.images)::BIGINT AS images,
                string_agg(DISTINCT m.source, ',' ORDER BY m.source) AS sources
         FROM taxa t JOIN lineage_map m USING (taxon_id)
         GROUP BY ALL HAVING sum(m.images) < {int(min_images)} ORDER BY images, t.scientific_name""")
     raw = "concat_ws('|', " + ", ".join(f"coalesce(raw_{r}, '')" for r in RANKS) + ")"
-    con.execute(f"""CREATE OR REPLACE VIEW unresolved_lineages AS
+    create("unresolved_lineages", f"""
         SELECT source, lineage_key, rule, images, notes, {raw} AS raw_lineage, raw_scientific_name, taxon_ref
         FROM lineage_map WHERE taxon_id IS NULL ORDER BY images DESC, source, lineage_key""")
+
+
+def _replace(con, name: str, sql: str, table: bool) -> None:
+    """(Re)create `name` as a view, or as a table holding the result; whatever held the name before goes."""
+    kinds = {r[0] for r in con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ? "
+                                       "AND table_schema = 'main'", [name]).fetchall()}
+    if "VIEW" in kinds:
+        con.execute(f"DROP VIEW {ident(name)}")
+    elif kinds:
+        con.execute(f"DROP TABLE {ident(name)}")
+    con.execute(f"CREATE {'TABLE' if table else 'VIEW'} {ident(name)} AS {sql}")
 
 
 def check_rank(rank: str) -> None:

@@ -2,13 +2,14 @@
 
 Works on distinct raw lineages (a few hundred thousand), never on images, in DuckDB. One runner task
 (`reconcile_task`) reads the records parquet and the loaded authorities (authorities.py) and writes
-`<out>/taxonomy/{lineage_map,taxa,conflicts,common_names}.parquet` (common names: common_names.py).
+`<out>/taxonomy/{lineage_map,taxa,conflicts,common_names}.parquet` (common names: common_names.py), then
+the `images` table, each record with its taxon, once (`<out>/taxonomy/images/`: images.py).
 
 The rules, in the order they apply (taxonomy/README.md says the same, shorter, for users):
 
 1. **Raw lineage.** (source, the seven raw ranks, scientific_name, and for EOL-style sources the
    source_taxon_id = EOL page id). Its key is the md5 of those values (`lineage_key_sql`), so the
-   `images` view finds each record's lineage with the same expression.
+   `images` table finds each record's lineage with the same expression.
 2. **Normalising** (names.py, gnparser): missing markers dropped, uninomials capitalised, authorship
    removed, infraspecific names reduced to the species, hybrids / sp. / cf. / interim names not taken as a
    species (the genus stays), kingdom synonyms applied (Metazoa -> Animalia).
@@ -184,6 +185,11 @@ def reconcile_task(out: str, settings: dict) -> dict[str, int]:
         timings["finish"] = time.time() - t
         counters = write_outputs(con, out_p / s.output_dir)
         counters.update(cn)
+        t = time.time()
+        from .images import write_images
+
+        counters.update(write_images(con, out_p, s.records_glob, s.output_dir, s.page_sources))
+        timings["images"] = time.time() - t
         counters.update({f"ms_{k}": int(v * 1000) for k, v in timings.items()})
         return counters
     finally:
