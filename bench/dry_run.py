@@ -53,10 +53,22 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def measure(cmd: list[str], log: Path) -> dict:
-    """Run cmd; wall, CPU seconds of the tree, peak summed RSS of the tree (sampled), load before/after."""
+def dir_bytes(d: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def measure(cmd: list[str], log: Path, spill_dirs: list[Path] = ()) -> dict:
+    """Run cmd; wall, CPU seconds of the tree, peak summed RSS of the tree (sampled), load before/after, and
+    the peak bytes of DuckDB's spill folders (sampled every second)."""
     load0 = loadavg()
-    peak = {"tree": 0, "single": 0}
+    peak = {"tree": 0, "single": 0, "spill": 0}
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT))
@@ -81,8 +93,12 @@ def measure(cmd: list[str], log: Path) -> dict:
                     total += rss
                     single = max(single, rss)
                 peak["tree"], peak["single"] = max(peak["tree"], total), max(peak["single"], single)
+                ticks[0] += 1
+                if ticks[0] % 5 == 0:
+                    peak["spill"] = max(peak["spill"], sum(dir_bytes(d) for d in spill_dirs))
                 stop.wait(0.2)
 
+        ticks = [0]
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -94,6 +110,7 @@ def measure(cmd: list[str], log: Path) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {rc}); its output:\n{log.read_text()[-5000:]}")
     return {"seconds": round(wall, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_tree_gb": round(peak["tree"] / 1e9, 2), "peak_process_gb": round(peak["single"] / 1e9, 2),
+            "peak_spill_gb": round(peak["spill"] / 1e9, 2),
             "load_before": load0, "load_after": loadavg()}
 
 
@@ -173,10 +190,21 @@ def shards_plan_child(wf_path: Path) -> None:
     print(json.dumps(r.counters))
 
 
-def run(scale: float, data_root: Path) -> dict:
+def run(scale: float, data_root: Path, only: tuple[str, ...] = STAGES) -> dict:
+    """The stages of `only` (all: a fresh build; a subset: again on the build of the last run of this scale,
+    the other stages' figures kept from its results file)."""
     import synth_dryrun
 
     data = data_root / f"scale-{scale:g}"
+    partial = tuple(only) != STAGES
+    previous = RESULTS / f"dry_run_scale{scale:g}.json"
+    if partial:
+        if not (data / "build").is_dir() or not previous.is_file():
+            raise SystemExit(f"--stages {','.join(only)}: no earlier run of scale {scale:g} to continue")
+        report = json.loads(previous.read_text())
+        report.setdefault("reruns", []).append({"stages": list(only), "at": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                                        time.gmtime())})
+        return _stages(report, data, data / "build", write_workflow(data, data / "build"), only)
     report: dict = {"scale": scale, "data": str(data), "machine": {
         "cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)},
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
@@ -194,15 +222,25 @@ def run(scale: float, data_root: Path) -> dict:
     report["input_bytes"] = sum(p.stat().st_size for p in data.rglob("*") if p.is_file() and "build" not in p.parts)
     build = data / "build"
     shutil.rmtree(build, ignore_errors=True)
-    wf = write_workflow(data, build)
+    return _stages(report, data, build, write_workflow(data, build), only)
+
+
+def _stages(report: dict, data: Path, build: Path, wf: Path, only: tuple[str, ...]) -> dict:
+    import synth_dryrun
+
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     tol = [sys.executable, "-m", "tol_builder.cli", "build", str(wf), "--quiet", "--stages"]
-    report["stages"] = {}
+    report.setdefault("stages", {})
 
     def stage(name: str, cmd: list[str], prefixes: tuple[str, ...]) -> None:
+        if name not in only:
+            return
+        for d in (build / "_markers").glob("*"):  # a re-run on the same build must not skip its tasks
+            if any(d.name == p or d.name.startswith(p + ".") for p in prefixes):
+                shutil.rmtree(d)
         print(f"stage {name} ...", flush=True)
-        r = measure(cmd, logs / f"{name}.log")
+        r = measure(cmd, logs / f"{name}.log", [build / "cache" / "selection-tmp", build / "cache" / "taxonomy" / "tmp"])
         r["runner_stages"] = stage_counters(build, prefixes)
         report["stages"][name] = r
         print(f"  {name}: {r['seconds']} s wall, {r['cpu_seconds']} CPU s, peak {r['peak_tree_gb']} GB "
@@ -210,10 +248,11 @@ def run(scale: float, data_root: Path) -> dict:
         save(report)
 
     stage("ingest", tol + ["ingest"], ("ingest",))
-    t0 = time.time()
-    report["generate_media"] = synth_dryrun.write_media(build, data)
-    report["generate_media"]["seconds"] = round(time.time() - t0, 1)
-    print(f"  media written in place of fetch: {report['generate_media']}", flush=True)
+    if "ingest" in only:  # media follow the records
+        t0 = time.time()
+        report["generate_media"] = synth_dryrun.write_media(build, data)
+        report["generate_media"]["seconds"] = round(time.time() - t0, 1)
+        print(f"  media written in place of fetch: {report['generate_media']}", flush=True)
     stage("taxonomy", tol + ["taxonomy"], ("taxonomy",))
     stage("dedup", tol + ["dedup"], ("dedup",))
     stage("shards_plan", [sys.executable, str(Path(__file__).resolve()), "--shards-plan", str(wf)], ("shards",))
@@ -270,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--data", type=Path, default=Path("/tmp/tol-dryrun"))
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help="a subset runs again on the last build of this scale (e.g. shards_plan)")
     ap.add_argument("--report", action="store_true", help="print the table of the results so far")
     ap.add_argument("--shards-plan", type=Path, help=argparse.SUPPRESS)  # child: the plan step
     args = ap.parse_args(argv)
@@ -279,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(table())
         return
-    r = run(args.scale, args.data.resolve())
+    only = tuple(s for s in STAGES if s in args.stages.split(","))
+    r = run(args.scale, args.data.resolve(), only)
     peak = max(s["peak_tree_gb"] for s in r["stages"].values())
     print(f"scale {args.scale:g}: peak {peak} GB over the stages (bar < {BAR_PEAK / 1e9:.1f} GB: "
           f"{'met' if peak * 1e9 < BAR_PEAK else 'NOT met'})")
