@@ -239,6 +239,8 @@ def _stages(report: dict, data: Path, build: Path, wf: Path, only: tuple[str, ..
         for d in (build / "_markers").glob("*"):  # a re-run on the same build must not skip its tasks
             if any(d.name == p or d.name.startswith(p + ".") for p in prefixes):
                 shutil.rmtree(d)
+        if name == "shards_plan":  # nor reuse the plan of the same inputs (plan.plan keeps it)
+            shutil.rmtree(build / "selection", ignore_errors=True)
         print(f"stage {name} ...", flush=True)
         r = measure(cmd, logs / f"{name}.log", [build / "cache" / "selection-tmp", build / "cache" / "taxonomy" / "tmp"])
         r["runner_stages"] = stage_counters(build, prefixes)
