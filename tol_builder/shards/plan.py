@@ -291,7 +291,12 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
         case = "CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason, _ in rules) + " END"
         for _, _, p in rules:
             reason_params.extend(p)
-        con.execute(f"CREATE TEMP TABLE judged AS SELECT b.*, {case} AS reason FROM base b", reason_params)
+        # `base` is the one wide table (10.4M records: ~7 GB); every later step carries only the narrow columns
+        # it needs, and the samples take their metadata from `base` as they are written (four wide copies
+        # spilled over 26 GB at TreeOfLife-10M size: bench/README_dryrun.md)
+        con.execute(f"""CREATE TEMP TABLE judged AS
+            SELECT b.uid, b.source, b.taxon_id, b.licence_id, b.cluster, b.media_file, {case} AS reason FROM base b""",
+                    reason_params)
         # per taxon: the floor, then the cap (seeded choice of which images stay)
         floor_drop = cfg.min_per_species > 0 and cfg.below_min_per_species == "drop"
         con.execute(f"""CREATE TEMP TABLE ranked AS
@@ -306,13 +311,13 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
         val_cut = int(cfg.val_fraction * TWO64)
         small_cut = int(cfg.train_small_fraction * TWO64)
         con.execute(f"""CREATE TEMP TABLE chosen AS
-            SELECT *, CASE WHEN {_h64("? || ':split:' || cluster")} < ?::UBIGINT THEN 'val' ELSE 'train' END AS split1,
+            SELECT uid, source, licence_id, cluster, media_file,
+                   CASE WHEN {_h64("? || ':split:' || cluster")} < ?::UBIGINT THEN 'val' ELSE 'train' END AS split1,
                    {_h64("? || ':train_small:' || uid")} < ?::UBIGINT AS small
             FROM judged WHERE reason IS NULL""", [seed, val_cut, seed, small_cut])
         n = cfg.samples_per_shard
-        meta = ", ".join(f'"{c}"' for c in META_COLUMNS)
         con.execute(f"""CREATE TEMP TABLE planned AS
-            SELECT uid, split, (rn // {n})::INTEGER AS shard, (rn % {n})::INTEGER AS position, {meta}, media_file
+            SELECT uid, split, (rn // {n})::INTEGER AS shard, (rn % {n})::INTEGER AS position, source, media_file
             FROM (SELECT *, row_number() OVER (PARTITION BY split ORDER BY {_h64("? || ':order:' || split || ':' || uid")},
                                                uid) - 1 AS rn
                   FROM (SELECT *, split1 AS split FROM chosen
@@ -321,8 +326,10 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
         counts = _counts(con, cfg)
         dest.mkdir(parents=True, exist_ok=True)
         split_order = "CASE split WHEN 'train' THEN 0 WHEN 'val' THEN 1 ELSE 2 END"
-        _write_grouped(con.sql(f"""SELECT uid, split, shard, position, {meta} FROM planned
-                                       ORDER BY {split_order}, shard, position""").to_arrow_reader(65536),
+        meta_base = ", ".join(f'b."{c}"' for c in META_COLUMNS)
+        _write_grouped(con.sql(f"""SELECT p.uid, p.split, p.shard, p.position, {meta_base}
+                                       FROM planned p JOIN base b USING (uid)
+                                       ORDER BY {split_order}, p.shard, p.position""").to_arrow_reader(65536),
                        dest / "samples.parquet", ("split", "shard"))
         # first pass: media files in name order, cut into buckets of about `per_bucket` routed samples
         per_bucket = bucket_size(sum(v["samples"] for v in counts["splits"].values()), cfg.bucket_rows)
