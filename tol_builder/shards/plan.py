@@ -199,9 +199,10 @@ INPUTS = (("records", "records/*/*.parquet", "ingest"), ("lineage_map", "taxonom
 
 def inputs(out: Path, wf: Workflow, threads: int = 1, memory_limit: str = "4GB"):
     """A DuckDB connection of its own (not the catalog: its read-only connections are locked down) with the
-    views the plan reads over the build's parquet: records, lineage_map, taxa, and `images` made by the
-    taxonomy's own view definition."""
+    views the plan reads over the build's parquet: records, lineage_map, taxa, and `images` (the taxonomy
+    stage's table, or its own view definition)."""
     from ..taxonomy.coverage import create_views
+    from ..taxonomy.images import images_glob
 
     for name, glob, stage in INPUTS + (("media", "media/*/*.parquet", "fetch"),):
         if not any(out.glob(glob)):
@@ -214,7 +215,13 @@ def inputs(out: Path, wf: Workflow, threads: int = 1, memory_limit: str = "4GB")
     con.execute("SET temp_directory = ?", [str(tmp)])
     for name, glob, _ in INPUTS:
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal(out / glob)}, union_by_name=true)")
-    create_views(con, [s.id for s in wf.sources if s.name == "eol"], 1)  # page sources: as taxonomy.plan
+    # `images` as the taxonomy stage wrote it (a scan); computed from records and lineage_map for a build
+    # reconciled before that table existed (at full size the computation is most of the plan's first step)
+    written = any(out.glob(images_glob()))
+    create_views(con, [s.id for s in wf.sources if s.name == "eol"], 1, images=not written)  # pages: as taxonomy
+    if written:
+        con.execute(f"CREATE OR REPLACE VIEW images AS SELECT * FROM read_parquet({literal(out / images_glob())}, "
+                    "union_by_name=true)")
     return con
 
 
