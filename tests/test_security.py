@@ -119,6 +119,9 @@ def test_memory_limit_injection_is_refused_at_load(tmp_path):
         load_workflow(wf)
     assert not target.exists() and not (tmp_path / "b").exists()
     load_workflow(_workflow(tmp_path, '[taxonomy]\nmemory_limit = "1.5GiB"'))  # the grammar's good values load
+    with pytest.raises(ConfigError, match=r"shards\.memory_limit"):  # the shard plan's limit: the same rule
+        load_workflow(_workflow(tmp_path, '[shards]\nmemory_limit = "8GB\'; SELECT 1; --"'))
+    assert load_workflow(_workflow(tmp_path, '[shards]\nmemory_limit = "2GB"')).shards.memory_limit == "2GB"
 
 
 def test_table_source_options_cannot_inject(tmp_path):

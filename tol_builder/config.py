@@ -222,6 +222,15 @@ class ShardsConfig:
     # work
     bucket_rows: int = 50_000  # at most this many samples per first-pass task (fewer for small builds; shards/plan.py)
     keep_buckets: bool = False  # keep the first pass's buckets (BUILD/cache/shards) after the shards are written
+    # DuckDB memory limit of the plan (one task; spills to cache/selection-tmp beyond it). At TreeOfLife-10M
+    # size 4GB spilled ~17 GB and made the plan grow faster than the records (bench/README_dryrun.md)
+    memory_limit: str = "8GB"
+
+    def __post_init__(self) -> None:
+        from .sql import MEMORY_LIMIT
+
+        if not MEMORY_LIMIT.match(self.memory_limit):  # it reaches DuckDB's SET memory_limit
+            raise FieldValueError("memory_limit", "a size such as '8GB' or '500MB'", self.memory_limit)
 
 
 @dataclass

@@ -124,7 +124,7 @@ def fingerprint(out: Path, wf: Workflow) -> str:
     """What the plan depends on: its settings, the seed, the languages and the state of every input file."""
     out = Path(out)
     h = hashlib.sha256()
-    settings = {k: v for k, v in asdict(wf.shards).items() if k not in ("bucket_rows", "keep_buckets")}
+    settings = {k: v for k, v in asdict(wf.shards).items() if k not in ("bucket_rows", "keep_buckets", "memory_limit")}
     h.update(json.dumps({"version": PLAN_VERSION, "seed": wf.seed, "shards": settings, "languages": languages(wf),
                          "sources": [s.id for s in wf.sources]}, sort_keys=True).encode())
     h.update(files_fingerprint(out, "records/*/*.parquet", "media/*/*.parquet", "taxonomy/*.parquet").encode())
@@ -483,7 +483,7 @@ def plan(out: Path, wf: Workflow, threads: int = 1) -> dict[str, Any]:
         return existing
     with atomic_path(selection_dir(out)) as tmp:
         tmp.mkdir(parents=True)
-        counts = compute(out, wf, tmp, threads)
+        counts = compute(out, wf, tmp, threads, wf.shards.memory_limit)
         doc = {"fingerprint": fp, "seed": wf.seed, "languages": list(languages(wf)),
                "settings": asdict(wf.shards), "counts": counts}
         (tmp / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
