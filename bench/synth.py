@@ -39,13 +39,15 @@ def _add_file_to_tgz(tgz: Path, member: str, src: Path) -> None:
         tar.add(src, arcname=member)
 
 
-def inat21(out: Path, scale: float = 1.0) -> Path:
+def inat21(out: Path, scale: float = 1.0, cats: list[dict] | None = None) -> Path:
+    """iNat21's train.json.tar.gz and a manifest; `cats`: the categories (dicts as built below), else made up."""
     d = out / "inat21"
     d.mkdir(parents=True, exist_ok=True)
     n_img, n_cat = int(INAT_IMAGES * scale), max(10, int(INAT_CATEGORIES * scale))
     rng = random.Random(21)
-    cats = []
-    for c in range(n_cat):
+    n_cat = len(cats) if cats else n_cat
+    cats = list(cats or [])
+    for c in range(0 if cats else n_cat):
         k, p, cl = KINGDOMS[c % len(KINGDOMS)]
         order, family, genus, epithet = f"Order{c % 97}", f"Family{c % 1009}", f"Genus{c % 4001}", f"epithet{c}"
         cats.append(dict(id=c, name=f"{genus} {epithet}", common_name=f"Common {c}", supercategory=k,

@@ -325,45 +325,7 @@ def write_inat21(out: Path, t: Tree, scale: float, files: Path) -> dict:
         cats.append(dict(id=c, name=f"{g} {ep}", common_name=f"Common {c}", supercategory=k, kingdom=k, phylum=p,
                          cls=cl, order=o, family=fam, genus=g, epithet=ep,
                          dir=f"{c:05d}_{k}_{p}_{cl}_{o}_{fam}_{g}_{ep}"))
-    js = d / "train.json"
-    import uuid
-
-    with open(js, "w") as f:
-        f.write('{"info": {"year": 2021, "version": "synthetic"}, "images": [')
-        buf = []
-        for i in range(n_img):
-            c = cats[i % n_cat]
-            buf.append('{"id": %d, "width": 500, "height": %d, "file_name": "train/%s/%s.jpg", "license": %d, '
-                       '"rights_holder": "Observer %d", "date": "2019-06-0%d 10:00:00+00:00", "latitude": %.5f, '
-                       '"longitude": %.5f, "location_uncertainty": %s}'
-                       % (i, 300 + i % 200, c["dir"], uuid.UUID(int=rng.getrandbits(128)), i % 6, i % 5000,
-                          1 + i % 9, rng.uniform(-60, 70), rng.uniform(-180, 180), "null" if i % 3 else str(i % 500)))
-            if len(buf) == 50_000:
-                f.write((", " if i >= 50_000 else "") + ", ".join(buf))
-                buf = []
-        if buf:
-            f.write((", " if n_img > len(buf) else "") + ", ".join(buf))
-        f.write('], "categories": [')
-        f.write(", ".join(
-            '{"id": %d, "name": "%s", "common_name": "%s", "supercategory": "%s", "kingdom": "%s", "phylum": "%s", '
-            '"class": "%s", "order": "%s", "family": "%s", "genus": "%s", "specific_epithet": "%s", '
-            '"image_dir_name": "%s"}' % (c["id"], c["name"], c["common_name"], c["supercategory"], c["kingdom"],
-                                         c["phylum"], c["cls"], c["order"], c["family"], c["genus"], c["epithet"],
-                                         c["dir"]) for c in cats))
-        f.write('], "annotations": [')
-        for start in range(0, n_img, 200_000):
-            part = ", ".join('{"id": %d, "image_id": %d, "category_id": %d}' % (i, i, i % n_cat)
-                             for i in range(start, min(n_img, start + 200_000)))
-            f.write((", " if start else "") + part)
-        f.write('], "licenses": [' + ", ".join(
-            '{"id": %d, "name": "CC BY-NC %d", "url": "http://creativecommons.org/licenses/%d"}' % (i, i, i)
-            for i in range(6)) + "]}")
-    tgz = d / "train.json.tar.gz"
-    synth._add_file_to_tgz(tgz, "train.json", js)
-    js.unlink()
-    (d / "inat21.toml").write_text(
-        'source = "inat21"\n[[files]]\nname = "train.json.tar.gz"\nrole = "metadata"\nsplit = "train"\n'
-        f'md5 = "{synth._md5(tgz)}"\n[[files]]\nname = "train.tar.gz"\nrole = "media"\nsplit = "train"\n')
+    synth.inat21(out, scale, cats=cats)  # the same writer as the ingest bench, with the tree's categories
     # BioCLIP's iNat21 common-name mapping: 95.5% of the categories
     mapping = {str(c): f"Inat common {c}" for c in range(n_cat) if c % 200 >= 9}
     (files / "common-names-mapping.json").write_text(json.dumps(mapping, indent=1, sort_keys=True) + "\n")
