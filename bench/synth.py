@@ -138,7 +138,8 @@ def bioscan1m(out: Path, scale: float = 1.0) -> Path:
     return d / "bioscan1m.toml"
 
 
-def eol(out: Path, scale: float = 1.0) -> Path:
+def eol(out: Path, scale: float = 1.0, pages: list[int] | None = None) -> Path:
+    """EOL's media_manifest.tgz and a manifest; `pages`: the EOL page ids to spread the rows over, else made up."""
     d = out / "eol"
     d.mkdir(parents=True, exist_ok=True)
     n = int(EOL_ROWS * scale)
@@ -149,7 +150,8 @@ def eol(out: Path, scale: float = 1.0) -> Path:
         for ci, start in enumerate(range(0, n, chunk)):
             rows = []
             for i in range(start, min(n, start + chunk)):
-                cid, page = 10_000_000 + i, 1_000_000 + (i * 7919) % 449_000
+                cid = 10_000_000 + i
+                page = pages[(i * 7919) % len(pages)] if pages else 1_000_000 + (i * 7919) % 449_000
                 h = hashlib.md5(str(cid).encode()).hexdigest()
                 rows.append(f'{cid},{page},https://www.inaturalist.org/photos/{30_000_000 + i},'
                             f'https://content.eol.org/data/media/{h[:2]}/{h[2:4]}/{h[4:6]}/{i % 1000}.'

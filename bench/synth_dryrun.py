@@ -401,30 +401,9 @@ def eol_pages(t: Tree, scale: float) -> list[int]:
 
 
 def write_eol(out: Path, t: Tree, scale: float) -> dict:
-    d = out / "eol"
-    d.mkdir(parents=True, exist_ok=True)
-    n = int(synth.EOL_ROWS * scale)
-    chunk = max(1000, int(synth.EOL_CHUNK * scale))
     pages = eol_pages(t, scale)
-    header = "EOL content ID,EOL page ID,Medium Source URL,EOL Full-Size Copy URL,License Name,Copyright Owner\n"
-    tgz = d / "media_manifest.tgz"
-    with tarfile.open(tgz, "w:gz", compresslevel=1) as tar:
-        for ci, start in enumerate(range(0, n, chunk)):
-            rows = []
-            for i in range(start, min(n, start + chunk)):
-                cid, page = 10_000_000 + i, pages[(i * 7919) % len(pages)]
-                h = hashlib.md5(str(cid).encode()).hexdigest()
-                rows.append(f'{cid},{page},https://www.inaturalist.org/photos/{30_000_000 + i},'
-                            f'https://content.eol.org/data/media/{h[:2]}/{h[2:4]}/{h[4:6]}/{i % 1000}.'
-                            f'https___www_inaturalist_org_photos_{30_000_000 + i}.jpg,'
-                            f'{"cc-by-nc-4.0" if i % 3 else "cc-by-4.0"},"Observer {i % 9000}, some rights reserved"')
-            data = ((header if ci == 0 else "") + "\n".join(rows) + "\n").encode()
-            info = tarfile.TarInfo(f"media_manifest_{ci + 1}.csv")
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    (d / "eol.toml").write_text(
-        f'source = "eol"\n[[files]]\nname = "media_manifest.tgz"\nrole = "metadata"\nmd5 = "{synth._md5(tgz)}"\n')
+    n = int(synth.EOL_ROWS * scale)
+    synth.eol(out, scale, pages=pages)  # the same writer as the ingest bench, over the tree's pages
     return {"eol_rows": n, "eol_pages": len(pages)}
 
 
