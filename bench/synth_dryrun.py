@@ -43,7 +43,6 @@ import hashlib
 import io
 import json
 import random
-import tarfile
 import time
 import zipfile
 from pathlib import Path
