@@ -100,7 +100,9 @@ BIOSCAN_COLUMNS = ["sampleid", "processid", "uri", "name", "phylum", "class", "o
                    "copyright_institution", "copyright_contact", "photographer", "author"]
 
 
-def bioscan1m(out: Path, scale: float = 1.0) -> Path:
+def bioscan1m(out: Path, scale: float = 1.0, lineages: list[tuple] | None = None) -> Path:
+    """The BIOSCAN-1M metadata TSV and a manifest; `lineages`: (phylum, class, order, family, genus, species)
+    tuples (missing = not_classified) the rows cycle through, else made up."""
     d = out / "bioscan1m"
     d.mkdir(parents=True, exist_ok=True)
     n = int(BIOSCAN_ROWS * scale)
@@ -113,16 +115,20 @@ def bioscan1m(out: Path, scale: float = 1.0) -> Path:
         f.write("\t".join(BIOSCAN_COLUMNS) + "\n")
         lines = []
         for i in range(n):
-            r = i % 1000
-            order = "Diptera" if r < 794 else f"Order{r % 15}"
-            family = f"Family{i % 180}" if r < 986 else nc
-            genus = f"Genus{i % 2000}" if r < 225 else nc
-            species = f"{genus} species{i % 7000}" if r < 75 else (f"phyMalaise01 Malaise{i % 3000}" if r < 80 else nc)
-            name = species if species != nc else (genus if genus != nc else (family if family != nc else order))
+            if lineages:
+                phylum, cls, order, family, genus, species = lineages[(i * 7919) % len(lineages)]
+            else:
+                r = i % 1000
+                phylum, cls, order = "Arthropoda", "Insecta", "Diptera" if r < 794 else f"Order{r % 15}"
+                family = f"Family{i % 180}" if r < 986 else nc
+                genus = f"Genus{i % 2000}" if r < 225 else nc
+                species = (f"{genus} species{i % 7000}" if r < 75 else
+                           (f"phyMalaise01 Malaise{i % 3000}" if r < 80 else nc))
+            name = next(x for x in (species, genus, family, order) if x != nc)
             pid = f"BIOUG{i:08d}"
             lines.append("\t".join([
                 f"BIOUG{i // 96:05d}-{chr(65 + i % 8)}{i % 12:02d}", pid, f"BOLD:A{i % 99991:05d}", name,
-                "Arthropoda", "Insecta", order, family, nc, nc, genus, species, nc, dna[i % 512],
+                phylum, cls, order, family, nc, nc, genus, species, nc, dna[i % 512],
                 f"{4000000 + i}.jpg" if i % 2 else f"{pid}.jpg", splits[i % 4], splits[(i + 1) % 4], splits[(i + 2) % 4],
                 splits[i % 4], splits[(i + 3) % 4], splits[i % 3], str(1 + i // 10_000), "CreativeCommons - Attribution",
                 "CBG Photography Group", "Centre for Biodiversity Genomics", "ccdbcurator@gmail.com",

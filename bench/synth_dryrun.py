@@ -332,8 +332,6 @@ def write_inat21(out: Path, t: Tree, scale: float, files: Path) -> dict:
 
 
 def write_bioscan(out: Path, t: Tree, scale: float) -> dict:
-    d = out / "bioscan1m"
-    d.mkdir(parents=True, exist_ok=True)
     n = int(synth.BIOSCAN_ROWS * scale)
     rng = random.Random(1)
     # insects: the species under 20 classes, as BIOSCAN-1M labels only insects
@@ -359,31 +357,7 @@ def write_bioscan(out: Path, t: Tree, scale: float) -> dict:
         if lin not in seen:
             seen.add(lin)
             lineages.append(lin)
-    dna = ["".join(rng.choice("ACGT") for _ in range(658)) for _ in range(512)]
-    splits = ["train", "validation", "test", "no_split"]
-    path = d / "BIOSCAN_Insect_Dataset_metadata.tsv"
-    with open(path, "w") as f:
-        f.write("\t".join(synth.BIOSCAN_COLUMNS) + "\n")
-        buf: list[str] = []
-        for i in range(n):
-            p, c, o, fam, g, sp = lineages[(i * 7919) % n_lin]
-            name = next(x for x in (sp, g, fam, o) if x != nc)
-            pid = f"BIOUG{i:08d}"
-            buf.append("\t".join([
-                f"BIOUG{i // 96:05d}-{chr(65 + i % 8)}{i % 12:02d}", pid, f"BOLD:A{i % 99991:05d}", name,
-                p, c, o, fam, nc, nc, g, sp, nc, dna[i % 512],
-                f"{4000000 + i}.jpg" if i % 2 else f"{pid}.jpg", splits[i % 4], splits[(i + 1) % 4],
-                splits[(i + 2) % 4], splits[i % 4], splits[(i + 3) % 4], splits[i % 3], str(1 + i // 10_000),
-                "CreativeCommons - Attribution", "CBG Photography Group", "Centre for Biodiversity Genomics",
-                "ccdbcurator@gmail.com", "CBG Photography Group", "CBG"]))
-            if len(buf) == 50_000:
-                f.write("\n".join(buf) + "\n")
-                buf = []
-        if buf:
-            f.write("\n".join(buf) + "\n")
-    (d / "bioscan1m.toml").write_text(
-        'source = "bioscan1m"\n[[files]]\nname = "BIOSCAN_Insect_Dataset_metadata.tsv"\nrole = "metadata"\n'
-        f'format = "tsv"\nmd5 = "{synth._md5(path)}"\n[[files]]\nname = "cropped_256.zip"\nrole = "media"\n')
+    synth.bioscan1m(out, scale, lineages=lineages)  # the same writer as the ingest bench, with these lineages
     return {"bioscan_rows": n, "bioscan_lineages": n_lin}
 
 
