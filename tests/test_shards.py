@@ -147,6 +147,30 @@ def test_plan_splits_by_the_documented_hash_and_fills_shards_in_order(demo):
     assert 0 < len(by_split["val"]) < 0.12 * len(usable)
 
 
+def test_plan_cut_into_many_order_ranges_writes_the_same_files(demo, tmp_path, monkeypatch):
+    """The plan orders its samples one range of the order hash at a time (plan.SORT_PART_ROWS records a range):
+    cut into ranges of 7 records, with a cap and a floor dropping candidates after the cut, it writes the same
+    bytes as in one range."""
+    build, wf_path = variant(demo, tmp_path, "ranges", shards={"max_per_species": 3, "min_per_species": 2})
+    wf = load_workflow(wf_path)
+    seen_parts = []
+    split_pass = planning._split_pass
+    monkeypatch.setattr(planning, "_split_pass", lambda reader, scratch, parts: (
+        seen_parts.append(parts), split_pass(reader, scratch, parts))[1])
+    results = {}
+    for rows in (10 ** 9, 7):
+        monkeypatch.setattr(planning, "SORT_PART_ROWS", rows)
+        dest = tmp_path / f"selection-{rows}"
+        counts = planning.compute(build, wf, dest)
+        results[rows] = (counts, {f: (dest / f).read_bytes() for f in (
+            "samples.parquet", "routes.parquet", "unselected.parquet")})
+    assert seen_parts[0] == 1 and seen_parts[1] > 40
+    assert results[7] == results[10 ** 9]
+    counts = results[7][0]
+    assert counts["unselected"]["species_cap"] > 0 and counts["splits"]["train_small"]["samples"] > 0
+    assert not (build / "cache" / "selection-tmp" / "plan-parts").exists()  # the scratch files are gone
+
+
 def _write_dedup(build: Path, clusters: dict[str, list[str]], excluded: dict[str, str]) -> None:
     """The dedup stage's two files, by hand, in its schema."""
     (build / "dedup").mkdir(exist_ok=True)

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -209,7 +211,7 @@ def inputs(out: Path, wf: Workflow, threads: int = 1, memory_limit: str = "4GB")
             raise TolError(f"{out}: no {name} ({glob}; run the {stage} stage first)")
     con = duckdb_connection(threads)
     # 10.4M records with their labels do not fit a worker's share of memory in one go: DuckDB spills
-    tmp = out / "cache" / "selection-tmp"
+    tmp = _scratch(out)
     tmp.mkdir(parents=True, exist_ok=True)
     con.execute("SET memory_limit = ?", [memory_limit])
     con.execute("SET temp_directory = ?", [str(tmp)])
@@ -252,9 +254,9 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
         names_sql = names if have_names else "(SELECT NULL::VARCHAR AS taxon_id, NULL::VARCHAR AS common_names WHERE false)"
         params: list = [langs] if have_names else []
         media_prefix = str(out) + "/"
-        con.execute(f"""CREATE TEMP TABLE base AS
+        base_sql = f"""
             SELECT r.uid, r.source, r.source_id, r.licence, coalesce(l.licence_id, 'LicenseRef-Unknown') AS licence_id,
-                   coalesce(l.selected, true) AS licence_selected, r.rights_holder, r.source_url, r.media_member,
+                   coalesce(l.selected, true) AS licence_selected, r.rights_holder, r.source_url,
                    i.taxon_id, {", ".join(f'i."{c}"' for c in RANKS)}, i.scientific_name, i.common_name,
                    t.common_name_source, coalesce(n.common_names, '{{}}') AS common_names, i.lowest_rank,
                    i.confirmed_rank,
@@ -272,7 +274,8 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
             LEFT JOIN lic l ON l.licence = r.licence
             LEFT JOIN {excl} x USING (uid)
             LEFT JOIN {clusters} c USING (uid)
-            LEFT JOIN {names_sql} n ON n.taxon_id = i.taxon_id""", [media_prefix] + params)
+            LEFT JOIN {names_sql} n ON n.taxon_id = i.taxon_id"""
+        base_params = [media_prefix] + params
         reason_params: list = []
         include = _load_include_list(con, wf) if cfg.include_list else "true"
         src_in = "list_contains(?::VARCHAR[], b.source)"
@@ -298,46 +301,74 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
         case = "CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason, _ in rules) + " END"
         for _, _, p in rules:
             reason_params.extend(p)
-        # `base` is the one wide table (10.4M records: ~7 GB); every later step carries only the narrow columns
-        # it needs, and the samples take their metadata from `base` as they are written (four wide copies
-        # spilled over 26 GB at TreeOfLife-10M size: bench/README_dryrun.md)
-        con.execute(f"""CREATE TEMP TABLE judged AS
-            SELECT b.uid, b.source, b.taxon_id, b.licence_id, b.cluster, b.media_file, {case} AS reason FROM base b""",
-                    reason_params)
-        # per taxon: the floor, then the cap (seeded choice of which images stay)
-        floor_drop = cfg.min_per_species > 0 and cfg.below_min_per_species == "drop"
-        con.execute(f"""CREATE TEMP TABLE ranked AS
-            SELECT uid, count(*) OVER (PARTITION BY taxon_id) AS n_taxon,
-                   row_number() OVER (PARTITION BY taxon_id ORDER BY {_h64("? || ':cap:' || uid")}, uid) AS k
-            FROM judged WHERE reason IS NULL""", [seed])
-        con.execute(f"""UPDATE judged SET reason = CASE
-                WHEN ? AND r.n_taxon < ? THEN 'species_floor'
-                WHEN ? > 0 AND r.k > ? THEN 'species_cap' END
-            FROM ranked r WHERE judged.uid = r.uid""",
-                    [floor_drop, cfg.min_per_species, cfg.max_per_species, cfg.max_per_species])
         val_cut = int(cfg.val_fraction * TWO64)
         small_cut = int(cfg.train_small_fraction * TWO64)
-        con.execute(f"""CREATE TEMP TABLE chosen AS
-            SELECT uid, source, licence_id, cluster, media_file,
-                   CASE WHEN {_h64("? || ':split:' || cluster")} < ?::UBIGINT THEN 'val' ELSE 'train' END AS split1,
-                   {_h64("? || ':train_small:' || uid")} < ?::UBIGINT AS small
-            FROM judged WHERE reason IS NULL""", [seed, val_cut, seed, small_cut])
+        n_records = con.execute("SELECT count(*) FROM records").fetchall()[0][0]
+        parts = max(1, -(-n_records // SORT_PART_ROWS))
+        part_of = (lambda h: f"({h} // {-(-TWO64 // parts)}::UBIGINT)::INTEGER") if parts > 1 else (lambda h: "0")
+        # one pass over the wide join: every record's rule verdict, split and order keys (judged), and the wide
+        # rows of the candidates, cut by split and order-hash range into files of about SORT_PART_ROWS
+        scratch = _scratch(out) / "plan-parts"
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir(parents=True)
+        pass_sql = f"""
+            SELECT *, {part_of('h')} AS part, {part_of('h_small')} AS part_small
+            FROM (SELECT *, {_h64("? || ':order:' || split1 || ':' || uid")} AS h,
+                         {_h64("? || ':order:train_small:' || uid")} AS h_small
+                  FROM (SELECT b.*, {case} AS reason,
+                               CASE WHEN {_h64("? || ':split:' || b.cluster")} < ?::UBIGINT THEN 'val' ELSE 'train' END
+                                   AS split1,
+                               {_h64("? || ':train_small:' || b.uid")} < ?::UBIGINT AS small
+                        FROM ({base_sql}) b))"""
+        reader = con.sql(pass_sql, params=[seed, seed] + reason_params + [seed, val_cut, seed, small_cut] + base_params
+                         ).to_arrow_reader(PASS_BATCH_ROWS)
+        pass_schema = reader.schema
+        _split_pass(reader, scratch, parts)
+        sample_schema = pa.schema([pass_schema.field("uid"), pass_schema.field("split1").with_name("split"),
+                                   pa.field("shard", pa.int32()), pa.field("position", pa.int32()),
+                                   *(pass_schema.field(c) for c in META_COLUMNS)])
+        con.execute(f"CREATE TEMP TABLE judged AS SELECT * FROM read_parquet({literal(scratch / 'judged-*.parquet')})")
+        # per taxon: the floor, then the cap (seeded choice of which images stay)
+        floor_drop = cfg.min_per_species > 0 and cfg.below_min_per_species == "drop"
+        if floor_drop or cfg.max_per_species > 0:  # else no verdict changes: no window over 10M rows
+            con.execute(f"""CREATE TEMP TABLE ranked AS
+                SELECT uid, count(*) OVER (PARTITION BY taxon_id) AS n_taxon,
+                       row_number() OVER (PARTITION BY taxon_id ORDER BY {_h64("? || ':cap:' || uid")}, uid) AS k
+                FROM judged WHERE reason IS NULL""", [seed])
+            con.execute("""UPDATE judged SET reason = CASE
+                    WHEN ? AND r.n_taxon < ? THEN 'species_floor'
+                    WHEN ? > 0 AND r.k > ? THEN 'species_cap' END
+                FROM ranked r WHERE judged.uid = r.uid""",
+                        [floor_drop, cfg.min_per_species, cfg.max_per_species, cfg.max_per_species])
+            con.execute("DROP TABLE ranked")
+        con.execute("""CREATE TEMP TABLE chosen AS
+            SELECT uid, source, licence_id, cluster, media_file, split1, small, h, h_small, part, part_small
+            FROM judged WHERE reason IS NULL""")
+        # order: within a split by (h, uid), h = sha256(seed:order:split:uid); a part holds one range of h, so the
+        # n-th sample of a split is the rank within its part after the samples of the parts before it
         n = cfg.samples_per_shard
         con.execute(f"""CREATE TEMP TABLE planned AS
-            SELECT uid, split, (rn // {n})::INTEGER AS shard, (rn % {n})::INTEGER AS position, source, media_file
-            FROM (SELECT *, row_number() OVER (PARTITION BY split ORDER BY {_h64("? || ':order:' || split || ':' || uid")},
-                                               uid) - 1 AS rn
-                  FROM (SELECT *, split1 AS split FROM chosen
-                        UNION ALL SELECT *, 'train_small' AS split FROM chosen WHERE split1 = 'train' AND small))""",
-                    [seed])
+            WITH s AS (SELECT uid, split1 AS split, part, h, source, media_file FROM chosen
+                       UNION ALL SELECT uid, 'train_small', part_small, h_small, source, media_file FROM chosen
+                       WHERE split1 = 'train' AND small),
+                 o AS (SELECT split, part, sum(count(*)) OVER (PARTITION BY split ORDER BY part) - count(*) AS offset
+                       FROM s GROUP BY split, part)
+            SELECT uid, split, (rn // {n})::INTEGER AS shard, (rn % {n})::INTEGER AS position, part, source, media_file
+            FROM (SELECT s.*, o.offset + row_number() OVER (PARTITION BY s.split, s.part ORDER BY s.h, s.uid) - 1 AS rn
+                  FROM s JOIN o USING (split, part))""")
         counts = _counts(con, cfg)
+        offsets = {(sp, pt): int(off) for sp, pt, off in con.execute(
+            "SELECT split, part, min(shard::BIGINT * ? + position) FROM planned GROUP BY ALL", [n]).fetchall()}
+        dropped = con.sql("""
+            SELECT split1 AS split, part, uid FROM judged WHERE reason IN ('species_floor', 'species_cap')
+            UNION ALL SELECT 'train_small', part_small, uid FROM judged
+            WHERE reason IN ('species_floor', 'species_cap') AND split1 = 'train' AND small""").to_arrow_table()
+        con.execute("DROP TABLE chosen")
         dest.mkdir(parents=True, exist_ok=True)
-        split_order = "CASE split WHEN 'train' THEN 0 WHEN 'val' THEN 1 ELSE 2 END"
-        meta_base = ", ".join(f'b."{c}"' for c in META_COLUMNS)
-        _write_grouped(con.sql(f"""SELECT p.uid, p.split, p.shard, p.position, {meta_base}
-                                       FROM planned p JOIN base b USING (uid)
-                                       ORDER BY {split_order}, p.shard, p.position""").to_arrow_reader(65536),
-                       dest / "samples.parquet", ("split", "shard"))
+        _write_grouped(pa.RecordBatchReader.from_batches(
+            sample_schema, _samples_in_order(scratch, parts, offsets, dropped, n, sample_schema)),
+            dest / "samples.parquet", ("split", "shard"))
         # first pass: media files in name order, cut into buckets of about `per_bucket` routed samples
         per_bucket = bucket_size(sum(v["samples"] for v in counts["splits"].values()), cfg.bucket_rows)
         con.execute(f"""CREATE TEMP TABLE files AS
@@ -366,6 +397,112 @@ def compute(out: Path, wf: Workflow, dest: Path, threads: int = 1, memory_limit:
         return counts
     finally:
         con.close()
+        shutil.rmtree(_scratch(out) / "plan-parts", ignore_errors=True)  # the plan's own scratch files
+
+
+SORT_PART_ROWS = 500_000  # records per order-hash range: the samples sorted in memory at a time (~0.4 GB)
+PASS_BATCH_ROWS = 1 << 19  # a batch is cut into one piece per part file: large enough that pieces are not tiny
+JUDGED_COLUMNS = ("uid", "source", "taxon_id", "licence_id", "cluster", "media_file", "reason", "split1", "small",
+                  "h", "h_small", "part", "part_small")
+
+
+def _scratch(out: Path) -> Path:
+    """The plan's scratch folder: DuckDB's spill files and the plan's own intermediate files."""
+    return out / "cache" / "selection-tmp"
+
+
+def _part_path(scratch: Path, split: str, part: int) -> Path:
+    return scratch / f"{split}-{part:05d}.arrow"
+
+
+def _split_pass(reader: pa.RecordBatchReader, scratch: Path, parts: int) -> None:
+    """Route the pass's batches: the narrow columns of every record to judged-*.parquet; the wide columns of
+    each candidate (no rule against it yet) to its split's part file (Arrow IPC), and a train candidate of
+    train_small also to that split's part file (keyed by h_small, its order there).
+
+    Why not one wide ORDER BY in DuckDB: at TreeOfLife-10M size the wide rows (~7 GB) do not fit the plan's
+    memory, and a spilled sort's cost grows faster than the rows (bench/README_dryrun.md)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    wide = ["uid", *META_COLUMNS]
+    writers: dict[tuple[str, int], pa.ipc.RecordBatchFileWriter] = {}
+    judged = None
+    try:
+        for batch in reader:
+            if judged is None:
+                judged = pq.ParquetWriter(scratch / "judged-0.parquet", batch.select(JUDGED_COLUMNS).schema)
+            judged.write_batch(batch.select(JUDGED_COLUMNS))
+            cand = batch.filter(pc.is_null(batch.column("reason")))
+            if not cand.num_rows:
+                continue
+            small = cand.filter(pc.and_(cand.column("small"), pc.equal(cand.column("split1"), "train")))
+            for split, rows, key in (
+                    (None, cand, pc.add(cand.column("part"),
+                                        pc.multiply(pc.cast(pc.equal(cand.column("split1"), "val"), pa.int32()),
+                                                    parts))),
+                    ("train_small", small, small.column("part_small"))):
+                if not rows.num_rows:
+                    continue
+                order = pc.sort_indices(key)
+                rows, key = rows.take(order), key.take(order).to_numpy()
+                starts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)]
+                h = "h_small" if split == "train_small" else "h"
+                for lo, hi in itertools.pairwise(starts):
+                    k = int(key[lo])
+                    name = split or ("val" if k >= parts else "train")
+                    piece = rows.slice(lo, hi - lo)
+                    piece = pa.RecordBatch.from_arrays([*(piece.column(c) for c in wide), piece.column(h)],
+                                                       names=[*wide, "h"])
+                    w = writers.get((name, k % parts))
+                    if w is None:
+                        w = writers[(name, k % parts)] = pa.ipc.new_file(
+                            _part_path(scratch, name, k % parts), piece.schema)
+                    w.write_batch(piece)
+    finally:
+        for w in writers.values():
+            w.close()
+        if judged is not None:
+            judged.close()
+    if judged is None:  # no records: an empty judged file of the reader's schema
+        pq.write_table(reader.schema.empty_table().select(JUDGED_COLUMNS), scratch / "judged-0.parquet")
+
+
+def _samples_in_order(scratch: Path, parts: int, offsets: dict, dropped: pa.Table, per_shard: int,
+                      schema: pa.Schema):
+    """The samples with their metadata in file order (split in SPLITS order, shard, position), a part at a time:
+    its candidates less those the floor or the cap dropped, sorted by (h, uid), numbered from the part's offset."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    by_part: dict[tuple[str, int], pa.Array] = {}
+    if dropped.num_rows:
+        dropped = dropped.sort_by([("split", "ascending"), ("part", "ascending")])
+        keys = list(zip(dropped.column("split").to_pylist(), dropped.column("part").to_pylist()))
+        lo = 0
+        for i in range(1, len(keys) + 1):
+            if i == len(keys) or keys[i] != keys[lo]:
+                by_part[keys[lo]] = dropped.column("uid").slice(lo, i - lo)
+                lo = i
+    for split in SPLITS:
+        for part in range(parts):
+            path = _part_path(scratch, split, part)
+            if not path.exists():
+                continue
+            with pa.memory_map(str(path)) as source:
+                t = pa.ipc.open_file(source).read_all()
+            if (split, part) in by_part:
+                t = t.filter(pc.invert(pc.is_in(t.column("uid"), value_set=by_part[(split, part)])))
+            t = t.sort_by([("h", "ascending"), ("uid", "ascending")]).drop_columns(["h"])
+            if t.num_rows:
+                rn = np.arange(t.num_rows, dtype=np.int64) + offsets[(split, part)]
+                cols = {"split": pa.array(np.full(t.num_rows, split, dtype=object), schema.field("split").type),
+                        "shard": pa.array((rn // per_shard).astype(np.int32)),
+                        "position": pa.array((rn % per_shard).astype(np.int32))}
+                t = pa.Table.from_arrays([cols[f.name] if f.name in cols else t.column(f.name) for f in schema],
+                                         schema=schema)
+                yield from t.to_batches(65536)
+            path.unlink()
 
 
 MIN_BUCKET_ROWS = 1_000  # below this a bucket task is mostly start-up, and its bucket files are tiny
@@ -429,40 +566,42 @@ def _counts(con, cfg) -> dict[str, Any]:
     return c
 
 
-def _write_grouped(reader: pa.RecordBatchReader, path: Path, keys: tuple[str, ...]) -> list[dict]:
+def _write_grouped(reader: pa.RecordBatchReader, path: Path, keys: tuple[str, ...]) -> int:
     """Stream sorted batches into one parquet file with one row group per distinct value of `keys`
-    (a consecutive run: the input is sorted on them). Memory: one group at a time."""
+    (a consecutive run: the input is sorted on them). Memory: one group at a time. Returns the groups written."""
+    import numpy as np
+
     writer = None
     pending: list[pa.Table] = []
     current = None
-    groups: list[dict] = []
+    groups = 0
 
     def flush():
-        nonlocal writer
+        nonlocal writer, groups
         if not pending:
             return
         t = pa.concat_tables(pending)
         if writer is None:
             writer = pq.ParquetWriter(path, t.schema, compression="zstd")
         writer.write_table(t, row_group_size=max(1, t.num_rows))
-        groups.append({**dict(zip(keys, current)), "rows": t.num_rows})
+        groups += 1
         pending.clear()
 
     for batch in reader:
         t = pa.Table.from_batches([batch])
         if t.num_rows == 0:
             continue
-        cols = [t[k].to_pylist() for k in keys]
-        start = 0
-        for i in range(t.num_rows + 1):
-            key = tuple(c[i] for c in cols) if i < t.num_rows else None
-            if i < t.num_rows and key == current:
-                continue
-            if i > start:
-                pending.append(t.slice(start, i - start))
-            if i < t.num_rows:
+        cols = [t[k].to_numpy(zero_copy_only=False) for k in keys]
+        changed = np.zeros(t.num_rows, dtype=bool)  # row i starts a new run of keys
+        for c in cols:
+            changed[1:] |= c[1:] != c[:-1]
+        starts = [0, *np.flatnonzero(changed).tolist(), t.num_rows]
+        for lo, hi in itertools.pairwise(starts):
+            key = tuple(c[lo] for c in cols)
+            if key != current:
                 flush()
-                current, start = key, i
+                current = key
+            pending.append(t.slice(lo, hi - lo))
     flush()
     if writer is None:  # nothing planned: an empty file with the reader's schema
         pq.write_table(reader.schema.empty_table(), path)
