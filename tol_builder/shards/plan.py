@@ -27,6 +27,10 @@ Rules (recorded in the dataset card):
 3. Order: a seeded global shuffle across sources: within a split, samples sorted by sha256(seed:order:split:
    uid); the n-th sample goes to shard n // samples_per_shard at position n % samples_per_shard.
 Every hash is a DuckDB sha256 of a string: no dict order, worker count or input order enters the plan.
+
+How, in bounded memory at TreeOfLife-10M size: one pass over the wide join keeps the narrow columns in DuckDB
+and writes the candidates' wide rows to files per split and range of the order hash (`_split_pass`); the
+samples are then written a range at a time, each range sorted in memory (`_samples_in_order`).
 """
 
 from __future__ import annotations
