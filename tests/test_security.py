@@ -88,6 +88,39 @@ def test_read_statements_still_work_and_a_moved_build_keeps_its_views(build, tmp
     assert catalog.query(moved, "SELECT count(*) AS n FROM records").column("n")[0].as_py() == 3
 
 
+def test_a_query_binds_only_the_parquet_views_it_reaches(build):
+    """Binding a parquet view reads every file footer under it (~10,000 media files at full size): a read-only
+    connection for a statement re-creates only the views the statement names, directly or through the
+    catalog's own views, and each query still sees what it names."""
+    (build / "media" / "s").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": [make_uid("s", "0")], "status": ["ok"]}), build / "media" / "s" / "m0.parquet")
+    catalog.register_parquet(build, "media", "media/*/*.parquet")
+    con = catalog.connect(build, read_only=False)
+    con.execute("CREATE OR REPLACE VIEW fetched AS SELECT r.uid FROM records r JOIN media m USING (uid) "
+                "WHERE m.status = 'ok'")
+    con.close()
+
+    def temp_views(sql):
+        con = catalog.connect(build, read_only=True, for_sql=sql)
+        try:
+            return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal").fetchall()}
+        finally:
+            con.close()
+
+    assert temp_views("SELECT 1") == set()
+    assert temp_views("SELECT count(*) FROM records") == {"records"}
+    assert temp_views("SELECT * FROM fetched") == {"records", "media"}  # through the catalog's own view
+    assert temp_views('SELECT count(*) FROM "MEDIA"') == {"media"}
+    con = catalog.connect(build, read_only=True)  # no statement given: every view, as before
+    assert {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal").fetchall()} == {
+        "records", "media"}
+    con.close()
+    assert catalog.query(build, "SELECT count(*) AS n FROM fetched").column("n")[0].as_py() == 1
+    assert catalog.query(build, 'SELECT count(*) AS n FROM "Media"').column("n")[0].as_py() == 1
+    assert catalog.query(build, "SELECT count(*) AS n FROM records WHERE uid IN (SELECT uid FROM media)"
+                         ).column("n")[0].as_py() == 1
+
+
 def test_the_cli_refuses_with_one_line_naming_the_statement_type(build, tmp_path):
     before = tree_digest(build)
     r = run_cli("query", str(build), f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{build / 'records' / 's' / 'z.parquet'}'")

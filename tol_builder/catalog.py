@@ -19,11 +19,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+from .columns import RAW_COLUMNS
+from .sql import ident as quote_ident
+from .sql import literal as quote_literal
 
-from .records import RAW_COLUMNS, arrow_of
-from .sql import ident as quote_ident, literal as quote_literal
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CATALOG = "catalog.duckdb"
 
@@ -45,9 +48,13 @@ def catalog_path(out: Path) -> Path:
     return Path(out) / CATALOG
 
 
-def connect(out: Path, read_only: bool = True):
+def connect(out: Path, read_only: bool = True, for_sql: str | None = None):
     """A connection to the build's catalog: read-only and locked down (see the module doc), or, for the
-    stages' own writes, writable with views relative to the build directory."""
+    stages' own writes, writable with views relative to the build directory.
+
+    `for_sql`: the read-only connection re-creates only the parquet views that this SQL names, directly or
+    through the catalog's own views. Binding a view reads the footer of every file under it (`union_by_name`):
+    at full size `media` is ~10,000 files, a second of every `tol query` that never reads it."""
     import duckdb
 
     out = Path(out).resolve()
@@ -66,10 +73,38 @@ def connect(out: Path, read_only: bool = True):
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     if _has_table(con, "_parquet_views"):
-        for name, glob, select in con.execute("SELECT name, path_glob, select_list FROM _parquet_views ORDER BY name").fetchall():
+        views = con.execute("SELECT name, path_glob, select_list FROM _parquet_views ORDER BY name").fetchall()
+        if for_sql is not None:
+            wanted = _names_reached(con, for_sql)
+            views = [v for v in views if v[0].lower() in wanted]
+        for name, glob, select in views:
             con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT {select} FROM "
                         f"read_parquet({quote_literal(str(out / glob))}, union_by_name=true)")
     return con
+
+
+_NAME = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)')
+
+
+def _names_in(sql: str) -> set[str]:
+    """Every word and quoted identifier of `sql`, lower-cased: a superset of the tables and views it names
+    (a word in a string or a column name too: at worst a view is created that the query does not read)."""
+    return {(quoted.replace('""', '"') if quoted else word).lower() for quoted, word in _NAME.findall(sql)}
+
+
+def _names_reached(con, sql: str) -> set[str]:
+    """The names `sql` reaches: its own, and those of the catalog's stored views it names, transitively."""
+    stored = {name.lower(): text for name, text in con.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal AND NOT temporary").fetchall()}
+    reached: set[str] = set()
+    todo = _names_in(sql)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            if name in stored:
+                todo |= _names_in(stored[name] or "")
+    return reached
 
 
 def _has_table(con, name: str) -> bool:
@@ -80,15 +115,17 @@ READ_STATEMENTS = "SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, or EXPLAIN of one of
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\b(?:\s*\([^)]*\))?(?:\s+ANALY[SZ]E\b)?(.*)$", re.IGNORECASE | re.DOTALL)
 
 
-def check_read_statements(sql: str) -> None:
+def check_read_statements(sql: str, con=None) -> None:
     """Refuse anything but read statements, on DuckDB's own parse (a regex cannot tell `EXPLAIN ANALYZE COPY`
-    from `EXPLAIN SELECT`). Raises TolError naming the refused statement and its type."""
+    from `EXPLAIN SELECT`). Raises TolError naming the refused statement and its type. `con`: a connection to
+    parse with (else DuckDB's default one, whose start costs ~60 ms of every `tol query`)."""
     import duckdb
 
     from .errors import TolError
 
+    parser = con if con is not None else duckdb
     try:
-        statements = duckdb.extract_statements(sql)
+        statements = parser.extract_statements(sql)
     except duckdb.Error as e:
         raise TolError(f"cannot parse the query: {str(e).splitlines()[0]}") from None
     if not statements:
@@ -97,7 +134,7 @@ def check_read_statements(sql: str) -> None:
         kind = st.type
         if kind == duckdb.StatementType.EXPLAIN:  # allowed only around a read statement
             m = _EXPLAIN.match(st.query)
-            inner = duckdb.extract_statements(m.group(1)) if m and m.group(1).strip() else []
+            inner = parser.extract_statements(m.group(1)) if m and m.group(1).strip() else []
             if len(inner) == 1 and inner[0].type == duckdb.StatementType.SELECT:
                 continue
             kind = f"EXPLAIN {inner[0].type.name if inner else '?'}"
@@ -154,6 +191,8 @@ def store_table(out: Path, name: str, table: pa.Table) -> None:
 
 def refresh_stats(out: Path) -> None:
     """Rebuild the `stats` table from every stage's completion markers."""
+    import pyarrow as pa
+
     from .runner import MARKERS
 
     rows = {"stage": [], "task": [], "counter": [], "value": []}
@@ -192,10 +231,35 @@ def document(name: str, description: str, columns: dict[str, str]) -> None:
 def query(out: Path, sql: str, params: dict | list | None = None) -> pa.Table:
     """Run `sql` (read statements only) on a read-only connection; values go in `params` ($name or ?),
     never pasted into `sql`."""
-    check_read_statements(sql)
-    con = connect(out, read_only=True)
+    import pyarrow as pa
+
+    from .records import arrow_of
+
+    con = connect(out, read_only=True, for_sql=sql)  # read-only and locked down before anything runs
     try:
+        check_read_statements(sql, con)
         rel = con.sql(sql, params=params) if params is not None else con.sql(sql)  # None: nothing returned
         return pa.table({}) if rel is None else arrow_of(rel)
+    finally:
+        con.close()
+
+
+class Rows:
+    """A result as Python rows: what `tol query` prints (no pyarrow to import: ~0.15 s of its start-up)."""
+
+    def __init__(self, column_names: list[str], rows: list[tuple]):
+        self.column_names, self.rows = column_names, rows
+
+    def to_pylist(self) -> list[dict]:
+        return [dict(zip(self.column_names, r)) for r in self.rows]
+
+
+def query_rows(out: Path, sql: str) -> Rows:
+    """`query` as Python rows, on the same read-only connection and checks."""
+    con = connect(out, read_only=True, for_sql=sql)
+    try:
+        check_read_statements(sql, con)
+        rel = con.sql(sql)
+        return Rows([], []) if rel is None else Rows(list(rel.columns), rel.fetchall())
     finally:
         con.close()

@@ -156,12 +156,12 @@ def query(out: Path = typer.Argument(..., help="Build directory."),
           sql: str = typer.Argument(..., help="SQL on the catalog (tables: SELECT * FROM tables)."),
           format: str = typer.Option("table", "--format", help="table, csv or json.")) -> None:
     """Run SQL on a build's catalog.duckdb through a read-only connection."""
-    from .catalog import query as run_query
+    from .catalog import query_rows
 
     if format not in ("table", "csv", "json"):
         _fail(TolError(f"--format: expected table, csv or json, got {format!r}"))
     try:
-        result = run_query(out, sql)
+        result = query_rows(out, sql)
     except TolError as e:
         _fail(e)
     except Exception as e:  # DuckDB's own message names the problem
