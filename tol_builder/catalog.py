@@ -228,6 +228,17 @@ def document(name: str, description: str, columns: dict[str, str]) -> None:
     TABLE_DOCS[name] = (description, columns)
 
 
+def _run(out: Path, sql: str, params, fetch):
+    """`fetch(result)` of `sql` on a read-only connection (None as the result of a statement returning nothing):
+    the connection is read-only and locked down before the statement is checked and run."""
+    con = connect(out, read_only=True, for_sql=sql)
+    try:
+        check_read_statements(sql, con)
+        return fetch(con.sql(sql, params=params) if params is not None else con.sql(sql))
+    finally:
+        con.close()
+
+
 def query(out: Path, sql: str, params: dict | list | None = None) -> pa.Table:
     """Run `sql` (read statements only) on a read-only connection; values go in `params` ($name or ?),
     never pasted into `sql`."""
@@ -235,13 +246,7 @@ def query(out: Path, sql: str, params: dict | list | None = None) -> pa.Table:
 
     from .records import arrow_of
 
-    con = connect(out, read_only=True, for_sql=sql)  # read-only and locked down before anything runs
-    try:
-        check_read_statements(sql, con)
-        rel = con.sql(sql, params=params) if params is not None else con.sql(sql)  # None: nothing returned
-        return pa.table({}) if rel is None else arrow_of(rel)
-    finally:
-        con.close()
+    return _run(out, sql, params, lambda rel: pa.table({}) if rel is None else arrow_of(rel))
 
 
 class Rows:
@@ -255,11 +260,5 @@ class Rows:
 
 
 def query_rows(out: Path, sql: str) -> Rows:
-    """`query` as Python rows, on the same read-only connection and checks."""
-    con = connect(out, read_only=True, for_sql=sql)
-    try:
-        check_read_statements(sql, con)
-        rel = con.sql(sql)
-        return Rows([], []) if rel is None else Rows(list(rel.columns), rel.fetchall())
-    finally:
-        con.close()
+    """`query` as Python rows (`tol query`)."""
+    return _run(out, sql, None, lambda rel: Rows([], []) if rel is None else Rows(list(rel.columns), rel.fetchall()))
