@@ -469,18 +469,7 @@ def generate(out: Path, scale: float, cache: Path) -> dict:
     part("eol", write_eol, out / "sources", t, scale)
     part("evalset", write_evalset, out, t, scale, cache)
     t0 = time.time()
-    a = out / "authorities"
-    writers.write_manifest(a / "itis.toml", "itis", "itis_chains",
-                           [{"role": "chains", "path": "files/species_level_taxonomy_chains.csv"}])
-    writers.write_manifest(a / "gbif.toml", "gbif", "gbif_dwca",
-                           [{"role": "taxon", "path": "files/backbone.zip", "member": "Taxon.tsv"},
-                            {"role": "vernacular", "path": "files/backbone.zip", "member": "VernacularName.tsv"}])
-    writers.write_manifest(a / "eol.toml", "eol", "eol_dh",
-                           [{"role": "taxon", "path": "files/taxon.tab"},
-                            {"role": "vernacular", "path": "files/vernacularnames.csv"},
-                            {"role": "provider_ids", "path": "files/provider_ids.csv.gz"}])
-    writers.write_manifest(a / "inaturalist.toml", "inaturalist", "inat_common_names",
-                           [{"role": "common_names", "path": "files/common-names-mapping.json"}])
+    writers.write_authority_manifests(out / "authorities")
     report["seconds"]["manifests"] = round(time.time() - t0, 1)
     return report
 

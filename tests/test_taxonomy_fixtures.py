@@ -122,17 +122,7 @@ def write_authorities(dest: Path, dh_authority_column: bool = True) -> Path:
 
 def write_manifests(d: Path) -> None:
     """The four manifests of the fixture authorities' files in `d/files` (sizes and sha256 of the files)."""
-    writers.write_manifest(d / "itis.toml", "itis", "itis_chains",
-                           [{"role": "chains", "path": "files/species_level_taxonomy_chains.csv"}])
-    writers.write_manifest(d / "gbif.toml", "gbif", "gbif_dwca",
-                           [{"role": "taxon", "path": "files/backbone.zip", "member": "Taxon.tsv"},
-                            {"role": "vernacular", "path": "files/backbone.zip", "member": "VernacularName.tsv"}])
-    writers.write_manifest(d / "eol.toml", "eol", "eol_dh",
-                           [{"role": "taxon", "path": "files/taxon.tab"},
-                            {"role": "vernacular", "path": "files/vernacularnames.csv"},
-                            {"role": "provider_ids", "path": "files/provider_ids.csv.gz"}])
-    writers.write_manifest(d / "inaturalist.toml", "inaturalist", "inat_common_names",
-                           [{"role": "common_names", "path": "files/common-names-mapping.json"}])
+    writers.write_authority_manifests(d)
 
 
 def seven(k=None, p=None, c=None, o=None, f=None, g=None, s=None) -> dict:

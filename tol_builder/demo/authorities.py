@@ -126,17 +126,4 @@ def write_demo_authorities(taxa: list[DemoTaxon], dest_dir: str | Path) -> dict[
     (files / "common-names-mapping.json").write_text(json.dumps(mapping, indent=1, sort_keys=True) + "\n",
                                                      encoding="utf-8")
     note = "miniature written by tol_builder.demo.authorities for the demo taxa (not real authority data)"
-    return {
-        "itis": writers.write_manifest(d / "itis.toml", "itis", "itis_chains", [
-            {"role": "chains", "path": "files/species_level_taxonomy_chains.csv"}], "ITIS chains (demo)", note),
-        "gbif": writers.write_manifest(d / "gbif.toml", "gbif", "gbif_dwca", [
-            {"role": "taxon", "path": "files/backbone.zip", "member": "Taxon.tsv"},
-            {"role": "vernacular", "path": "files/backbone.zip", "member": "VernacularName.tsv"}],
-            "GBIF backbone (demo)", note),
-        "eol": writers.write_manifest(d / "eol.toml", "eol", "eol_dh", [
-            {"role": "taxon", "path": "files/taxon.tab"},
-            {"role": "provider_ids", "path": "files/provider_ids.csv.gz"},
-            {"role": "vernacular", "path": "files/vernacularnames.csv"}], "EOL Dynamic Hierarchy 2.1 (demo)", note),
-        "inaturalist": writers.write_manifest(d / "inaturalist.toml", "inaturalist", "inat_common_names", [
-            {"role": "common_names", "path": "files/common-names-mapping.json"}], "iNat21 common names (demo)", note),
-    }
+    return writers.write_authority_manifests(d, "demo", note)

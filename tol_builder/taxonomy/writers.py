@@ -251,3 +251,25 @@ def write_manifest(path: Path, name: str, format: str, files: list[dict], title:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# the authorities' standard layout, every file under `files/` beside the manifests:
+# manifest name -> (format, files, title)
+AUTHORITY_FILES = {
+    "itis": ("itis_chains", [{"role": "chains", "path": "files/species_level_taxonomy_chains.csv"}], "ITIS chains"),
+    "gbif": ("gbif_dwca", [{"role": "taxon", "path": "files/backbone.zip", "member": "Taxon.tsv"},
+                           {"role": "vernacular", "path": "files/backbone.zip", "member": "VernacularName.tsv"}],
+             "GBIF backbone"),
+    "eol": ("eol_dh", [{"role": "taxon", "path": "files/taxon.tab"},
+                       {"role": "provider_ids", "path": "files/provider_ids.csv.gz"},
+                       {"role": "vernacular", "path": "files/vernacularnames.csv"}], "EOL Dynamic Hierarchy 2.1"),
+    "inaturalist": ("inat_common_names", [{"role": "common_names", "path": "files/common-names-mapping.json"}],
+                    "iNat21 common names"),
+}
+
+
+def write_authority_manifests(d: Path, label: str = "", notes: str = "") -> dict[str, Path]:
+    """The four manifests (`d/<name>.toml`) of authority files written in the standard layout under `d/files`;
+    titled "<title> (<label>)" when a label is given."""
+    return {name: write_manifest(d / f"{name}.toml", name, fmt, files, f"{title} ({label})" if label else "", notes)
+            for name, (fmt, files, title) in AUTHORITY_FILES.items()}
