@@ -30,12 +30,11 @@ from typing import Any
 
 import tomli_w
 
-import tol_builder
-
 from .. import build as build_mod
-from ..config import Workflow, load_workflow, read_toml, to_dict
+from ..config import load_workflow, read_toml
 from ..errors import TolError
 from ..fileio import write_bytes_atomic, write_text_atomic
+from ..resources import project_path
 from . import sources as gen
 from .authorities import write_demo_authorities
 from .evalset import write_demo_evalset
@@ -43,7 +42,7 @@ from .server import serve_directory
 from .taxa import TAXA, expected_records
 
 SENTINEL = ".tol-demo"
-DEMO_WORKFLOW = Path(tol_builder.__file__).resolve().parents[1] / "workflows" / "demo.toml"
+DEMO_WORKFLOW = project_path("workflows") / "demo.toml"
 
 __all__ = ["run_demo", "prepare_demo", "DemoInputs", "train_demo", "prepare_out", "generate", "demo_workflow_template", "SENTINEL"]
 
@@ -64,10 +63,11 @@ def prepare_out(out: Path) -> None:
 
 
 def demo_workflow_template() -> dict:
-    """workflows/demo.toml of the project, or (e.g. from a non-editable install) the config defaults."""
-    if DEMO_WORKFLOW.is_file():
-        return read_toml(DEMO_WORKFLOW)
-    return to_dict(Workflow(name="demo", out="tol-demo/build", sources=[]))
+    """workflows/demo.toml of the project (the checkout's, or the installed package data's)."""
+    if not DEMO_WORKFLOW.is_file():  # not the config defaults instead: a different demo, silently
+        raise TolError(f"the demo's workflow {DEMO_WORKFLOW} is missing: reinstall tol_builder "
+                       "(a wheel carries workflows/ as package data; an editable install reads the checkout's)")
+    return read_toml(DEMO_WORKFLOW)
 
 
 def generate(out: Path, seed: int) -> tuple[dict[str, gen.SourceFiles], list[gen.EOLMedium]]:

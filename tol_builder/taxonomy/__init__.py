@@ -24,13 +24,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import tol_builder
-
 from .. import catalog
 from ..config import Workflow
 from ..context import BuildContext
 from ..errors import ConfigError
 from ..fileio import files_fingerprint
+from ..resources import project_path
 from ..runner import Task, drop_stale_markers, marker_dir
 from . import authorities as auth
 from . import curation
@@ -58,7 +57,8 @@ for _name, (_desc, _cols) in VIEW_DOCS.items():
 
 
 def project_taxonomy_dir() -> Path:
-    return Path(tol_builder.__file__).resolve().parents[1] / "taxonomy"
+    """The project's taxonomy/ folder (the checkout's, or the installed package data's)."""
+    return project_path("taxonomy")
 
 
 def _path(wf: Workflow, value: str, default: Path, key: str) -> Path:

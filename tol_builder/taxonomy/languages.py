@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..resources import project_path
 from .curation import _rows
 
 UNDETERMINED = "und"
@@ -38,8 +39,8 @@ _SUBTAG = re.compile(r"[-_]")
 
 
 def default_path() -> Path:
-    """taxonomy/languages.csv of the project."""
-    return Path(__file__).resolve().parents[2] / "taxonomy" / "languages.csv"
+    """taxonomy/languages.csv of the project (the checkout's, or the installed package data's)."""
+    return project_path("taxonomy") / "languages.csv"
 
 
 def _key(value: str) -> str:
