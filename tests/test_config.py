@@ -104,6 +104,9 @@ def test_manifest_validation(tmp_path):
     with pytest.raises(ConfigError, match=r"files\[0\]\.role"):
         load_manifest(p)
     p.write_text('source = "x"\n[[files]]\nname = "sub/a.csv"\nrole = "metadata"\n')
+    with pytest.raises(ConfigError, match=r"files\[0\]\.name.*single file name"):  # a name is a cache path
+        load_manifest(p)
+    p.write_text('source = "x"\n[[files]]\nname = "a.csv"\nurl = "sub/a.csv"\nrole = "metadata"\n')
     m = load_manifest(p)
     assert m.url(m.files[0]) == str(tmp_path / "sub" / "a.csv")
 

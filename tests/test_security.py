@@ -378,3 +378,87 @@ def test_the_guards_already_in_place_still_hold(fault_server, tmp_path):
             with pytest.raises(archives.MemberError) as e:
                 r.read(entries[name], 1000)
             assert e.value.error_class == kind, name
+
+
+# ------------------------------------------------------------------------------------- issue 18 item 1
+def test_manifest_file_names_cannot_write_or_read_outside_the_cache(fault_server, tmp_path):
+    """A manifest's file `name` is a path in the cache (`cache / name`): '/abs/x.csv' wrote the download to that
+    path, '../../x' climbed out of the cache, an existing absolute path was read as metadata unchecked. Now
+    refused at load naming the file and the key, before any request; and every write under a cache is
+    checked to resolve inside it (for a manifest built in code, an authority's files and members too)."""
+    import json
+    import os
+
+    from tol_builder.errors import InputError
+    from tol_builder.ingest import plan_task
+    from tol_builder.manifest import Manifest, ManifestFile, load_manifest
+    from tol_builder.sources.table import TableOptions, TableSource
+    from tol_builder.taxonomy import authorities
+
+    fault_server.files["t.csv"] = b"id,url\n1,http://x/1.jpg\n"
+    url = f"{fault_server.url}/file/t.csv"
+    outside, out = tmp_path / "outside", tmp_path / "deep" / "build"
+    outside.mkdir()
+    cache = out / "cache" / "ingest" / "t"  # the table source's cache (ingest.make_source)
+    secret = outside / "secret.csv"
+    secret.write_bytes(b"id,url\nTOPSECRET,http://x/s.jpg\n")
+    before = secret.read_bytes()
+    evil = {
+        "absolute": str(outside / "x.csv"),  # wrote the downloaded bytes there
+        "absolute_existing": str(secret),  # was read as metadata, with no checksum
+        "climbing": os.path.relpath(outside / "climbed" / "y.csv", cache),  # ../../../../outside/climbed/y.csv
+        "subfolder": "sub/x.csv", "backslash": "..\\x.csv", "dot": ".", "dotdot": "..", "empty": "",
+        "nul": "x\x00.csv", "newline": "x\n.csv", "escape": "x\x1b[2J.csv", "drive": "C:x.csv",
+    }
+    for what, name in evil.items():
+        manifest = tmp_path / f"{what}.toml"
+        manifest.write_text(f'source = "table"\n[[files]]\nname = {json.dumps(name)}\nrole = "metadata"\n'
+                            f'url = "{url}"\n')
+        with pytest.raises(ConfigError) as e:
+            load_manifest(manifest)
+        assert str(manifest) in str(e.value) and e.value.key == "files[0].name", (what, str(e.value))
+        with pytest.raises(ConfigError, match=r"files\[0\]\.name"):  # the ingest plan task loads it the same way
+            plan_task(out=str(out), source={"name": "table", "manifest": str(manifest), "id": "t", "options": {}},
+                      manifest_path=str(manifest), threads=1, config_file="")
+    assert sorted(p.name for p in outside.rglob("*")) == ["secret.csv"] and secret.read_bytes() == before
+    assert fault_server.paths_requested() == []  # refused before any download
+    # the same file, named plainly, is retrieved into the cache
+    manifest = tmp_path / "good.toml"
+    manifest.write_text(f'source = "table"\n[[files]]\nname = "t.csv"\nrole = "metadata"\nurl = "{url}"\n')
+    plan_task(out=str(out), source={"name": "table", "manifest": str(manifest), "id": "t", "options": {}},
+              manifest_path=str(manifest), threads=1, config_file="")
+    assert (cache / "t.csv").read_bytes() == fault_server.files["t.csv"]
+
+    # a manifest built in code skips load_manifest: the retrieve site checks the path itself
+    from tol_builder.fileio import inside
+
+    m = Manifest(source="table", files=[ManifestFile(name=evil["climbing"], role="metadata", url=url)],
+                 path=tmp_path / "code.toml")
+    with pytest.raises(InputError, match="outside"):
+        TableSource(m, TableOptions(), cache, source_id="t").plan()
+    assert not (outside / "climbed").exists()
+    (cache / "link").symlink_to(outside, target_is_directory=True)  # a link in the cache leading out
+    with pytest.raises(InputError, match="outside"):
+        inside(cache, "link", "z.csv")
+    assert inside(cache, "t.csv") == cache / "t.csv"
+
+    # taxonomic authorities: the manifest's name and its files' names become cache/downloads/<name>/<file>
+    auth_dir = tmp_path / "authorities"
+    auth_dir.mkdir()
+    (auth_dir / "a.csv").write_text("x\n")
+    for key, name, file_name in (("name", "../../escape", "a.csv"), ("files[0].name", "itis", str(outside / "a.csv"))):
+        p = auth_dir / "itis.toml"
+        p.write_text(f'name = {json.dumps(name)}\nformat = "itis_chains"\n[[files]]\nrole = "chains"\n'
+                     f'name = {json.dumps(file_name)}\nurl = "a.csv"\n')
+        with pytest.raises(ConfigError) as e:
+            authorities.load_manifest(p)
+        assert str(p) in str(e.value) and e.value.key == key, str(e.value)
+        if key == "name":
+            with pytest.raises(ConfigError, match="key 'name'"):
+                authorities.discover(auth_dir)
+    m = authorities.AuthorityManifest(name="../..", format="itis_chains", path=auth_dir / "itis.toml",
+                                      files=[authorities.AuthorityFile(role="chains", name="a.csv", url="a.csv")])
+    with pytest.raises(InputError, match="outside"):
+        authorities.local_files(m, tmp_path / "tcache" / "taxonomy")
+    assert not (tmp_path / "tcache" / "downloads").exists()
+

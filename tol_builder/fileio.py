@@ -1,4 +1,5 @@
-"""Atomic file output and plain retrieval of small source files.
+"""Atomic file output, plain retrieval of small source files, and `inside`: the check that a path built from
+a name someone else wrote stays inside its folder.
 
 Everything tol_builder writes goes through `atomic_path`: the data is written under a temporary name in the
 same directory and renamed into place only when complete, so a killed process never leaves a half-written
@@ -105,6 +106,17 @@ def clean_tmp(directory: str | os.PathLike) -> int:
             p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def inside(base: str | os.PathLike, *parts: str) -> Path:
+    """`base / parts`, refused unless it resolves (symlinks followed) inside `base`: a name taken from a
+    manifest or an archive can never make a write land elsewhere ('/abs/x', '../../x', a link out)."""
+    path = Path(base).joinpath(*parts)
+    root, resolved = Path(base).resolve(), path.resolve()
+    if resolved == root or root not in resolved.parents:
+        raise InputError(path, f"resolves to {resolved}, outside {root}: refused (a name from a manifest or an "
+                         "archive must stay inside its folder)")
+    return path
 
 
 def safe_member_name(name: str | None) -> str | None:

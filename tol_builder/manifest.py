@@ -4,10 +4,15 @@ A manifest names every file of a source with its role (`metadata` for what the r
 image archives), the split it belongs to, its URL and what the publisher states about it (size, md5). A
 relative `url` resolves against `base_url`, or, when there is none, against the manifest's own folder, so
 a manifest can describe a local copy as well as the remote original.
+
+A file's `name` becomes a path in the cache (`cache / name`), so it must be one plain path component: no
+separator, no `.` or `..`, no control character, not absolute (`is_single_name`). Where a file lives is
+`url`'s business, never `name`'s.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +75,7 @@ def load_manifest(path: str | Path) -> Manifest:
     for i, f in enumerate(m.files):
         if f.role not in ("metadata", "media"):
             raise ConfigError(path, f"files[{i}].role", "'metadata' or 'media'", f.role)
+    check_file_names(path, m.files)
     check_digests(path, m.files)
     return m
 
@@ -82,6 +88,24 @@ def resolve_ref(ref: str, manifest_path: Path, base_url: str = "") -> str:
     if base_url:
         return urllib.parse.urljoin(base_url if base_url.endswith("/") else base_url + "/", ref)
     return str((manifest_path.parent / ref).resolve())
+
+
+SINGLE_NAME = "a single file name (no / or \\, not . or .., no control characters; put a path in `url`)"
+
+
+def is_single_name(name: object) -> bool:
+    """Whether `name` is one plain path component, safe to join to a folder."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+            and not Path(name).is_absolute() and not re.match(r"^[A-Za-z]:", name))
+
+
+def check_file_names(path: Path, files: list) -> None:
+    """Every file's `name` is a single path component: it names the file's copy in the cache, and a name such
+    as '/abs/x' or '../../x' would write (or read) outside it."""
+    for i, f in enumerate(files):
+        if not is_single_name(f.name):
+            raise ConfigError(path, f"files[{i}].name", SINGLE_NAME, f.name)
 
 
 def check_digests(path: Path, files: list) -> None:

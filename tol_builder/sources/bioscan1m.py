@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
-from ..fileio import retrieve
+from ..fileio import inside, retrieve
 from ..manifest import ManifestFile
 from ..records import RejectLog, arrow_of, duckdb_connection
 from .formats import pick_file, read_delimited, split_rejects, sql_ident, sql_literal, tsv_header
@@ -85,7 +85,7 @@ class Bioscan1MSource(Source):
         media = {f.name: self.manifest.url(f) for f in media_files}
         parts = []
         for i, f in enumerate(chosen):
-            path = retrieve(self.manifest.url(f), self.cache / f.name, md5=f.md5 or None,
+            path = retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None,
                             sha256=f.sha256 or None, size=f.bytes or None)
             parts.append(Partition("metadata" if len(chosen) == 1 else f"metadata-{i:02d}", (
                 ("path", str(Path(path).resolve())), ("format", want), ("file", f.name),

@@ -28,7 +28,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from ..errors import InputError
-from ..fileio import retrieve, write_text_atomic
+from ..fileio import inside, retrieve, write_text_atomic
 from ..records import RejectLog, arrow_of, duckdb_connection
 from .formats import first_line, archive_identity, extract_members, read_delimited, split_rejects, sql_ident, sql_literal
 from .base import NoOptions, Partition, Source
@@ -56,7 +56,7 @@ class EOLSource(Source):
         metas = self.manifest.files_with("metadata") or [self.manifest.one("metadata")]
         parts = []
         for i, mf in enumerate(metas):
-            archive = retrieve(self.manifest.url(mf), self.cache / mf.name, md5=mf.md5 or None,
+            archive = retrieve(self.manifest.url(mf), inside(self.cache, mf.name), md5=mf.md5 or None,
                                sha256=mf.sha256 or None, size=mf.bytes or None)
             chunks = self._extract(Path(archive), mf)
             numbers = sorted(chunks)
@@ -71,7 +71,7 @@ class EOLSource(Source):
 
     def _extract(self, archive: Path, mf) -> dict[int, tuple[str, Path]]:
         """{chunk number: (member name, extracted path)}; extracted once per archive."""
-        out = (self.cache / (re.sub(r"[^A-Za-z0-9._-]", "_", mf.name) + ".chunks")).resolve()
+        out = inside(self.cache, re.sub(r"[^A-Za-z0-9._-]", "_", mf.name) + ".chunks").resolve()
         ident = archive_identity(archive, mf)
         ident_file, complete = out / "_archive.json", out / "_complete.json"
         if ident_file.exists() and ident_file.read_text() != ident:

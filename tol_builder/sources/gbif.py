@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from ..fileio import atomic_path, retrieve, safe_member_name
+from ..fileio import atomic_path, inside, retrieve, safe_member_name
 from ..records import RejectLog, arrow_of, duckdb_connection
 from .base import Partition, Source
 from .formats import _Lines
@@ -162,8 +162,8 @@ class GBIFSource(Source):
                              field="files")
         parts = []
         for i, f in enumerate(files):
-            archive = retrieve(self.manifest.url(f), self.cache / f.name, md5=f.md5 or None, sha256=f.sha256 or None,
-                               size=f.bytes or None)
+            archive = retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None,
+                               sha256=f.sha256 or None, size=f.bytes or None)
             folder = self.cache / f"dwca-{i:03d}"
             core, media = self._extract(archive, folder, f.name)
             if media is None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..urlpolicy import local_path as local_file
-from ..fileio import retrieve
+from ..fileio import inside, retrieve
 from ..records import RAW_COLUMNS, RejectLog, arrow_of, duckdb_connection
 from .base import Partition, Source, raw_table
 from .formats import read_delimited, sql_ident, tsv_header
@@ -69,8 +69,8 @@ class ImageFolderSource(Source):
         labels = self.manifest.files_with("metadata")
         if labels:
             f = labels[0]
-            path = retrieve(self.manifest.url(f), self.cache / f.name, md5=f.md5 or None, sha256=f.sha256 or None,
-                            size=f.bytes or None)
+            path = retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None,
+                            sha256=f.sha256 or None, size=f.bytes or None)
             inputs += [("labels", str(path)), ("labels_name", f.name)]
         return [Partition("folder", tuple(inputs))]
 

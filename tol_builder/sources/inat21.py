@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError, InputError
-from ..fileio import retrieve
+from ..fileio import inside, retrieve
 from ..records import RejectLog, arrow_of, duckdb_connection
 from .formats import ensure_extracted, pick_file
 from .base import Partition, Source, raw_table
@@ -78,10 +78,10 @@ class INat21Source(Source):
                 self.manifest.one("metadata", split)  # raises ConfigError naming the manifest and split
             media = pick_file(self.manifest.files_with("media", split), f"{split}.tar.gz") or \
                 self.manifest.one("media", split)
-            archive = retrieve(self.manifest.url(meta), self.cache / meta.name, md5=meta.md5 or None,
+            archive = retrieve(self.manifest.url(meta), inside(self.cache, meta.name), md5=meta.md5 or None,
                                sha256=meta.sha256 or None, size=meta.bytes or None)
             member = f"{split}.json"
-            dest = (self.cache / "json" / _file_safe(member)).resolve()
+            dest = inside(self.cache, "json", _file_safe(member)).resolve()
             ensure_extracted(archive, meta, member, dest)
             parts.append(Partition(_file_safe(split), (
                 ("path", str(dest)), ("split", split), ("archive", meta.name), ("member", member),

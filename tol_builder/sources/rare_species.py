@@ -20,7 +20,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from ..errors import InputError
-from ..fileio import retrieve
+from ..fileio import inside, retrieve
 from ..records import RejectLog, arrow_of, duckdb_connection
 from .base import Partition, Source
 from .formats import read_delimited, tsv_header
@@ -47,8 +47,8 @@ class RareSpeciesSource(Source):
     def plan(self) -> list[Partition]:
         parts = []
         for i, f in enumerate(self.manifest.files_with("metadata")):
-            path = retrieve(self.manifest.url(f), self.cache / f.name, md5=f.md5 or None, sha256=f.sha256 or None,
-                            size=f.bytes or None)
+            path = retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None,
+                            sha256=f.sha256 or None, size=f.bytes or None)
             parts.append(Partition(f"metadata-{i:04d}", (("path", str(path)), ("label", f.name))))
         if not parts:
             raise InputError(self.manifest.path, "no [[files]] entry with role = \"metadata\"", field="files")

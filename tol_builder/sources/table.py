@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import InputError
-from ..fileio import retrieve
+from ..fileio import inside, retrieve
 from ..records import RAW_COLUMNS, RejectLog, arrow_of, duckdb_connection
 from ..sql import ident as sql_ident
 from .base import Partition, Source
@@ -61,7 +61,7 @@ class TableSource(Source):
                              f"known: {', '.join(RAW_COLUMNS)}", field="columns")
         parts = []
         for i, f in enumerate(self.manifest.files_with("metadata")):
-            path = retrieve(self.manifest.url(f), self.cache / f.name, md5=f.md5 or None,
+            path = retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None,
                             sha256=f.sha256 or None, size=f.bytes or None)
             parts.append(Partition(f"table-{i:04d}", (("path", str(path)), ("format", f.format),
                                                       ("split", f.split))))

@@ -40,14 +40,17 @@ from pathlib import Path
 
 from ..config import from_dict, read_toml
 from ..errors import ConfigError, InputError
-from ..fileio import atomic_path, retrieve
-from ..manifest import check_digests, resolve_ref
+from ..fileio import atomic_path, inside, retrieve
+from ..manifest import check_digests, check_file_names, is_single_name, resolve_ref
 from ..records import RANKS
 from ..sql import ident, literal
 from . import languages
 
 LOADER_VERSION = "2"  # part of every authority's fingerprint: bump when the tables change meaning
 # 2: vernacular_names in every language (vernaculars became its English view)
+
+# an authority's name names its folders in the cache (downloads/<name>, extracted/<name>) and its database
+PLAIN_NAME = "a plain name (no / or \\, not . or .., no control characters)"
 
 RANK_INDEX = {r: i for i, r in enumerate(RANKS)}
 # rank names of the authorities -> one of the seven (botanical "division" is the phylum)
@@ -103,12 +106,15 @@ def load_manifest(path: str | Path) -> AuthorityManifest:
     path = Path(path).resolve()
     m = from_dict(AuthorityManifest, read_toml(path), path)
     m.path = path
+    if not is_single_name(m.name):
+        raise ConfigError(path, "name", PLAIN_NAME, m.name)
     if m.format not in FORMATS:
         raise ConfigError(path, "format", "one of " + ", ".join(sorted(FORMATS)), m.format)
     roles = FORMATS[m.format]
     for i, f in enumerate(m.files):
         if f.role not in roles:
             raise ConfigError(path, f"files[{i}].role", f"one of {', '.join(roles)} (format {m.format})", f.role)
+    check_file_names(path, m.files)
     check_digests(path, m.files)
     for i, f in enumerate(m.files):
         if f.optional and roles[f.role]:
@@ -127,6 +133,8 @@ def discover(directory: str | Path) -> dict[str, Path]:
         return found
     for p in sorted(d.glob("*.toml")):
         name = read_toml(p).get("name", p.stem)
+        if not is_single_name(name):
+            raise ConfigError(p, "name", PLAIN_NAME, name)
         if name in found:
             raise ConfigError(p, "name", f"a name not used by {found[name]}", name)
         found[name] = p
@@ -161,12 +169,12 @@ def local_files(m: AuthorityManifest, cache: Path) -> dict[str, Path]:
     """Verified local copies of the manifest's files, {role: path}; zip members extracted once."""
     out: dict[str, Path] = {}
     for f in m.files:
-        dest = cache / "downloads" / m.name / f.name
+        dest = inside(cache, "downloads", m.name, f.name)
         if f.optional and "://" not in m.url(f) and not Path(m.url(f)).exists():
             continue  # e.g. EOL vernacularnames.csv, which has no stable URL: common names go without it
         path = retrieve(m.url(f), dest, md5=f.md5 or None, sha256=f.sha256 or None, size=f.bytes or None)
         if f.member:
-            path = _extract(path, f.member, cache / "extracted" / m.name)
+            path = _extract(path, f.member, inside(cache, "extracted", m.name))
         out[f.role] = path
     return out
 
@@ -174,7 +182,7 @@ def local_files(m: AuthorityManifest, cache: Path) -> dict[str, Path]:
 def _extract(archive: Path, member: str, dest_dir: Path) -> Path:
     if ".." in Path(member).parts or Path(member).is_absolute():
         raise InputError(archive, "unsafe member path", member=member)
-    dest = dest_dir / member
+    dest = inside(dest_dir, member)
     try:
         with zipfile.ZipFile(archive) as z:
             try:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tol_builder.fileio import retrieve
+from tol_builder.fileio import inside, retrieve
 from tol_builder.records import RAW_COLUMNS
 from tol_builder.sources import Partition, Source, raw_table
 
@@ -27,7 +27,7 @@ class JsonLinesSource(Source):
 
     def plan(self):
         files = self.manifest.files_with("metadata")
-        paths = [retrieve(self.manifest.url(f), self.cache / f.name, md5=f.md5 or None) for f in files]
+        paths = [retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None) for f in files]
         return [Partition(f"lines-{i:04d}", (("path", str(p)),)) for i, p in enumerate(paths)]
 
     def read(self, partition, rejects):
