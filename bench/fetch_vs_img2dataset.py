@@ -167,7 +167,7 @@ def run_ours(port: int, server_pid: int, files: list[Path], work: Path, max_side
     cfg = FetchConfig(max_side=max_side, jpeg_quality=95, resize_filter=resize_filter, per_host_concurrency=64,
                       per_host_rps=0.0,
                       task_concurrency=concurrency, partition_size=partition, chunk_rows=partition, attempts=1,
-                      retry_passes=0)
+                      retry_passes=0, allow_private_addresses=True)  # the image server is on loopback
     wf = Workflow(name="bench", out=str(out), sources=[SourceConfig(name="bench", manifest="bench.toml")],
                   fetch=cfg, path=work / "wf.toml")
     t_start = time.perf_counter()

@@ -2,7 +2,9 @@
 
 The server runs its own event loop in a thread, so that synchronous code, Dask worker processes and async
 tests can all reach it. It counts requests per path and the requests in flight (max_in_flight), and keeps
-a log (time, path, headers) for assertions on politeness and User-Agent.
+a log (time, path, headers) for assertions on politeness and User-Agent. It is on loopback, which the URL
+policy refuses by default: while it runs, fetch settings built without saying otherwise allow private
+addresses (`allow_loopback`; settings sent to other processes as a dict must say so themselves).
 
 Routes:
   /img/{name}                      the image; ?delay=s holds the response s seconds
@@ -274,8 +276,24 @@ class _ServerThread:
         self.thread.join(10)
 
 
+def allow_loopback(monkeypatch) -> None:
+    """FetchConfigs built during the test (directly, as a Workflow's default or from TOML in this process;
+    Dask workers get the driver's settings) allow private addresses, as a workflow fetching from its own
+    machine must say. A test of the refusal passes allow_private_addresses=False itself."""
+    from tol_builder.config import FetchConfig
+
+    init = FetchConfig.__init__
+
+    def init_allowing(self, *args, **kw):
+        kw.setdefault("allow_private_addresses", True)
+        init(self, *args, **kw)
+
+    monkeypatch.setattr(FetchConfig, "__init__", init_allowing)
+
+
 @pytest.fixture
-def fault_server():
+def fault_server(monkeypatch):
+    allow_loopback(monkeypatch)
     state = FaultServer()
     state.images["__bomb__"] = bomb_png()
     t = _ServerThread(state)

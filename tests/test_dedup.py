@@ -177,6 +177,7 @@ def _build(tmp: Path, out: Path, base_url: str, order_seed: int, evalsets, near_
     for k, v in dedup.items():
         setattr(wf.dedup, k, v)
     wf.fetch.retry_passes = 0
+    wf.fetch.allow_private_addresses = True  # the pool's images are served from loopback
     ctx = BuildContext(wf, out, Runner(out, client=None, progress=False), None, threads=1)
     fetch.run(ctx)
     taxonomy.run(ctx)

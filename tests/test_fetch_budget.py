@@ -38,7 +38,9 @@ def fetch_on_worker(urls: list[str], cfg: dict, workers: int) -> dict:
 
 
 def _cfg(**kw) -> dict:
-    base = dict(attempts=2, backoff_base=0.01, max_side=64, task_concurrency=16, per_host_rps=0.0)
+    # the worker processes build their settings from this dict: the loopback server needs the allowance here
+    base = dict(attempts=2, backoff_base=0.01, max_side=64, task_concurrency=16, per_host_rps=0.0,
+                allow_private_addresses=True)
     base.update(kw)
     return base
 

@@ -495,3 +495,227 @@ def test_jobqueue_options_with_control_characters_are_refused_at_load(tmp_path):
     finally:
         cluster.close()
     assert "#SBATCH -J tol-build" in script and "#SBATCH -p gpu" in script and "#SBATCH --comment=a b" in script
+
+
+# ------------------------------------------------------------------------------------- issue 18 item 4
+# Server-side request forgery. No test sends anything to a non-loopback address: `connects` refuses (and
+# records) every connection to one before it is made, and the names below are answered by `_answer_names`
+# (the DNS answer only: the policy, its resolver and aiohttp's connector are the real ones).
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import urllib.parse  # noqa: E402
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.fixture
+def connects(monkeypatch) -> list[str]:
+    """Every address a socket of this process tries to connect to; a non-loopback one is refused before any
+    packet leaves (so that a broken policy cannot reach 169.254.169.254 from a test)."""
+    seen: list[str] = []
+    connect = socket.socket.connect
+
+    def guarded(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            seen.append(address[0])
+            if not _is_loopback(address[0]):
+                raise ConnectionRefusedError(f"test guard: no connection to {address[0]}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    return seen
+
+
+def _answer_names(monkeypatch, answers: dict[str, list[list[str]]]) -> dict[str, int]:
+    """The system resolver answers each name of `answers` with its n-th list at the n-th lookup (the last one
+    after that); other names as usual. Returns the lookups made per name."""
+    lookups = {name: 0 for name in answers}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in answers:
+            return real(host, port, family, type, proto, flags)
+        lookups[name] += 1
+        got = answers[name][min(lookups[name], len(answers[name])) - 1]
+        port = int(port or 0)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, port, 0, 0)) if ":" in a else
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in got]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+@contextlib.contextmanager
+def _admin_server(body: bytes):
+    """A real aiohttp server on 127.0.0.1 with /internal-admin, an endpoint nobody outside may reach: yields
+    (port, the path and query of every request it received)."""
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def admin(request):
+        hits.append(request.path_qs)
+        return web.Response(body=body, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/internal-admin", admin)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield port, hits
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_an_address_is_global_only_with_every_embedded_ipv4_address_global():
+    from tol_builder.urlpolicy import is_private_address
+
+    refused = ["100.64.0.1", "100.127.255.254",  # carrier-grade NAT (Alibaba's metadata service is 100.100.100.200)
+               "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2002:a00:1::1",  # 6to4 of 127.0.0.1, 169.254.169.254, 10.0.0.1
+               "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a9fe:a9fe",  # NAT64 (well-known, local-use)
+               "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::a9fe:a9fe",  # Teredo
+               "::ffff:169.254.169.254", "::7f00:1", "224.0.0.1", "ff02::1", "fec0::1", "0.0.0.0", "::",
+               "240.0.0.1", "255.255.255.255", "fe80::1%eth0", "192.0.2.1", "198.18.0.1"]
+    for address in refused:
+        assert is_private_address(address), address
+    for address in ("93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "2002:5db8:d822::1",
+                    "64:ff9b::808:808", "::ffff:8.8.8.8"):  # 6to4 and NAT64 of public addresses stay public
+        assert not is_private_address(address), address
+
+
+def test_a_loopback_url_in_metadata_is_refused_unless_the_workflow_allows_private_addresses(connects):
+    from tol_builder.config import FetchConfig, read_toml
+
+    with _admin_server(jpeg_bytes(noise_image(64, 48, seed=8))) as (port, hits):
+        urls = [f"http://127.0.0.1:{port}/internal-admin?action=drop_all_tables",
+                f"http://localhost:{port}/internal-admin?via=name",
+                f"http://[::ffff:127.0.0.1]:{port}/internal-admin?via=mapped",
+                f"http://[::1]:{port}/internal-admin?via=v6"]
+        rows = _fetch(urls)
+        for u in urls:
+            assert (rows[u]["status"], rows[u].get("error_class")) == ("failed", "private_address"), (u, rows[u])
+            assert rows[u]["http_status"] is None and "fetch.allow_private_addresses" in rows[u]["error_message"]
+        assert hits == [] and connects == []  # nothing was sent: not even a connection
+        rows = _fetch(urls[:1], allow_private_addresses=True)  # a workflow serving its own images says so
+        assert rows[urls[0]]["status"] == "ok" and hits == ["/internal-admin?action=drop_all_tables"]
+    # the setting, and its old name (which workflows still use), from a workflow's [fetch] table
+    assert from_dict(FetchConfig, {"allow_private_addresses": True}, "wf.toml").allow_private_addresses
+    assert from_dict(FetchConfig, {"allow_private_redirects": True}, "wf.toml").allow_private_addresses
+    assert not FetchConfig().allow_private_addresses
+    demo = Path(__file__).resolve().parents[1] / "workflows" / "demo.toml"  # the demo serves EOL from loopback
+    assert from_dict(FetchConfig, read_toml(demo)["fetch"], demo).allow_private_addresses
+
+
+def test_metadata_cgnat_and_6to4_addresses_are_refused_before_any_connection(connects):
+    urls = ["http://169.254.169.254/latest/meta-data/iam/security-credentials/", "http://100.100.100.200/latest/",
+            "http://100.64.0.1/", "http://[2002:7f00:1::1]/", "http://[2002:a9fe:a9fe::1]/",
+            "http://[64:ff9b::a9fe:a9fe]/", "http://[::ffff:169.254.169.254]/", "http://10.0.0.5/admin",
+            "http://0.0.0.0/", "http://[fe80::1%25eth0]/", "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/"]
+    rows = _fetch(urls)
+    for u in urls:
+        assert (rows[u]["status"], rows[u].get("error_class")) == ("failed", "private_address"), (u, rows[u])
+    assert connects == []
+    # forms the socket library reads as 127.0.0.1 are refused too (not a canonical address / resolved first)
+    odd = ["http://2130706433/", "http://127.1/", "http://0x7f.1/"]
+    rows = _fetch(odd)
+    assert {rows[u]["error_class"] for u in odd} <= {"bad_url", "private_address"} and connects == []
+
+
+def test_a_name_is_checked_by_the_resolver_the_connection_uses(connects, monkeypatch):
+    """Names resolving to the metadata address, CGNAT, 6to4 loopback, or a mix of public and private answers:
+    refused, or connected to the public answer only; a name that changes its answer (DNS rebinding) never
+    leads to a loopback connection."""
+    with _admin_server(b"secret") as (port, hits):
+        lookups = _answer_names(monkeypatch, {
+            "metadata.example": [["169.254.169.254"]], "cgnat.example": [["100.64.0.1"]],
+            "six.example": [["2002:7f00:1::1"]], "lan.example": [["10.0.0.7", "127.0.0.1"]],
+            "mixed.example": [["93.184.216.34", "127.0.0.1"]],
+            "rebind.example": [["93.184.216.34"], ["127.0.0.1"]]})  # public at first, then loopback
+        refused = [f"http://{n}.example:{port}/internal-admin" for n in ("metadata", "cgnat", "six", "lan")]
+        rows = _fetch(refused)
+        for u in refused:
+            assert (rows[u]["status"], rows[u].get("error_class")) == ("failed", "private_address"), (u, rows[u])
+        assert connects == [] and hits == []
+        mixed = f"http://mixed.example:{port}/internal-admin"
+        assert _fetch([mixed])[mixed]["error_class"] == "connection"  # the guard refused the public answer
+        assert connects == ["93.184.216.34"]  # the loopback answer was dropped, not tried next
+        connects.clear()
+        rebind = f"http://rebind.example:{port}/internal-admin"
+        row = _fetch([rebind], attempts=3, backoff_base=0.0, backoff_max=0.0)[rebind]
+        assert row["error_class"] == "connection" and set(connects) == {"93.184.216.34"}
+        assert lookups["rebind.example"] == 1  # one lookup: the answer checked is the answer connected to
+        row = _fetch([rebind])[rebind]  # a new session asks again: now loopback, refused before connecting
+        assert row["error_class"] == "private_address" and set(connects) == {"93.184.216.34"}
+        assert lookups["rebind.example"] == 2 and hits == []
+
+
+def test_the_policy_resolver_hands_aiohttp_only_global_answers():
+    from aiohttp.abc import AbstractResolver
+
+    from tol_builder.fetch.http import PolicyResolver
+    from tol_builder.urlpolicy import PrivateAddressRefused
+
+    class Table(AbstractResolver):  # the DNS answer only
+        async def resolve(self, host, port=0, family=socket.AF_INET):
+            addresses = {"a.example": ["100.64.0.1", "2002:7f00:1::1", "93.184.216.34"],
+                         "b.example": ["169.254.169.254", "fd00::1"]}[host]
+            return [{"hostname": host, "host": a, "port": port, "family": socket.AF_INET6 if ":" in a
+                     else socket.AF_INET, "proto": 0, "flags": socket.AI_NUMERICHOST} for a in addresses]
+
+        async def close(self):
+            pass
+
+    async def answers(allow_private: bool, host: str) -> list[str]:
+        return [a["host"] for a in await PolicyResolver(allow_private, Table()).resolve(host, 80)]
+
+    assert asyncio.run(answers(False, "a.example")) == ["93.184.216.34"]
+    with pytest.raises(PrivateAddressRefused, match="169.254.169.254"):
+        asyncio.run(answers(False, "b.example"))
+    assert asyncio.run(answers(True, "b.example")) == ["169.254.169.254", "fd00::1"]
+
+
+# ------------------------------------------------------------------------------- issue 18 item 7: X-Robots-Tag
+def test_x_robots_tag_none_and_agent_scoped_lists_are_read_as_the_spec_says(fault_server):
+    fault_server.images["a"] = jpeg_bytes(noise_image(120, 90, seed=9))
+    u = fault_server.url
+
+    def url(*tags: str) -> str:
+        return f"{u}/robots/a?" + urllib.parse.urlencode([("tag", t) for t in tags])
+
+    opted = [url("none"), url("NONE"), url("googlebot: noindex, tol_builder: noai"),
+             url("tol_builder: none"), url("googlebot: nofollow, tol_builder: nosnippet, noimageindex"),
+             url("max-snippet: 20, none"), url("unavailable_after: 25 Jun 2010 15:00:00 PST, noindex"),
+             url("googlebot: noindex", "none")]
+    kept = [url("googlebot: noindex, otherbot: none"), url("tol_builder: nofollow, googlebot: noindex"),
+            url("googlebot: none, noai, tol_builder: all"), url("max-image-preview: large"), url("nofollow"),
+            url("googlebot: noindex", "tol_builder: nofollow")]
+    rows = _fetch(opted + kept, per_host_rps=0.0)
+    for x in opted:
+        assert (rows[x]["status"], rows[x].get("error_class")) == ("failed", "opted_out"), x
+        _nothing_of(rows[x], b"NOTHING")
+    for x in kept:
+        assert rows[x]["status"] == "ok", (x, rows[x])
+    # our token is our User-Agent's product token
+    mine, theirs = url("mycrawler: noai"), url("tol_builder: noai")
+    rows = _fetch([mine, theirs], per_host_rps=0.0, user_agent="MyCrawler/2.0 (+https://example.org/bot)")
+    assert rows[mine]["error_class"] == "opted_out" and rows[theirs]["status"] == "ok"
+    # `none` opts out where noindex does, not where only noai is refused
+    rows = _fetch([url("none")], per_host_rps=0.0, disallowed_directives=["noai"])
+    assert rows[url("none")]["status"] == "ok"

@@ -97,8 +97,10 @@ class FetchConfig:
     read_timeout: float = 30.0  # longest wait for the next bytes (headers or body)
     total_timeout: float = 120.0  # longest time one request may take in all
     max_redirects: int = 5
-    # a redirect never leads to a loopback / private / link-local address unless the first URL's host was one,
-    # or this is on (tol_builder/urlpolicy.py)
+    # per-image URLs and their redirects reach only global addresses (not loopback, private, link-local, CGNAT,
+    # 6to4 of those, ...: tol_builder/urlpolicy.py) unless this is on: images served from this machine or a LAN
+    allow_private_addresses: bool = False
+    # the old name of allow_private_addresses (it covered redirects only), still read: true turns it on
     allow_private_redirects: bool = False
     # the creators' opt-out: a response whose X-Robots-Tag carries one of these (for all agents or for ours)
     # is not stored (status failed, error class opted_out), as img2dataset; [] turns this off
@@ -115,6 +117,10 @@ class FetchConfig:
     archive_stream_tasks: int = 4  # tasks per tar archive: each streams it once and keeps 1/n of its members
     chunk_rows: int = 1000  # media rows per parquet file: what a killed task keeps
     archive_attempts: int = 20  # reconnections (range resume) of one interrupted archive download
+
+    def __post_init__(self) -> None:  # one setting under either name (fetch/archives.py reads the old one)
+        self.allow_private_addresses = self.allow_private_redirects = (self.allow_private_addresses
+                                                                       or self.allow_private_redirects)
 
 
 @dataclass

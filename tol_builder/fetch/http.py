@@ -1,19 +1,23 @@
 """Per-image retrieval: one aiohttp session per task, the host budget around every request, errors classified.
 
 Owns the network rules of one image request: which URLs (tol_builder/urlpolicy.py: http and https, local
-files only for sources that declare local media), redirects followed by hand (each hop checked by the URL
-policy and counted against its own host's budget), connect / read / total timeouts, the size cap, the
-creators' opt-out (`X-Robots-Tag` directives in `fetch.disallowed_directives`, as img2dataset), Retry-After
-on 429 and 503, exponential backoff with full jitter for the other transient errors. Never raises for a per-image problem: every outcome is a `FetchResult` with a status
-(ok / failed / transient) and an error class. Knows nothing of images or parquet.
+files only for sources that declare local media), which addresses (global ones unless
+`fetch.allow_private_addresses`: checked for literal hosts before the request and, for names, by the resolver
+the session connects through, so the connection goes to the address that was checked), redirects followed by
+hand (each hop checked by the URL policy and counted against its own host's budget), connect / read / total
+timeouts, the size cap, the creators' opt-out (`X-Robots-Tag` directives in `fetch.disallowed_directives`, as
+img2dataset, read as Google's spec of the header says), Retry-After on 429 and 503, exponential backoff with
+full jitter for the other transient errors. Never raises for a per-image problem: every outcome is a
+`FetchResult` with a status (ok / failed / transient) and an error class. Knows nothing of images or parquet.
 
 Error classes:
     transient (retried within the pass, then in later passes): http_<status> for 408 425 429 500 502 503 504
         and other 5xx except 501 505; timeout; connection (refused, reset, closed); dns; truncated (body
         shorter than Content-Length)
     permanent: http_<status> for the other 4xx and 501 505; too_large; too_many_redirects; bad_redirect;
-        private_redirect; bad_url; unsupported_scheme; local_path_refused; opted_out; tls; file_not_found;
-        internal
+        private_address (the URL's host is not a global address: nothing was sent); private_redirect (a
+        redirect to such a host); bad_url; unsupported_scheme; local_path_refused; opted_out; tls;
+        file_not_found; internal
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -28,8 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
-from ..urlpolicy import host_is_private_async, local_path, media_url_problem, redirect_problem
+from ..urlpolicy import (PrivateAddressRefused, is_global_address, literal_address_problem, local_path,
+                         media_url_problem, redirect_scheme_problem)
 from .budget import Budget, host_of
 
 OK, FAILED, TRANSIENT = "ok", "failed", "transient"
@@ -84,18 +94,33 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
+# directives whose value follows a colon (`max-snippet: 20`): not a user-agent scope
+_VALUED_DIRECTIVES = {"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"}
+_IMPLIED = {"none": ("noindex", "nofollow")}  # `none` is short for `noindex, nofollow`
+_AGENT_TOKEN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (a User-Agent's product name)
+
+
 def opted_out(values: list[str], user_agent: str, disallowed: set[str]) -> str | None:
-    """The X-Robots-Tag directive that forbids this use, or None. Each header value is `directive, ...` or
-    `<user agent token>: directive, ...`; a token-scoped value applies when the token is ours."""
-    token = user_agent.split("/", 1)[0].strip().lower()
+    """The X-Robots-Tag directive that forbids this use, or None.
+
+    As Google's spec of the header: each value is a comma-separated list of directives; `token: d1, d2`
+    scopes the directives that follow to that user agent until the next `token:` (a value may carry several
+    scopes); directives before any token apply to every agent. Ours is our User-Agent's product token
+    (`tol_builder` of `tol_builder/0.1 (...)`), compared without case. `none` is `noindex, nofollow`, so it
+    opts out wherever `noindex` does."""
+    ours = user_agent.split("/", 1)[0].strip().lower()
     for value in values:
-        scope, _, rest = value.partition(":")
-        directives, agent = (rest, scope.strip().lower()) if rest and " " not in scope.strip() else (value, None)
-        if agent is not None and agent != token:
-            continue
-        for d in directives.split(","):
-            if d.strip().lower() in disallowed:
-                return d.strip().lower()
+        scope = None  # every agent
+        for item in value.split(","):
+            name, colon, rest = item.partition(":")
+            name = name.strip().lower()
+            if colon and name not in _VALUED_DIRECTIVES and _AGENT_TOKEN.fullmatch(name):
+                scope, item = name, rest
+            directive = item.strip().lower()
+            if not directive or (scope is not None and scope != ours):
+                continue
+            if any(d in disallowed for d in (directive, *_IMPLIED.get(directive, ()))):
+                return directive
     return None
 
 
@@ -118,6 +143,32 @@ def decode_body(data: bytes, encoding: str, max_bytes: int) -> bytes:
     raise _Outcome(FAILED, "decode_error", f"body is not valid {encoding}")
 
 
+class PolicyResolver(AbstractResolver):
+    """The resolver of the fetch session: each name is resolved once and aiohttp gets only the addresses the
+    URL policy allows (global ones unless `allow_private`), which it then connects to. There is no second
+    lookup between the check and the connection, so a name that changes its answer (DNS rebinding) cannot
+    lead the connection anywhere unchecked. A name with no allowed address raises PrivateAddressRefused
+    before any connection. `dns` answers the lookups: the system's resolver (getaddrinfo in a thread, as
+    archive downloads and every other lookup of this machine) unless given."""
+
+    def __init__(self, allow_private: bool, dns: AbstractResolver | None = None):
+        self.allow_private = allow_private
+        self.dns = dns if dns is not None else ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        answers = await self.dns.resolve(host, port, family)
+        if self.allow_private:
+            return answers
+        kept = [a for a in answers if is_global_address(a["host"])]
+        if not kept:
+            raise PrivateAddressRefused(host, [a["host"] for a in answers])
+        return kept
+
+    async def close(self) -> None:
+        await self.dns.close()
+
+
 class Fetcher:
     """`async with Fetcher(cfg, budget) as f: result = await f.fetch(url)`; cfg is a FetchConfig.
 
@@ -128,7 +179,9 @@ class Fetcher:
         self.budget = budget
         self.local_media = local_media
         self.disallowed = {d.strip().lower() for d in getattr(cfg, "disallowed_directives", [])}
-        self._private: dict[str, bool] = {}
+        self.allow_private = bool(getattr(cfg, "allow_private_addresses", False)
+                                  or getattr(cfg, "allow_private_redirects", False))
+        self._resolver: PolicyResolver | None = None
         self.rng = rng or random.Random()
         self.session: aiohttp.ClientSession | None = None
         self.bytes_downloaded = 0
@@ -138,8 +191,10 @@ class Fetcher:
         cfg = self.cfg
         timeout = aiohttp.ClientTimeout(total=cfg.total_timeout, sock_connect=cfg.connect_timeout,
                                         sock_read=cfg.read_timeout)
+        # the connector connects only to what PolicyResolver returned (and caches those answers)
+        self._resolver = PolicyResolver(self.allow_private)
         connector = aiohttp.TCPConnector(limit=max(1, cfg.task_concurrency), ttl_dns_cache=300,
-                                         enable_cleanup_closed=True)
+                                         enable_cleanup_closed=True, resolver=self._resolver)
         # bodies are decoded here, not by aiohttp, so that the size cap holds while inflating (a gzip bomb);
         # only the encodings decoded here are advertised
         self.session = aiohttp.ClientSession(
@@ -152,6 +207,8 @@ class Fetcher:
         if self.session is not None:
             await self.session.close()
             self.session = None
+            if self._resolver is not None:  # the connector does not close a resolver it was given
+                await self._resolver.close()
 
     async def fetch(self, url: str) -> FetchResult:
         """All attempts of one URL within this pass."""
@@ -199,21 +256,30 @@ class Fetcher:
         return FetchResult(OK, data=data, final_url=str(path), attempts=1)
 
     async def _attempt(self, url: str) -> tuple[bytes, str, int]:
-        """One attempt: follows redirects by hand, each hop inside its host's budget."""
+        """One attempt: follows redirects by hand, each hop inside its host's budget and under the URL policy."""
         current = url
-        for _hop in range(self.cfg.max_redirects + 1):
+        for hop in range(self.cfg.max_redirects + 1):
             parts = urllib.parse.urlsplit(current)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise _Outcome(FAILED, "bad_redirect" if current != url else "bad_url", f"cannot fetch {current!r}")
+            try:  # the URL object aiohttp is given, so the host checked is the host it connects to
+                target_url = yarl.URL(current)
+                refused = literal_address_problem(target_url.raw_host or "", allow_private=self.allow_private)
+            except (ValueError, UnicodeError) as e:
+                raise _Outcome(FAILED, "bad_url", f"{type(e).__name__}: {e}") from None
+            if refused is not None:
+                raise self._refusal(refused, hop)
             host = host_of(current)
             async with self.budget.slot(host):
                 self.requests += 1
-                code, location, data = await self._request(current, host)
+                try:
+                    code, location, data = await self._request(target_url, host)
+                except PrivateAddressRefused as e:  # from the resolver, before any connection
+                    raise self._refusal(e, hop) from None
             if code in REDIRECTS and location:
                 target = urllib.parse.urljoin(current, location)
-                problem = redirect_problem(url, target, original_private=await self._is_private(url),
-                                           target_private=await self._is_private(target),
-                                           allow_private=getattr(self.cfg, "allow_private_redirects", False))
+                # the scheme here; the next hop's address as any hop's (the literal check, the resolver)
+                problem = redirect_scheme_problem(target)
                 if problem is not None:
                     raise _Outcome(FAILED, problem[0], problem[1])
                 current = target
@@ -221,13 +287,13 @@ class Fetcher:
             return data, current, code
         raise _Outcome(FAILED, "too_many_redirects", f"more than {self.cfg.max_redirects} redirects from {url}")
 
-    async def _is_private(self, url: str) -> bool:
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if host not in self._private:
-            self._private[host] = await host_is_private_async(host)
-        return self._private[host]
+    @staticmethod
+    def _refusal(refused: PrivateAddressRefused, hop: int) -> _Outcome:
+        if hop == 0:
+            return _Outcome(FAILED, "private_address", str(refused))
+        return _Outcome(FAILED, "private_redirect", f"redirect to {refused}")
 
-    async def _request(self, url: str, host: str) -> tuple[int, str | None, bytes]:
+    async def _request(self, url: yarl.URL, host: str) -> tuple[int, str | None, bytes]:
         assert self.session is not None, "use Fetcher inside `async with`"
         cfg = self.cfg
         try:
