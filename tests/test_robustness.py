@@ -198,3 +198,82 @@ def test_changing_a_sources_splits_removes_its_old_records_and_keeps_fetched_ima
     assert {m["uid"] for m in media} == records and len(media) == len(records)  # no val rows, one row per uid
     assert all(media_before[m["uid"]] == m["sha256"] for m in media)
     assert any("carried over" in m for m in said)
+
+
+# issue 18 item 7b
+def test_tol_query_is_stopped_by_its_timeout_and_spills_outside_the_build(tmp_path):
+    import json
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tol_builder import catalog
+    from tol_builder.records import RECORD_SCHEMA, make_uid
+
+    build = tmp_path / "b"
+    (build / "records" / "s").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"uid": make_uid("s", "1"), "source": "s", "source_id": "1"}],
+                                        schema=RECORD_SCHEMA), build / "records" / "s" / "p0.parquet")
+    catalog.register_parquet(build, "records", "records/*/*.parquet")
+    t0 = time.monotonic()
+    r = run_cli("query", str(build), "SELECT sum(hash(i)) FROM range(10000000000000) t(i)", "--timeout", "1")
+    took = time.monotonic() - t0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "stopped after 1 s" in lines[0] and "--timeout" in lines[0]
+    assert took < 30, took  # hours without the timeout
+    # the caps are set, and DuckDB's spill folder is a private one outside the build, gone afterwards
+    r = run_cli("query", str(build), "SELECT current_setting('temp_directory') AS tmp, current_setting('memory_limit') "
+                "AS mem, current_setting('max_temp_directory_size') AS spill", "--format", "json",
+                "--memory-limit", "300MB", "--max-temp", "2GB")
+    assert r.returncode == 0, r.stderr
+    (settings,) = json.loads(r.stdout)
+    spill = Path(settings["tmp"])
+    assert spill.is_absolute() and build.resolve() not in spill.resolve().parents and not spill.exists()
+    assert settings["mem"] == "286.1 MiB" and settings["spill"] == "1.8 GiB"
+    # a query beyond the memory limit spills there and succeeds; nothing in the build changes
+    before = {p: p.read_bytes() for p in build.rglob("*") if p.is_file()}
+    r = run_cli("query", str(build), "SELECT count(*) AS n FROM (SELECT i, hash(i)::VARCHAR || repeat('x', 60) AS s "
+                "FROM range(4000000) t(i) ORDER BY s)", "--format", "json", "--memory-limit", "150MB")
+    assert r.returncode == 0 and json.loads(r.stdout) == [{"n": 4000000}], r.stderr
+    assert {p: p.read_bytes() for p in build.rglob("*") if p.is_file()} == before
+    assert not (build / "catalog.duckdb.tmp").exists()
+    r = run_cli("query", str(build), "SELECT 1", "--memory-limit", "lots")
+    assert r.returncode == 1 and "--memory-limit" in r.stderr and "lots" in r.stderr
+
+
+# issue 18 item 7d
+def test_a_second_build_on_a_build_directory_is_refused_naming_the_first(counting_workflow, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tol_builder.runner import read_markers
+
+    wf = str(counting_workflow("partitions = 8, rows = 5, delay = 1.5"))
+    build = tmp_path / "build"
+    first = subprocess.Popen([sys.executable, "-m", "tol_builder.cli", "build", wf, "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not read_markers(build, "ingest"):  # the first build is under way
+            assert first.poll() is None, "the first build ended early"
+            time.sleep(0.05)
+        r = run_cli("build", wf, "--quiet")
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert f"another tol build (pid {first.pid} on {socket.gethostname()}, started " in lines[0]
+        assert "is running on this build directory" in lines[0] and "Traceback" not in r.stderr
+        assert first.poll() is None  # the first one goes on
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # a build that dies without releasing its lock
+        first.wait()
+    # its lock is stale: the next build takes it over, says so, and completes the stage
+    r = run_cli("build", wf, "--quiet")
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert f"taking over the stale lock of tol build (pid {first.pid} on {socket.gethostname()}" in said
+    assert len(read_markers(build, "ingest")) == 8
+    assert (build / ".lock").read_text() == ""  # released

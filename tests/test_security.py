@@ -497,6 +497,156 @@ def test_jobqueue_options_with_control_characters_are_refused_at_load(tmp_path):
     assert "#SBATCH -J tol-build" in script and "#SBATCH -p gpu" in script and "#SBATCH --comment=a b" in script
 
 
+# ------------------------------------------------------------------------------- issue 18: terminal and CSV
+HOSTILE_NAMES = ["[/]", "[link=http://evil.example/]click[/link]", "Aus bus [sic]",
+                 "red\x1b[31m\x1b]8;;http://evil.example/\x07x", "\u202eevil",
+                 "=HYPERLINK(\"http://evil.example/\",\"x\")", "@SUM(1+1)", "+1", "-2+3", "\tx", "\rx", "plain"]
+
+
+def _hostile_build(out: Path) -> Path:
+    rows = [{"uid": make_uid("s", str(i)), "source": "s", "source_id": f"{i:02d}", "media_uri": f"http://x/{i}.jpg",
+             "genus": "Pica", "common_name": name} for i, name in enumerate(HOSTILE_NAMES)]
+    (out / "records" / "s").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), out / "records" / "s" / "p0.parquet")
+    catalog.register_parquet(out, "records", "records/*/*.parquet")
+    return out
+
+
+# issue 18 item 5
+def test_third_party_text_reaches_the_terminal_as_text(tmp_path):
+    """Common names with markup and escape sequences, through `tol query` (cells, a header, an error),
+    `tol status` and a stage's progress bar, on a terminal (FORCE_COLOR): printed as they are, never crashing,
+    never a hyperlink, never a raw ESC from the data."""
+    import io
+
+    from rich.console import Console
+
+    from tol_builder.runner import Runner, Task
+
+    build = _hostile_build(tmp_path / "b")
+    tty = {"FORCE_COLOR": "1", "COLUMNS": "250", "TERM": "xterm-256color"}
+    r = run_cli("query", str(build), 'SELECT common_name AS "[bold]hdr[/]" FROM records ORDER BY source_id', env=tty)
+    assert r.returncode == 0, r.stderr
+    for shown in ("[/]", "[link=http://evil.example/]click[/link]", "Aus bus [sic]", "[bold]hdr[/]",
+                  "red\\x1b[31m\\x1b]8;;http://evil.example/\\x07x", "\\u202eevil"):
+        assert shown in r.stdout, shown
+    assert "\x1b]8;" not in r.stdout and "\x1b[31m" not in r.stdout and "\u202e" not in r.stdout  # nothing raw
+    r = run_cli("query", str(build), 'SELECT * FROM "[/]no\x1b[2Jsuch"', env=tty)  # DuckDB's error quotes it
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "[/]no\\x1b[2Jsuch" in r.stderr.splitlines()[0] and "\x1b[2J" not in r.stderr
+    # tol status: stage folders and counter names come from files of the build
+    (build / "_markers" / "[red]st\x1b[2Jage").mkdir(parents=True)
+    (build / "_markers" / "[red]st\x1b[2Jage" / "t.json").write_text(
+        '{"counters": {"[link=http://evil.example/]n[/link]\\u001b[2J": 3}}')
+    r = run_cli("status", str(build), env=tty)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "[red]st\\x1b[2Jage" in out and "[link=http://evil.example/]n[/link]\\x1b[2J=3" in out
+    assert "\x1b[2J" not in r.stdout + r.stderr and "\x1b]8;" not in r.stdout
+    # a stage's progress description
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200)
+    Runner(tmp_path / "run", None, progress=True, console=console).run("[/]p\x1b[2Jq", [Task("k", dict)])
+    assert "[/]p\\x1b[2Jq" in screen.getvalue() and "\x1b[2J" not in screen.getvalue()
+
+
+# issue 18 item 7a
+def test_csv_cells_that_a_spreadsheet_would_run_are_prefixed(tmp_path):
+    import csv
+    import io
+    import subprocess
+    import sys
+
+    from tol_builder.shards.publish import LICENCE_COLUMNS, write_licences
+    from tol_builder.shards.write import index_path
+
+    build = _hostile_build(tmp_path / "b")
+    sql = "SELECT common_name, -12.5::DOUBLE AS lon, -3 AS n FROM records ORDER BY source_id"
+
+    def csv_rows(*options: str) -> list[list[str]]:  # bytes as written (run_cli's text mode turns \r into \n)
+        r = subprocess.run([sys.executable, "-m", "tol_builder.cli", "query", str(build), sql, *options],
+                           capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return list(csv.reader(io.StringIO(r.stdout.decode(), newline="")))
+
+    rows = csv_rows("--format", "csv")
+    assert rows[0] == ["common_name", "lon", "n"]
+    expected = {name: ("'" + name if name[0] in "=+-@\t\r" else name) for name in HOSTILE_NAMES}
+    assert [row[0] for row in rows[1:]] == [expected[n] for n in HOSTILE_NAMES]
+    assert all(row[1:] == ["-12.5", "-3"] for row in rows[1:])  # numbers stay numbers
+    assert [row[0] for row in csv_rows("--format", "csv", "--raw")[1:]] == HOSTILE_NAMES
+    assert "--raw" in " ".join(run_cli("query", "--help", env={"COLUMNS": "200"}).stdout.split())
+    # licenses.csv: the shards' images (member index) with their licence columns, written by DuckDB
+    (build / "selection").mkdir()
+    uids = [make_uid("s", str(i)) for i in range(len(HOSTILE_NAMES))]
+    pq.write_table(pa.table({"uid": uids, **{c: [f"{c}:{i}" if i % 2 else name for i, name in enumerate(HOSTILE_NAMES)]
+                                             for c in LICENCE_COLUMNS if c != "uid"}}),
+                   build / "selection" / "samples.parquet")
+    index_path(build, "train", 0).parent.mkdir(parents=True)
+    pq.write_table(pa.table({"uid": uids, "key": ["json"] * len(uids)}), index_path(build, "train", 0))
+    write_licences(build)
+    (licences,) = build.rglob("licenses.csv")
+    with open(licences, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == len(uids)
+    by_uid = {row["uid"]: row for row in got}
+    for i, (uid, name) in enumerate(zip(uids, HOSTILE_NAMES)):
+        want = f"licence:{i}" if i % 2 else expected[name]
+        assert by_uid[uid]["licence"] == want
+        assert by_uid[uid]["rights_holder"] == want.replace("licence", "rights_holder")
+
+
+# issue 18 item 7c
+def test_control_and_bidi_characters_are_stripped_from_texts_and_counted(tmp_path):
+    import json
+
+    from tol_builder.shards.card import stripped_line
+    from tol_builder.shards.write import index_path
+    from tol_builder.text import taxon_texts
+
+    hostile = taxon_texts({"kingdom": "Animalia", "genus": "Pi\x00ca\x1b[31m", "species": "hud\u202esonia"},
+                          "Black-billed\u2066 magpie\x9b", common_names={"es": "urraca\u200f"}, languages=("en", "es"))
+    clean = taxon_texts({"kingdom": "Animalia", "genus": "Pica", "species": "hudsonia"}, "Black-billed magpie",
+                        common_names={"es": "urraca"}, languages=("en", "es"))
+    bad = set("\x00\x1b\x9b\u202e\u2066\u200f")
+    assert not any(bad & set(text) for text in hostile.captions.values())
+    assert hostile.captions["taxon_com"] == \
+        "a photo of Animalia Pica[31m hudsonia with common name Black-billed magpie."
+    assert hostile.stripped == 6 and clean.stripped == 0
+    assert hostile.captions == {k: v.replace("Pica", "Pica[31m") for k, v in clean.captions.items()}
+    # the dataset card's line counts them over the taxa of the shards
+    build = tmp_path / "b"
+    (build / "selection").mkdir(parents=True)
+    from tol_builder.records import RANKS
+
+    samples = [{**dict.fromkeys(RANKS), "uid": f"u{i}", "taxon_id": f"t{i % 2}", "lowest_rank": "genus",
+                "common_name": ["Black-billed\u2066 magpie\x9b", "Raven"][i % 2],
+                "common_names": json.dumps({"es": ["urraca\u200f", "cuervo"][i % 2]}),
+                "kingdom": "Animalia", "genus": ["Pi\x00ca\x1b[31m", "Corvus"][i % 2]} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(samples), build / "selection" / "samples.parquet")
+    index_path(build, "train", 0).parent.mkdir(parents=True)
+    pq.write_table(pa.table({"uid": [s["uid"] for s in samples], "key": ["json"] * 5}), index_path(build, "train", 0))
+    line = stripped_line(build, ["en", "es"])
+    assert "5 in 1 taxa (3 images)" in line, line
+
+
+# issue 18 item 7e
+def test_a_pickled_checkpoint_is_refused_in_one_line_naming_the_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tol_builder.train.checkpoint import STATE_FILE, load_state
+
+    folder = tmp_path / "step-00000001"
+    folder.mkdir()
+    torch.save({"step": 1, "where": Path("/etc/passwd")}, folder / STATE_FILE)  # a pickled object, not a tensor
+    with pytest.raises(TolError) as e:
+        load_state(folder)
+    message = str(e.value)
+    assert "\n" not in message and str(folder / STATE_FILE) in message and "refused" in message
+    assert "weights_only" not in message and e.value.__cause__ is None and e.value.__suppress_context__
+    torch.save({"step": 2, "loss": torch.tensor([1.0])}, folder / STATE_FILE)  # tensors and plain values load
+    assert load_state(folder)["step"] == 2
+
+
 # ------------------------------------------------------------------------------------- issue 18 item 4
 # Server-side request forgery. No test sends anything to a non-loopback address: `connects` refuses (and
 # records) every connection to one before it is made, and the names below are answered by `_answer_names`

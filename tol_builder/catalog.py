@@ -9,6 +9,10 @@ DESCRIBE, SHOW, SUMMARIZE, EXPLAIN of those: checked on DuckDB's own parse, `che
 external access is off except the build directory itself (`enable_external_access = false`,
 `allowed_directories`), extensions are neither installed nor loaded, and the configuration is locked. A
 COPY or EXPORT, an ATTACH, a read of /etc/passwd, an INSTALL: each is refused with one line.
+A statement run through `query` / `query_rows` is also bounded (`QueryLimits`): stopped after a timeout
+(DuckDB has no statement timeout: a timer calls `interrupt()`), in a memory limit, spilling at most
+`max_temp` into a private temporary folder outside the build that is removed afterwards (DuckDB's default,
+BUILD/catalog.duckdb.tmp, would write into the build and grow to 90% of its disk).
 With external access off DuckDB refuses the views' relative paths, so a read-only connection re-creates each
 parquet-backed view as a temporary view over the absolute path of the build where it is now (the registry
 `_parquet_views` says which): a moved build keeps working.
@@ -18,6 +22,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,13 +56,34 @@ def catalog_path(out: Path) -> Path:
     return Path(out) / CATALOG
 
 
-def connect(out: Path, read_only: bool = True, for_sql: str | None = None):
+@dataclass(frozen=True)
+class QueryLimits:
+    """Bounds of one read-only statement (`tol query --timeout --memory-limit --max-temp`)."""
+    timeout: float = 60.0  # seconds; 0 = none
+    memory_limit: str = "4GB"
+    max_temp: str = "20GB"
+
+    def __post_init__(self) -> None:
+        from .errors import TolError
+        from .sql import MEMORY_LIMIT
+
+        if not self.timeout >= 0:
+            raise TolError(f"--timeout: expected seconds >= 0 (0: no limit), got {self.timeout!r}")
+        for option, value in (("--memory-limit", self.memory_limit), ("--max-temp", self.max_temp)):
+            if not MEMORY_LIMIT.match(value):
+                raise TolError(f"{option}: expected a size such as 4GB, 512MB or 1.5GiB, got {value!r}")
+
+
+def connect(out: Path, read_only: bool = True, for_sql: str | None = None, limits: QueryLimits | None = None,
+            temp_dir: str | None = None):
     """A connection to the build's catalog: read-only and locked down (see the module doc), or, for the
     stages' own writes, writable with views relative to the build directory.
 
     `for_sql`: the read-only connection re-creates only the parquet views that this SQL names, directly or
     through the catalog's own views. Binding a view reads the footer of every file under it (`union_by_name`):
-    at full size `media` is ~10,000 files, a second of every `tol query` that never reads it."""
+    at full size `media` is ~10,000 files, a second of every `tol query` that never reads it.
+    `limits`, `temp_dir`: a read-only connection's memory and spill caps, and where it spills (the caller
+    creates and removes the folder); without a `temp_dir` it does not spill at all (never into the build)."""
     import duckdb
 
     out = Path(out).resolve()
@@ -69,6 +98,10 @@ def connect(out: Path, read_only: bool = True, for_sql: str | None = None):
         return con
     con = duckdb.connect(str(path), read_only=True, config={
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute("SET temp_directory = ?", [temp_dir or ""])  # "" = no spilling; never BUILD/catalog.duckdb.tmp
+    if limits is not None:
+        con.execute("SET memory_limit = ?", [limits.memory_limit])
+        con.execute("SET max_temp_directory_size = ?", [limits.max_temp])
     con.execute("SET allowed_directories = ?", [[str(out) + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
@@ -228,25 +261,51 @@ def document(name: str, description: str, columns: dict[str, str]) -> None:
     TABLE_DOCS[name] = (description, columns)
 
 
-def _run(out: Path, sql: str, params, fetch):
-    """`fetch(result)` of `sql` on a read-only connection (None as the result of a statement returning nothing):
-    the connection is read-only and locked down before the statement is checked and run."""
-    con = connect(out, read_only=True, for_sql=sql)
+def _interrupt(con) -> None:
     try:
-        check_read_statements(sql, con)
-        return fetch(con.sql(sql, params=params) if params is not None else con.sql(sql))
+        con.interrupt()
+    except Exception:  # the statement ended meanwhile: nothing to stop
+        pass
+
+
+def _run(out: Path, sql: str, params, fetch, limits: QueryLimits | None):
+    """`fetch(result)` of `sql` on a read-only connection (None as the result of a statement returning nothing):
+    the connection is read-only, bounded by `limits` (`tol query`'s; None: the stages' own reads, unbounded
+    but for the spill folder) and locked down before the statement is checked and run."""
+    import duckdb
+
+    from .errors import TolError
+
+    spill = tempfile.mkdtemp(prefix="tol-query-")  # outside the build: the catalog is read-only in fact
+    try:
+        con = connect(out, read_only=True, for_sql=sql, limits=limits, temp_dir=spill)
+        timer = None
+        try:
+            check_read_statements(sql, con)
+            if limits and limits.timeout > 0:
+                timer = threading.Timer(limits.timeout, _interrupt, [con])
+                timer.daemon = True
+                timer.start()
+            return fetch(con.sql(sql, params=params) if params is not None else con.sql(sql))
+        except duckdb.InterruptException:
+            raise TolError(f"query stopped after {limits.timeout:g} s (--timeout; 0 = no limit)") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()  # an interrupt under way ends before the connection closes
+            con.close()
     finally:
-        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
 
 
-def query(out: Path, sql: str, params: dict | list | None = None) -> pa.Table:
+def query(out: Path, sql: str, params: dict | list | None = None, limits: QueryLimits | None = None) -> pa.Table:
     """Run `sql` (read statements only) on a read-only connection; values go in `params` ($name or ?),
     never pasted into `sql`."""
     import pyarrow as pa
 
     from .records import arrow_of
 
-    return _run(out, sql, params, lambda rel: pa.table({}) if rel is None else arrow_of(rel))
+    return _run(out, sql, params, lambda rel: pa.table({}) if rel is None else arrow_of(rel), limits)
 
 
 class Rows:
@@ -259,6 +318,7 @@ class Rows:
         return [dict(zip(self.column_names, r)) for r in self.rows]
 
 
-def query_rows(out: Path, sql: str) -> Rows:
+def query_rows(out: Path, sql: str, limits: QueryLimits | None = None) -> Rows:
     """`query` as Python rows (`tol query`)."""
-    return _run(out, sql, None, lambda rel: Rows([], []) if rel is None else Rows(list(rel.columns), rel.fetchall()))
+    return _run(out, sql, None, lambda rel: Rows([], []) if rel is None else Rows(list(rel.columns), rel.fetchall()),
+                limits)

@@ -10,8 +10,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import TolError
+from .terminal import safe_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tol_builder: rebuild, extend and train on TreeOfLife-scale image-text datasets.")
@@ -24,18 +26,20 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}", soft_wrap=True)  # one line, whatever the terminal width
+    # the message may quote a file's value: shown as text, never as markup or raw control characters
+    console.print(Text.assemble(("error:", "bold red"), " ", safe_text(e, newlines=True)),
+                  soft_wrap=True)  # one line, whatever the terminal width
     raise typer.Exit(1)
 
 
 def _print_summary(summary) -> None:
     for stage, counters in summary.stages.items():
         shown = ", ".join(f"{k}={v:,}" for k, v in counters.items())
-        console.print(f"  {stage}: {shown}")
+        console.print(safe_text(f"  {stage}: {shown}"))
     if summary.skipped:
-        console.print(f"  not in this version yet: {', '.join(summary.skipped)}")
-    console.print(f"outputs in {summary.out} ({summary.seconds:.1f} s); "
-                  f"try: tol query {summary.out} \"SELECT source, count(*) FROM records GROUP BY source\"")
+        console.print(safe_text(f"  not in this version yet: {', '.join(summary.skipped)}"))
+    console.print(safe_text(f"outputs in {summary.out} ({summary.seconds:.1f} s); "
+                            f"try: tol query {summary.out} \"SELECT source, count(*) FROM records GROUP BY source\""))
 
 
 @app.command()
@@ -97,14 +101,15 @@ def status(out: Path = typer.Argument(..., help="Build directory.")) -> None:
         rows = stage_status(out)
     except TolError as e:
         _fail(e)
-    table = Table(title=f"build {out}")
+    table = Table(title=safe_text(f"build {out}"))
     for col in ("stage", "tasks done", "counters"):
         table.add_column(col)
-    for r in rows:
+    for r in rows:  # stage folders, marker counters and stale reasons come from files: shown as text
         done = f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}"
         if r.get("stale"):
             done += f" (stale: {r['stale']}; the next tol build re-plans it)"
-        table.add_row(r["stage"], done, ", ".join(f"{k}={v:,}" for k, v in r["counters"].items()))
+        table.add_row(safe_text(r["stage"]), safe_text(done),
+                      safe_text(", ".join(f"{k}={v:,}" for k, v in r["counters"].items())))
     Console().print(table)
     from .catalog import catalog_path, query as run_query
 
@@ -129,9 +134,9 @@ def dedup_report(out: Path = typer.Argument(..., help="Build directory."),
         path, shown = write_report(out, report, max_pairs)
     except TolError as e:
         _fail(e)
-    console.print(f"wrote {path}: {shown['near_shown']:,} near matches shown ({shown['near_left_out']:,} left out), "
-                  f"{shown['pool_shown']:,} near copies inside the pool ({shown['pool_left_out']:,} left out)",
-                  soft_wrap=True)
+    console.print(safe_text(f"wrote {path}: {shown['near_shown']:,} near matches shown ({shown['near_left_out']:,} "
+                            f"left out), {shown['pool_shown']:,} near copies inside the pool "
+                            f"({shown['pool_left_out']:,} left out)"), soft_wrap=True)
 
 
 @app.command()
@@ -144,29 +149,43 @@ def sources() -> None:
         table.add_column(col)
     for name, target in available().items():
         try:
-            desc = (get_source_class(name).description or "").strip()
+            desc = safe_text((get_source_class(name).description or "").strip(), newlines=True)
         except Exception as e:  # a broken plugin is listed with its error, not hidden
-            desc = f"[red]cannot load: {e}[/]"
-        table.add_row(name, target, desc)
+            desc = safe_text(f"cannot load: {e}", style="red")
+        table.add_row(safe_text(name), safe_text(target), desc)
     Console(width=200).print(table)
 
 
 @app.command()
 def query(out: Path = typer.Argument(..., help="Build directory."),
           sql: str = typer.Argument(..., help="SQL on the catalog (tables: SELECT * FROM tables)."),
-          format: str = typer.Option("table", "--format", help="table, csv or json.")) -> None:
-    """Run SQL on a build's catalog.duckdb through a read-only connection."""
-    from .catalog import query_rows
+          format: str = typer.Option("table", "--format", help="table, csv or json. In csv, a text cell starting "
+                                     "with = + - @, a tab or a carriage return gets a leading ' (a spreadsheet "
+                                     "shows it as text instead of running it as a formula); numbers are kept."),
+          raw: bool = typer.Option(False, "--raw", help="csv: write every cell as it is (no leading ')."),
+          timeout: float = typer.Option(60.0, "--timeout", help="Seconds before the query is stopped (0: no "
+                                        "limit)."),
+          memory_limit: str = typer.Option("4GB", "--memory-limit", help="DuckDB's memory limit for the query; "
+                                           "beyond it DuckDB spills to a private temporary folder outside the "
+                                           "build (removed afterwards)."),
+          max_temp: str = typer.Option("20GB", "--max-temp", help="Most disk the query may spill to.")) -> None:
+    """Run SQL on a build's catalog.duckdb through a read-only connection.
+
+    Bounded: stopped after --timeout seconds, in --memory-limit of memory and --max-temp of spill space
+    (a temporary folder outside the build, removed afterwards). Values are shown as text: markup and control
+    characters in a cell are never interpreted by the terminal (ESC shows as \\x1b)."""
+    from .catalog import QueryLimits, query_rows
 
     if format not in ("table", "csv", "json"):
         _fail(TolError(f"--format: expected table, csv or json, got {format!r}"))
     try:
-        result = query_rows(out, sql)
+        limits = QueryLimits(timeout=timeout, memory_limit=memory_limit, max_temp=max_temp)
+        result = query_rows(out, sql, limits=limits)
     except TolError as e:
         _fail(e)
     except Exception as e:  # DuckDB's own message names the problem
         _fail(TolError(f"{type(e).__name__}: {e}"))
-    write_table(result, format)
+    write_table(result, format, raw=raw)
 
 
 def _cell(value) -> str:
@@ -180,22 +199,27 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_table(result, format: str) -> None:
+def write_table(result, format: str, raw: bool = False) -> None:
+    """A result on stdout. csv: formula-like text cells neutralised unless `raw` (csvcells); table: every
+    header and cell as text (terminal.safe_text), whatever a record holds."""
     if format == "csv":
         import csv
 
+        from .csvcells import csv_cell
+
+        cell = (lambda v: v) if raw else csv_cell
         w = csv.writer(sys.stdout)
-        w.writerow(result.column_names)
+        w.writerow([cell(c) for c in result.column_names])
         for row in result.to_pylist():
-            w.writerow(["" if row[c] is None else row[c] for c in result.column_names])
+            w.writerow(["" if row[c] is None else cell(row[c]) for c in result.column_names])
     elif format == "json":
         sys.stdout.write(json.dumps(result.to_pylist(), default=str, ensure_ascii=False) + "\n")
     else:
         table = Table()
         for c in result.column_names:
-            table.add_column(c)
+            table.add_column(safe_text(c))
         for row in result.to_pylist():
-            table.add_row(*[_cell(row[c]) for c in result.column_names])
+            table.add_row(*[safe_text(_cell(row[c])) for c in result.column_names])
         Console(width=max(120, Console().width)).print(table)
 
 
@@ -211,7 +235,7 @@ def coverage(out: Path = typer.Argument(..., help="Build directory."),
         write_table(rank_summary(out), "table")
         write_table(coverage_table(out, rank, top=30), "table")
         if plot is not None:
-            console.print(f"wrote {plot_coverage(out, rank, plot)}")
+            console.print(safe_text(f"wrote {plot_coverage(out, rank, plot)}"))
     except TolError as e:
         _fail(e)
 
@@ -232,7 +256,7 @@ def shards_plan(out: Path = typer.Argument(..., help="Build directory (after the
     except TolError as e:
         _fail(e)
     for line in describe(doc):
-        Console(width=200).print(line, markup=False, highlight=False)
+        Console(width=200).print(safe_text(line), highlight=False)
 
 
 @shards_app.command("verify")
@@ -247,12 +271,13 @@ def shards_verify(out: Path = typer.Argument(..., help="Build directory."),
     except TolError as e:
         _fail(e)
     for p in problems:
-        console.print(str(p), markup=False, highlight=False)
+        console.print(safe_text(p), highlight=False)
     counted = ", ".join(f"{split} {n:,}" for split, n in totals.items())
     if problems:
-        console.print(f"[bold red]{len(problems)} problem(s)[/] in the shards of {out} (samples read: {counted})")
+        console.print(Text.assemble((f"{len(problems)} problem(s)", "bold red"),
+                                    safe_text(f" in the shards of {out} (samples read: {counted})")))
         raise typer.Exit(1)
-    console.print(f"shards of {out}: all good ({counted} samples)")
+    console.print(safe_text(f"shards of {out}: all good ({counted} samples)"))
 
 
 def _require_train_extra() -> None:
@@ -262,9 +287,7 @@ def _require_train_extra() -> None:
     try:
         require_torch()
     except MissingTrainExtra as e:
-        from rich.markup import escape
-
-        console.print(f"[yellow]{escape(str(e))}[/]")
+        console.print(safe_text(e, style="yellow", newlines=True))
         raise typer.Exit(2)
 
 
@@ -319,11 +342,11 @@ def _run_eval(task: str, target: Path, checkpoint: Optional[str], model: Optiona
         Console(width=max(100, Console().width)).print(
             report.zero_shot_table(result) if task == "zero-shot" else report.few_shot_table(result))
         if json_out is not None:
-            console.print(f"wrote {report.write_json(result, json_out)}")
+            console.print(safe_text(f"wrote {report.write_json(result, json_out)}"))
         if plot is not None:
             if task != "zero-shot":
                 raise TolError("--plot draws zero-shot accuracy per rank (tol eval zero-shot)")
-            console.print(f"wrote {report.plot_levels(result, plot)}")
+            console.print(safe_text(f"wrote {report.plot_levels(result, plot)}"))
     except TolError as e:
         _fail(e)
 

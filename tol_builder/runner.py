@@ -187,10 +187,13 @@ class _Progress:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), console=console, transient=False)
+        from .terminal import visible
+
+        # the description is shown as text (markup=False), its control characters as escapes
+        self._p = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                           MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
         self._p.start()
-        self._task = self._p.add_task(stage, total=total, completed=completed)
+        self._task = self._p.add_task(visible(stage), total=total, completed=completed)
 
     def advance(self) -> None:
         if self._p is not None:

@@ -14,9 +14,12 @@ For a full taxon with a common name the strings are exactly BioCLIP's (scripts/e
 * No "X with common name X". A missing or blank common name falls back to the scientific name, as in BioCLIP,
   and then `sci_com`, `taxon_com` and `taxonTag_com` equal `sci`, `taxon` and `taxonTag`. The same holds when
   the common name equals the scientific, taxonomic or tagged name ignoring case and spacing.
-* Clean names. Whitespace is collapsed, no leading/trailing spaces, a name ending in "." is trimmed before
-  wrapping (no ".." at the end). None, NaN, pandas.NA and the strings "None", "nan", "null", "<NA>" (what
-  str() makes of a missing value) count as missing, never as a name.
+* Clean names. Control characters (ESC, NUL, the C0 and C1 controls but whitespace) and the bidirectional
+  formatting characters (U+061C, U+200E/F, U+202A-202E, U+2066-2069: they reorder what a reader sees) are
+  removed and counted (`stripped`; the dataset card reports the total), whitespace is collapsed, no
+  leading/trailing spaces, a name ending in "." is trimmed before wrapping (no ".." at the end). None, NaN,
+  pandas.NA and the strings "None", "nan", "null", "<NA>" (what str() makes of a missing value) count as
+  missing, never as a name.
 * Casing as BioCLIP: kingdom to genus get a capital first character (the rest is kept: BioCLIP's
   str.capitalize() lower-cased it), the epithet is lower case. Common names are kept as given.
 * Each result records `lowest_rank` (the most specific rank its text names) and `rank_status`: "confirmed"
@@ -45,6 +48,8 @@ LANGUAGE_TYPES = ("common_name", "com", "sci_com", "taxon_com", "taxonTag_com") 
 NAME_TYPES = ("scientific_name", "taxonomic_name", "common_name")  # bare names: not wrapped in "a photo of"
 
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]+)?")
+# controls that are not whitespace (whitespace ones are collapsed to a space), and the bidi formatting marks
+_UNSAFE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MISSING_STRINGS = frozenset({"none", "nan", "null", "<na>"})
 _RANK_INDEX = {rank: i for i, rank in enumerate(RANKS)}
 
@@ -56,6 +61,7 @@ class TaxonTexts:
     lowest_rank: str | None    # most specific rank the text names
     rank_status: str | None    # "confirmed" / "source_asserted" (vs confirmed_rank) / None when unknown
     fallback_languages: tuple[str, ...]  # languages whose common name was missing (scientific form used)
+    stripped: int = 0          # control and bidi characters removed from the names this taxon's texts used
 
     def to_json(self) -> dict:
         return {"texts": dict(self.captions), "lowest_rank": self.lowest_rank, "rank_status": self.rank_status,
@@ -81,8 +87,9 @@ def text_keys(languages: Sequence[str] = ("en",)) -> list[str]:
     return list(_keys(tuple(languages)))
 
 
-def _clean(value: object, field: str) -> str:
-    """A name with whitespace collapsed and a final "." trimmed; "" when missing."""
+def _clean(value: object, field: str, stripped: list[int]) -> str:
+    """A name without control or bidi characters (each one removed adds to stripped[0]), whitespace collapsed
+    and a final "." trimmed; "" when missing."""
     if not isinstance(value, str):
         try:
             if value is None or value != value:  # None, NaN
@@ -90,6 +97,8 @@ def _clean(value: object, field: str) -> str:
         except TypeError:  # pandas.NA: its comparisons have no truth value
             return ""
         raise TypeError(f"{field} must be a string or missing, got {type(value).__name__} {value!r}")
+    value, n = _UNSAFE.subn("", value)
+    stripped[0] += n
     name = " ".join(value.split()).rstrip(". ")
     return "" if name.lower() in _MISSING_STRINGS else name
 
@@ -115,17 +124,18 @@ def taxon_texts(ranks: Mapping[str, str | None], common_name: str | None = None,
         raise ValueError(f"confirmed_rank {confirmed_rank!r} is not one of {list(RANKS)}")
     extra = _extra_languages(tuple(languages))
 
+    stripped = [0]           # control and bidi characters removed (_clean)
     tagged: list[str] = []   # "kingdom Animalia", ...
     parts: list[str] = []    # "Animalia", ...
     lowest = None
     for rank in RANKS[:-1]:
-        name = _clean(ranks.get(rank), rank)
+        name = _clean(ranks.get(rank), rank, stripped)
         if name:
             name = name[0].upper() + name[1:]
             parts.append(name)
             tagged.append(f"{rank} {name}")
             lowest = rank
-    epithet = _clean(ranks.get("species"), "species").lower()
+    epithet = _clean(ranks.get("species"), "species", stripped).lower()
     if lowest is None:
         what = f"only a species epithet ({epithet!r}) without a genus" if epithet else "no rank at all"
         raise ValueError(f"taxon has {what}: {dict(ranks)!r}")
@@ -151,7 +161,8 @@ def taxon_texts(ranks: Mapping[str, str | None], common_name: str | None = None,
     fallbacks = []
     for code in ("en", *extra):
         given = common_name if code == "en" else None
-        common = _clean(given, "common_name") or _clean(common_names.get(code), f"common_names[{code!r}]")
+        common = _clean(given, "common_name", stripped) or \
+            _clean(common_names.get(code), f"common_names[{code!r}]", stripped)
         suffix = "" if code == "en" else f"_{code}"
         if common and _squash(common) not in scientific_forms:
             names.update({f"common_name{suffix}": common, f"com{suffix}": common,
@@ -167,4 +178,4 @@ def taxon_texts(ranks: Mapping[str, str | None], common_name: str | None = None,
     names = {key: names[key] for key in keys}
     # name keys are the NAME_TYPES and their language twins (common_name_es): no caption key starts with one
     captions = {key: name if key.startswith(NAME_TYPES) else f"a photo of {name}." for key, name in names.items()}
-    return TaxonTexts(captions, names, lowest, status, tuple(fallbacks))
+    return TaxonTexts(captions, names, lowest, status, tuple(fallbacks), stripped[0])

@@ -67,6 +67,18 @@ def token_counts(out: Path, languages: list[str]) -> tuple[list[list], str]:
         return [], (f"Tokens were not counted: open_clip's tokenizer could not be imported ({type(e).__name__}). "
                     "Install it (`pip install 'tol_builder[train]'`) and run `tol build` again (only the card is "
                     "rewritten) to get how many texts exceed CLIP's 77-token context.")
+    over: dict[str, list[int]] = {k: [0, 0, 0] for k in text_keys(languages)}
+    for t, n in _shard_taxa_texts(out, languages):
+        for key in over:
+            over[key][0] += n
+            if len(encode(t.captions[key])) + 2 > CONTEXT_LENGTH:
+                over[key][1] += n
+                over[key][2] += 1
+    return [[k, *v] for k, v in over.items()], note
+
+
+def _shard_taxa_texts(out: Path, languages: list[str]):
+    """(TaxonTexts, images in the shards) of each distinct taxon (and common names) of the shards."""
     con = duckdb_connection()
     try:
         rows = con.execute("""SELECT s.taxon_id, any_value(s.common_name), s.common_names,
@@ -79,16 +91,16 @@ def token_counts(out: Path, languages: list[str]) -> tuple[list[list], str]:
     finally:
         con.close()
     texts = SampleTexts(languages)
-    over: dict[str, list[int]] = {k: [0, 0, 0] for k in text_keys(languages)}
     for taxon_id, common_name, common_names, lowest_rank, n, *ranks in rows:
-        t = texts.of({"taxon_id": taxon_id, "common_name": common_name, "common_names": common_names,
-                      "lowest_rank": lowest_rank, **dict(zip(RANKS, ranks))})
-        for key in over:
-            over[key][0] += n
-            if len(encode(t.captions[key])) + 2 > CONTEXT_LENGTH:
-                over[key][1] += n
-                over[key][2] += 1
-    return [[k, *v] for k, v in over.items()], note
+        yield texts.of({"taxon_id": taxon_id, "common_name": common_name, "common_names": common_names,
+                        "lowest_rank": lowest_rank, **dict(zip(RANKS, ranks))}), n
+
+
+def stripped_line(out: Path, languages: list[str]) -> str:
+    """The card's line on control and bidi characters text.py removed from the names (issue 18)."""
+    found = [(t.stripped, n) for t, n in _shard_taxa_texts(out, languages) if t.stripped]
+    return (f"Control and bidirectional formatting characters removed from names (text.py): "
+            f"{sum(c for c, _ in found):,} in {len(found):,} taxa ({sum(n for _, n in found):,} images).")
 
 
 def _versions() -> list[list]:
@@ -216,7 +228,8 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
     lines += ["## Coverage", "", "![coverage by class and most specific rank](coverage.png)", ""]
     rows, note = token_counts(out, languages)
     lines += ["## Texts", "", f"Languages: {', '.join(languages)}. Keys: " + ", ".join(f"`{k}`" for k in text_keys(languages))
-              + f". The default `.txt` is `{s['default_text']}`.", "", note, ""]
+              + f". The default `.txt` is `{s['default_text']}`.", "", note, "",
+              stripped_line(out, languages), ""]
     if rows:
         lines += _table(["key", "samples", f"over {CONTEXT_LENGTH} tokens", "distinct texts over"], rows)
         lines.append("")

@@ -4,10 +4,13 @@ Owns where checkpoints go, the `latest` pointer, pruning old ones, and the train
 optimiser and loss-scaler state, the step, and the data layout the stream positions depend on. The learning
 rate is a function of the step, and every random choice of the data and of the step's torch generator is a
 function of a position (data.py, loop.py): nothing else is needed to resume exactly.
+State files are loaded as tensors and plain values only: one holding other pickled objects (which could run
+code when loaded) is refused with one line naming the file.
 """
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -62,5 +65,15 @@ def resolve_folder(path: Path) -> Path:
     return found
 
 
+def load_tensors(path: Path):
+    """torch.load of tensors, numbers, strings and containers of them, on the CPU; anything else is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message would suggest loading it with code execution on
+        raise TolError(f"{path}: refused: it holds pickled Python objects, not only tensors and plain values, "
+                       "and loading those could run code; tol_builder loads checkpoints it (or open_clip) wrote"
+                       ) from None
+
+
 def load_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    return load_tensors(Path(folder) / STATE_FILE)
