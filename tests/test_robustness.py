@@ -277,3 +277,173 @@ def test_a_second_build_on_a_build_directory_is_refused_naming_the_first(countin
     assert f"taking over the stale lock of tol build (pid {first.pid} on {socket.gethostname()}" in said
     assert len(read_markers(build, "ingest")) == 8
     assert (build / ".lock").read_text() == ""  # released
+
+
+# issue 18 item 2
+def _table_fetch_workflow(tmp, server, names: list[str], fetch: str, cluster: str):
+    """A `tol build` workflow (ingest and fetch only) of a table source whose records are the server's images
+    `names`, one per-image URL each."""
+    from pathlib import Path
+
+    rows = "".join(f"{k},{server.url}/img/{name}\n" for k, name in enumerate(names))
+    (tmp / "t.csv").write_text("id,url\n" + rows)
+    (tmp / "m.toml").write_text('source = "table"\n[[files]]\nname = "t.csv"\nrole = "metadata"\n')
+    wf = Path(tmp) / "wf.toml"
+    wf.write_text(f'name = "t"\nout = "{tmp / "b"}"\nstages = ["ingest", "fetch"]\n'
+                  '[[sources]]\nname = "table"\nid = "pool"\nmanifest = "m.toml"\n'
+                  'options = { columns = { source_id = "id", media_uri = "url" } }\n'
+                  # the test server is on loopback
+                  f'[fetch]\nallow_private_addresses = true\nmax_side = 64\nattempts = 1\n{fetch}\n'
+                  f'[cluster]\nthreads_per_worker = 1\ndashboard_address = ""\n{cluster}\n')
+    return wf
+
+
+def _media_by_uid(out) -> dict[str, dict]:
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict] = {}
+    for p in sorted((out / "media").glob("*/*.parquet")):
+        for r in pq.read_table(p, columns=["uid", "status", "error_class", "error_message", "sha256",
+                                           "media_uri"]).to_pylist():
+            assert r["uid"] not in rows, f"{r['uid']}: two media rows"
+            rows[r["uid"]] = r
+    return rows
+
+
+def _tol_build(wf, out, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "tol_builder.cli", "build", str(wf), "--out", str(out),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_fetch_loses_no_image_and_a_plain_rerun_gives_the_clean_builds_media(fault_server, tmp_path):
+    """Ctrl-C during the fetch stage stored the images in flight as `failed / internal / RuntimeError:
+    ConnectionPool is closed` (the host budget's scheduler calls failing as the cluster shut down), their tasks
+    got completion markers, and a plain re-run never asked for them again. Now: three builds interrupted at
+    three points (SIGINT to `tol build` alone, to its process group as a terminal's Ctrl-C, alone again) write
+    no row but real outcomes, a task with a marker holds all its rows, and a plain re-run fetches exactly the
+    images left and ends with a clean build's media."""
+    import os
+    import signal
+
+    import psutil
+
+    from tol_builder.fetch.media import chunk_files, media_dir
+    from tol_builder.runner import read_markers, read_plan
+
+    n = 240
+    for k in range(n):
+        fault_server.images[f"i{k}"] = jpeg_bytes(noise_image(48, 40, seed=1000 + k), quality=80)
+    # each answer after 0.1 s, 30 requests a second for the whole cluster (the budget's leases go through the
+    # scheduler): about 8 s of fetching in tasks of 40 images and chunks of 8 rows
+    wf = _table_fetch_workflow(tmp_path, fault_server, [f"i{k}?delay=0.1" for k in range(n)],
+                               "per_host_rps = 30\npartition_size = 40\nchunk_rows = 8", "n_workers = 2")
+    clean = _tol_build(wf, tmp_path / "clean")
+    _, err = clean.communicate(timeout=300)
+    assert clean.returncode == 0, err[-3000:]
+    expected = {u: (m["status"], m["error_class"], m["sha256"]) for u, m in _media_by_uid(tmp_path / "clean").items()}
+    assert len(expected) == n and {s for s, _, _ in expected.values()} == {"ok"}
+
+    out = tmp_path / "interrupted"
+
+    def rows_now() -> int:
+        try:
+            return len(_media_by_uid(out))
+        except Exception:  # a chunk being renamed into place
+            return -1
+
+    for new_rows, whole_group in [(1, False), (40, True), (80, False)]:
+        build = _tol_build(wf, out, start_new_session=True)
+        start = max(0, rows_now())
+        while rows_now() < start + new_rows:  # the fetch is under way: this run has written rows
+            assert build.poll() is None, build.stderr.read()[-3000:]
+            time.sleep(0.01)
+        children = psutil.Process(build.pid).children(recursive=True)  # the LocalCluster's processes
+        if whole_group:
+            os.killpg(build.pid, signal.SIGINT)
+        else:
+            build.send_signal(signal.SIGINT)
+        _, err = build.communicate(timeout=120)
+        assert build.returncode != 0, "the build completed before the interrupt"
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"still running after the build ended: {alive}"
+        media = _media_by_uid(out)
+        assert 0 < len(media) < n
+        # nothing but real outcomes: every image the server answered is ok, the others have no row
+        assert {(m["status"], m["error_class"]) for m in media.values()} == {("ok", None)}, \
+            {m["error_message"] for m in media.values()}
+        for key, marker in read_markers(out, "fetch").items():  # a task with a marker has all its rows
+            rows = sum(len(pq_uids(p)) for p in chunk_files(media_dir(out, "pool"), key))
+            assert rows == marker["counters"]["records"], key
+        assert len(read_markers(out, "fetch")) < len(read_plan(out, "fetch"))
+
+    left = set(_urls(tmp_path)) - {m["media_uri"] for m in _media_by_uid(out).values()}
+    asked_before = len(fault_server.log)
+    build = _tol_build(wf, out)  # a plain re-run: no --retry-failed
+    _, err = build.communicate(timeout=300)
+    assert build.returncode == 0, err[-3000:]
+    asked = [path for _, path, _ in fault_server.log[asked_before:]]
+    assert sorted(asked) == sorted(u[len(fault_server.url):] for u in left)  # what was left, each once
+    got = {u: (m["status"], m["error_class"], m["sha256"]) for u, m in _media_by_uid(out).items()}
+    assert got == expected
+
+
+def pq_uids(path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
+
+
+def _urls(tmp) -> list[str]:
+    return [line.split(",", 1)[1] for line in (tmp / "t.csv").read_text().splitlines()[1:]]
+
+
+# issue 18 item 3 (worker death)
+@pytest.mark.slow
+def test_an_image_that_kills_its_worker_is_recorded_as_failed_and_its_tasks_other_images_are_kept(
+        fault_server, tmp_path):
+    """An RGB PNG of 9000 x 9000 (258 KB; 81 Mpx, under max_pixels; 243 MB decoded, under the decode caps),
+    legitimately large, among 30 small JPEGs of the same fetch task, on a LocalCluster worker limited to
+    400 MB: its decode takes the worker past its memory limit and the nanny kills it. Before, Dask ran the task
+    on four workers in turn, raised KilledWorker, the stage failed, the other 30 images were lost, and every
+    re-run did the same. Now the second death convicts the image (fetch/inflight.py): the stage completes in
+    the same run with the image failed / worker_died, the task's other images ok, and a re-run leaves it be."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from tol_builder.runner import read_plan
+
+    good = [f"i{k}" for k in range(30)]
+    for k, name in enumerate(good):
+        fault_server.images[name] = jpeg_bytes(noise_image(48, 40, seed=2000 + k), quality=80)
+    buf = io.BytesIO()
+    Image.new("RGB", (9000, 9000), (120, 160, 90)).save(buf, "PNG")
+    fault_server.images["poison"] = buf.getvalue()
+    wf = _table_fetch_workflow(tmp_path, fault_server, good[:15] + ["poison"] + good[15:],
+                               "per_host_rps = 0\nchunk_rows = 4",
+                               'n_workers = 1\nmemory_limit = "400MB"')
+    out = tmp_path / "b"
+    build = _tol_build(wf, out)
+    _, err = build.communicate(timeout=600)
+    assert build.returncode == 0, err[-3000:]
+    assert len(read_plan(out, "fetch")) == 1  # one task holds them all
+    media = {m["media_uri"].rsplit("/", 1)[1]: m for m in _media_by_uid(out).values()}
+    assert len(media) == 31
+    poison = media.pop("poison")
+    assert (poison["status"], poison["error_class"]) == ("failed", "worker_died")
+    assert "died 2 times while decoding this image" in poison["error_message"]
+    assert {name: (m["status"], m["sha256"]) for name, m in media.items()} == {
+        name: ("ok", hashlib.sha256(fault_server.images[name]).hexdigest()) for name in good}
+    assert fault_server.hits["/img/poison"] == 2  # decoded twice (each time killing the worker), then not fetched
+    assert not list(out.rglob("*.inflight"))  # the task completed: its journal went
+    asked = sum(fault_server.hits.values())
+    again = _tol_build(wf, out)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert sum(fault_server.hits.values()) == asked  # nothing asked again, the poison least of all
+    assert _media_by_uid(out)[poison["uid"]]["error_class"] == "worker_died"

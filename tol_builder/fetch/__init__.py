@@ -19,6 +19,12 @@ Runner stages, in order (each a set of plain tasks; resume = run again):
 
 Output: `media/<source>/<task>.<nnnnn>.parquet` (fetch/media.py), registered as the catalog view `media`.
 
+Interruptions are never a verdict on an image (fetch/tasks.py): Ctrl-C, a cluster shutting down (its host
+budget unreachable) or a closed HTTP session end a task without a completion marker, and the next run fetches
+every image it left. An image whose decode kills its worker process (over the worker's memory limit) is
+recorded as `failed / worker_died` once the worker has died twice decoding it (fetch/inflight.py journals the
+decodes); the task's other images are kept and the image is not tried again but by `--retry-failed`.
+
 Resume is keyed by what shapes the tasks (`plan_fingerprint`: partition_size, archive_stream_tasks,
 chunk_rows and the records files themselves, in `_markers/<stage>/_fingerprint.json`). When it changes
 (another partition_size, re-ingested records), the stage re-plans: its markers go; media rows of uids no

@@ -23,6 +23,10 @@ lease timeout and nothing lives on a worker that could die):
   before its first request to the host and then at most once per `PAUSE_POLL` seconds.
 
 The local budget keeps the same rules with asyncio primitives.
+
+Failures: any error of a budget call (the scheduler unreachable or closing, as when the cluster shuts down
+under Ctrl-C: "ConnectionPool is closed") is raised as `BudgetUnavailable`. It says nothing about the image
+being fetched: the fetch task ends without a completion marker, and the image is fetched by the re-run.
 """
 
 from __future__ import annotations
@@ -52,8 +56,22 @@ def host_of(url_or_host: str) -> str:
     return (urlsplit(url_or_host).hostname or "").lower()
 
 
+class BudgetUnavailable(Exception):
+    """The host budget could not be kept (its scheduler unreachable or closing): an infrastructure error, never
+    a verdict on the image being fetched."""
+
+
+def _unavailable(e: Exception) -> BudgetUnavailable:
+    if isinstance(e, BudgetUnavailable):
+        return e
+    return BudgetUnavailable(f"host budget unavailable: {type(e).__name__}: {e}")
+
+
 class Budget:
-    """Interface: `async with budget.slot(host)` around each request; `await pause(host, s)` on Retry-After."""
+    """Interface: `async with budget.slot(host)` around each request; `await pause(host, s)` on Retry-After.
+
+    Subclasses implement `_acquire`, `_release`, `_pause`; the public calls raise any error of theirs as
+    BudgetUnavailable (cancellation passes through as it is)."""
 
     concurrency: int
     rps: float
@@ -67,12 +85,30 @@ class Budget:
             await self.release(host)
 
     async def acquire(self, host: str) -> None:
-        raise NotImplementedError
+        try:
+            await self._acquire(host)
+        except Exception as e:
+            raise _unavailable(e) from e
 
     async def release(self, host: str) -> None:
-        raise NotImplementedError
+        try:
+            await self._release(host)
+        except Exception as e:
+            raise _unavailable(e) from e
 
     async def pause(self, host: str, seconds: float) -> None:
+        try:
+            await self._pause(host, seconds)
+        except Exception as e:
+            raise _unavailable(e) from e
+
+    async def _acquire(self, host: str) -> None:
+        raise NotImplementedError
+
+    async def _release(self, host: str) -> None:
+        raise NotImplementedError
+
+    async def _pause(self, host: str, seconds: float) -> None:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -100,7 +136,7 @@ class LocalBudget(Budget):
             h = self._hosts[host] = _LocalHost(asyncio.Semaphore(self.concurrency))
         return h
 
-    async def acquire(self, host: str) -> None:
+    async def _acquire(self, host: str) -> None:
         h = self._host(host)
         await h.sem.acquire()
         try:
@@ -121,10 +157,10 @@ class LocalBudget(Budget):
             h.sem.release()
             raise
 
-    async def release(self, host: str) -> None:
+    async def _release(self, host: str) -> None:
         self._host(host).sem.release()
 
-    async def pause(self, host: str, seconds: float) -> None:
+    async def _pause(self, host: str, seconds: float) -> None:
         h = self._host(host)
         h.pause_until = max(h.pause_until, time.time() + max(0.0, seconds))
 
@@ -206,7 +242,7 @@ class ClusterBudget(Budget):
         return h
 
     # -- concurrency
-    async def acquire(self, host: str) -> None:
+    async def _acquire(self, host: str) -> None:
         h = self._host(host)
         async with h.cond:
             h.waiting += 1
@@ -236,10 +272,10 @@ class ClusterBudget(Budget):
         try:
             await self._rate(h, host)
         except BaseException:
-            await self.release(host)
+            await self._release(host)
             raise
 
-    async def release(self, host: str) -> None:
+    async def _release(self, host: str) -> None:
         h = self._hosts[host]
         async with h.cond:
             h.in_use -= 1
@@ -286,7 +322,7 @@ class ClusterBudget(Budget):
                 return
 
     # -- Retry-After
-    async def pause(self, host: str, seconds: float) -> None:
+    async def _pause(self, host: str, seconds: float) -> None:
         """Pause the host here at once, and for every task of the cluster as soon as the scheduler has it."""
         h = self._host(host)
         until = time.time() + max(0.0, seconds)

@@ -3,7 +3,8 @@
 Files: `<out>/media/<source>/<task>.<nnnnn>.parquet`. A task writes its rows in chunks of `chunk_rows`
 (each chunk atomically), so a killed task keeps what it finished and its re-run fetches only the uids no
 chunk holds. A retry pass rewrites (atomically, same name) the chunks that hold transient rows. The shard
-stage reads `jpeg` from here; the dedup stage reads sha256 / md5 / pdq.
+stage reads `jpeg` from here; the dedup stage reads sha256 / md5 / pdq. Beside a task's chunks, while the
+task has not completed, `<task>.inflight` journals its decodes (fetch/inflight.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ MEDIA_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "status": (pa.string(), "ok, failed (permanent: not retried) or transient (still failing after every pass)"),
     "error_class": (pa.string(), "why it is not ok: http_<status>, timeout, connection, dns, truncated, too_large, "
                                  "too_many_redirects, not_image, decode_error, too_many_pixels, unsafe_member, "
-                                 "member_not_found, member_corrupt, file_not_found, ... (null when ok)"),
+                                 "member_not_found, member_corrupt, file_not_found, worker_died (the worker "
+                                 "process died twice while decoding it: over its memory limit?), internal "
+                                 "(transient: an unexpected error of the request), ... (null when ok)"),
     "error_message": (pa.string(), "the error in words (cut to 500 characters)"),
     "http_status": (pa.int32(), "HTTP status of the last response (null for archives and files)"),
     "media_uri": (pa.string(), "what was asked for: the image URL, or the archive holding it"),
@@ -69,6 +72,11 @@ def chunk_files(directory: Path, task_key: str) -> list[Path]:
         return []
     pat = chunk_pattern(task_key)
     return sorted(p for p in directory.iterdir() if pat.match(p.name))
+
+
+def journal_path(directory: Path, task_key: str) -> Path:
+    """The decode journal of a task (or of a retry of one chunk, keyed by the chunk's stem)."""
+    return Path(directory) / f"{task_key}.inflight"
 
 
 def done_uids(files: Iterable[Path]) -> set[str]:

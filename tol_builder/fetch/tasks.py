@@ -15,11 +15,21 @@ the images, DECODE_BATCH at a time, while the other requests keep arriving into 
 measured, this costs 0.3-0.4 ms less CPU per image than handing each image to another thread. With more
 threads per worker, a pool of that many threads does the CPU work (Pillow and hashlib release the GIL). A
 tar task inflates the stream in its own thread and decodes in a pool.
+
+What is a verdict on an image and what is not: a per-image outcome (an HTTP status, a timeout, a bad file) is
+a media row. An error of the task's infrastructure is not: cancellation and interruption (Ctrl-C), the host
+budget's scheduler gone (`budget.BudgetUnavailable`, as when the cluster shuts down), the task's HTTP session
+closed end the task with an exception, so it gets no completion marker and its re-run fetches every image
+it did not finish (the rows finished before are written first). An unexpected error of one request is a
+transient row (`internal`): retried by the next pass and by a plain re-run, never taken as the image's fault.
+Every decode is journaled (fetch/inflight.py): an image that kills its worker process is recorded as
+`failed / worker_died` once its deaths are seen, and the task's other images are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import threading
@@ -35,8 +45,9 @@ import pyarrow.parquet as pq
 from ..config import FetchConfig
 from ..fileio import write_text_atomic
 from . import archives, imaging, media
-from .budget import make_budget
+from .budget import BudgetUnavailable, make_budget
 from .http import FAILED, OK, TRANSIENT, Fetcher, FetchResult
+from .inflight import WORKER_DIED, Journal
 
 ITEM_COLUMNS = ["uid", "source", "media_uri", "media_member"]
 # With one thread, downloaded images wait and are decoded DECODE_BATCH at a time (or DECODE_WAIT seconds after
@@ -69,13 +80,15 @@ def failed_row(item: dict, pass_no: int, status: str, error_class: str, message:
 
 
 def image_row(item: dict, pass_no: int, data: bytes, cfg: FetchConfig, http_status: int | None = None,
-              final_url: str | None = None, attempts: int = 0) -> dict:
-    """Process one image's bytes into a media row; a bad image becomes a failed row, never an exception."""
+              final_url: str | None = None, attempts: int = 0, journal: Journal | None = None) -> dict:
+    """Process one image's bytes into a media row; a bad image becomes a failed row, never an exception.
+    With a journal, the decode is journaled (and a suspect of killing its worker decoded alone)."""
     row = base_row(item, pass_no)
     row.update(http_status=http_status, final_url=final_url, original_bytes=len(data))
     row["attempts"] = (row["attempts"] or 0) + attempts
     try:
-        p = imaging.process(data, cfg)
+        with journal.decoding(item["uid"]) if journal is not None else contextlib.nullcontext():
+            p = imaging.process(data, cfg)
     except imaging.ImageError as e:
         import hashlib
 
@@ -90,6 +103,14 @@ def image_row(item: dict, pass_no: int, data: bytes, cfg: FetchConfig, http_stat
                width=p.width, height=p.height, stored_width=p.stored_width, stored_height=p.stored_height,
                stored_bytes=len(p.jpeg), kept_original=p.kept_original, jpeg=p.jpeg)
     return row
+
+
+def worker_died_row(item: dict, pass_no: int, journal: Journal) -> dict:
+    return failed_row(item, pass_no, FAILED, WORKER_DIED, journal.message(item["uid"]))
+
+
+class TaskInterrupted(Exception):
+    """The task cannot go on for a reason that is not its images' (its HTTP session closed under it)."""
 
 
 # --------------------------------------------------------------------------------------- zip members
@@ -192,16 +213,25 @@ class DecodeBatch:
 
 def fetch_items(items: list[dict], cfg: FetchConfig, emit: Callable[[dict], None], *, pass_no: int,
                 zip_infos: dict[str, dict] | None = None, threads: int = 1, workers: int = 1,
-                local_media: bool = False) -> dict[str, int]:
+                local_media: bool = False, journal: Journal | None = None) -> dict[str, int]:
     """Fetch and process every item (URLs, local files, zip members). `emit(row)` is called once per item,
     from the loop's thread (threads <= 1) or from one of `threads` CPU threads. Local paths are read only
-    when the items' source declares local media (tol_builder/urlpolicy.py)."""
+    when the items' source declares local media (tol_builder/urlpolicy.py). `journal`: decodes are journaled
+    there (fetch/inflight.py).
+
+    Raises, leaving the items not yet emitted without a row, on an infrastructure error (see the module
+    docstring): cancellation, BudgetUnavailable, TaskInterrupted."""
     zips = ZipMembers(zip_infos or {}, items) if any(it.get("media_member") for it in items) else None
     stats = {"requests": 0, "bytes_downloaded": 0}
     # one thread (the usual worker): the loop's own thread decodes between network events (DecodeBatch),
     # which costs less CPU than handing every image to another thread (measured 0.3-0.4 ms an image); with
     # more threads, a pool of them decodes
     pool = ThreadPoolExecutor(threads, thread_name_prefix="tol-fetch-cpu") if threads > 1 else None
+
+    def row_of(it: dict, data: bytes, res: FetchResult | None = None) -> dict:
+        if res is None:
+            return image_row(it, pass_no, data, cfg, journal=journal)
+        return image_row(it, pass_no, data, cfg, res.http_status, res.final_url, res.attempts, journal=journal)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -213,8 +243,7 @@ def fetch_items(items: list[dict], cfg: FetchConfig, emit: Callable[[dict], None
                 await loop.run_in_executor(pool, fn)
 
         budget = make_budget(cfg.per_host_concurrency, cfg.per_host_rps, workers)
-        batch = DecodeBatch(loop, lambda it, res: emit(image_row(it, pass_no, res.data, cfg, res.http_status,
-                                                                 res.final_url, res.attempts)))
+        batch = DecodeBatch(loop, lambda it, res: emit(row_of(it, res.data, res)))
         queue: asyncio.Queue = asyncio.Queue()
         for it in items:
             queue.put_nowait(it)
@@ -239,13 +268,18 @@ def fetch_items(items: list[dict], cfg: FetchConfig, emit: Callable[[dict], None
                             except OSError as e:
                                 emit(failed_row(it, pass_no, TRANSIENT, "io_error", f"{type(e).__name__}: {e}"))
                                 return
-                            emit(image_row(it, pass_no, data, cfg))
+                            emit(row_of(it, data))
                         await cpu(from_zip)
                         return
                     try:
                         res: FetchResult = await fetcher.fetch(it["media_uri"])
-                    except Exception as e:  # a bug in one request must not end the task
-                        res = FetchResult(FAILED, error_class="internal", error_message=f"{type(e).__name__}: {e}")
+                    except BudgetUnavailable:
+                        raise  # the cluster's budget is gone (shutting down): not this image's fault
+                    except Exception as e:
+                        if fetcher.session is None or fetcher.session.closed:
+                            raise TaskInterrupted(f"the task's HTTP session is closed ({type(e).__name__}: {e})") from e
+                        # a bug in one request must not end the task, nor condemn the image: next pass, next run
+                        res = FetchResult(TRANSIENT, error_class="internal", error_message=f"{type(e).__name__}: {e}")
                     if not res.ok:
                         emit(failed_row(it, pass_no, res.status, res.error_class or "internal",
                                         res.error_message or "", res.http_status, res.attempts))
@@ -253,17 +287,28 @@ def fetch_items(items: list[dict], cfg: FetchConfig, emit: Callable[[dict], None
                     if pool is None:  # inline: decoded by this thread, in batches between network events
                         batch.add(it, res)
                         return
-                    data = res.data
-                    await cpu(lambda: emit(image_row(it, pass_no, data, cfg, res.http_status, res.final_url,
-                                                      res.attempts)))
+                    await cpu(lambda: emit(row_of(it, res.data, res)))
 
                 n = max(1, min(cfg.task_concurrency, len(items)))
-                await asyncio.gather(*(worker() for _ in range(n)))
+                runners = [asyncio.ensure_future(worker()) for _ in range(n)]
+                try:
+                    await asyncio.gather(*runners)
+                except BaseException:
+                    # one worker's infrastructure error (or the task's cancellation) ends them all; rows
+                    # emitted so far stand, fetched images waiting for their decode are fetched by the re-run
+                    for r in runners:
+                        r.cancel()
+                    await asyncio.gather(*runners, return_exceptions=True)
+                    raise
                 batch.drain()
                 stats["requests"] += fetcher.requests
                 stats["bytes_downloaded"] += fetcher.bytes_downloaded
         finally:
-            await budget.aclose()
+            if batch.timer is not None:
+                batch.timer.cancel()
+            # leases a failed give-back leaves taken time out on the scheduler: not a reason to fail the task
+            with contextlib.suppress(Exception):
+                await budget.aclose()
             stats["budget_calls"] = getattr(budget, "stats", {}).get("lease_calls", 0)
 
     try:
@@ -350,10 +395,32 @@ def records_task(out: str, source: str, task_key: str, records_file: str, start:
     done = media.done_uids(media.chunk_files(directory, task_key)) | carried_uids(carry_files, items)
     todo = [it for it in items if it["uid"] not in done]
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
-    stats = fetch_items(todo, c, writer.add, pass_no=0, zip_infos=zip_infos, threads=threads, workers=workers,
-                        local_media=local_media)
-    writer.close()
+    journal = Journal(media.journal_path(directory, task_key))
+    convicted = journal.convicted()
+    for it in todo:
+        if it["uid"] in convicted:  # killed the worker decoding it: recorded, not decoded again
+            writer.add(worker_died_row(it, 0, journal))
+    todo = [it for it in todo if it["uid"] not in convicted]
+    with finishing(writer, journal):
+        stats = fetch_items(todo, c, writer.add, pass_no=0, zip_infos=zip_infos, threads=threads,
+                            workers=workers, local_media=local_media, journal=journal)
     return {"records": len(items), "resumed_done": len(done), **stats, **writer.counters}
+
+
+@contextlib.contextmanager
+def finishing(writer: media.ChunkWriter, journal: Journal):
+    """Completes a task's output: the last chunk written, the journal removed. When the task ends with an
+    exception (an infrastructure error, a cancellation), the rows emitted so far are written all the same
+    (they are real outcomes: the re-run skips them) and the journal is kept (it counts worker deaths)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
+        journal.close()
+        raise
+    writer.close()
+    journal.remove()
 
 
 def carried_uids(carry_files: list[str], items: list[dict]) -> set[str]:
@@ -396,6 +463,8 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
     done = media.done_uids(media.chunk_files(directory, task_key)) | carried_uids(
         carry_files, [{"uid": u} for u in rows.column("uid").to_pylist()])
     writer = media.ChunkWriter(directory, task_key, c.chunk_rows)
+    journal = Journal(media.journal_path(directory, task_key))
+    convicted = journal.convicted()
     uids = rows.column("uid").to_pylist()
     members = rows.column("media_member").to_pylist()
     item_of = lambda i: {"uid": uids[i], "source": source, "media_uri": archive["uri"],  # noqa: E731
@@ -406,6 +475,9 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
     for i, (uid, member) in enumerate(zip(uids, members)):
         if uid in done:
             skipped += 1
+            continue
+        if uid in convicted:  # killed the worker decoding it: recorded, not decoded again
+            writer.add(worker_died_row(item_of(i), 0, journal))
             continue
         name = archives.safe_member_name(member)
         if name is None:
@@ -437,33 +509,33 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
     def work(i_list: list[int], data: bytes) -> None:
         try:
             for i in i_list:
-                writer.add(image_row(item_of(i), 0, data, c))
+                writer.add(image_row(item_of(i), 0, data, c, journal=journal))
         except BaseException as e:  # surfaced after the stream
             errors.append(e)
         finally:
             slots.release()
 
-    try:
-        for m, data, err in archives.iter_tar(Path(archive["path"]), lambda m: bool(matches(m)),
-                                              c.max_bytes, on_refused=lambda m, why: refused.append(m.raw_name)):
-            hits = matches(m)
-            for i in hits:
-                served[i] = True
-            if err is not None:
+    with finishing(writer, journal):
+        try:
+            for m, data, err in archives.iter_tar(Path(archive["path"]), lambda m: bool(matches(m)),
+                                                  c.max_bytes, on_refused=lambda m, why: refused.append(m.raw_name)):
+                hits = matches(m)
                 for i in hits:
-                    writer.add(failed_row(item_of(i), 0, FAILED, err.error_class, str(err)))
-                continue
-            slots.acquire()
-            pool.submit(work, hits, data)
-    finally:
-        pool.shutdown(wait=True)
-    if errors:
-        raise errors[0]
-    for i in rows_sorted:
-        if not served[i]:
-            writer.add(failed_row(item_of(int(i)), 0, FAILED, "member_not_found",
-                                  f"{members[int(i)]!r} is not in {archive['uri']}"))
-    writer.close()
+                    served[i] = True
+                if err is not None:
+                    for i in hits:
+                        writer.add(failed_row(item_of(i), 0, FAILED, err.error_class, str(err)))
+                    continue
+                slots.acquire()
+                pool.submit(work, hits, data)
+        finally:
+            pool.shutdown(wait=True)
+        if errors:
+            raise errors[0]
+        for i in rows_sorted:
+            if not served[i]:
+                writer.add(failed_row(item_of(int(i)), 0, FAILED, "member_not_found",
+                                      f"{members[int(i)]!r} is not in {archive['uri']}"))
     return {"records": len(uids), "resumed_done": skipped, "archive_unsafe_members": len(refused), **writer.counters}
 
 
@@ -493,8 +565,17 @@ def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass
         with lock:
             new_rows[row["uid"]] = row
 
-    stats = fetch_items(items, c, emit, pass_no=pass_no, zip_infos=zip_infos, threads=threads, workers=workers,
-                        local_media=local_media)
+    journal = Journal(media.journal_path(path.parent, path.stem))
+    convicted = journal.convicted()
+    for it in items:
+        if it["uid"] in convicted:  # killed the worker decoding it: recorded, not decoded again
+            emit(worker_died_row(it, pass_no, journal))
+    try:
+        stats = fetch_items([it for it in items if it["uid"] not in convicted], c, emit, pass_no=pass_no,
+                            zip_infos=zip_infos, threads=threads, workers=workers, local_media=local_media,
+                            journal=journal)
+    finally:  # interrupted: the chunk stays as it was and the task runs again; the journal counts deaths
+        journal.close()
     keep = np.ones(table.num_rows, dtype=bool)
     keep[transient] = False
     kept = table.filter(pa.array(keep))
@@ -503,6 +584,7 @@ def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass
     parts = [kept, replaced] + ([table.filter(pc.is_in(table.column("uid"), pa.array([x["uid"] for x in lost])))]
                                 if lost else [])
     media.write_table(path, pa.concat_tables(parts).cast(media.MEDIA_SCHEMA))
+    journal.remove()
     counters = {"retried": len(items), **stats}
     for row in new_rows.values():
         key = {"ok": "recovered", "transient": "still_transient", "failed": "failed_on_retry"}[row["status"]]
