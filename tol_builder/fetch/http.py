@@ -13,11 +13,12 @@ full jitter for the other transient errors. Never raises for a per-image problem
 Error classes:
     transient (retried within the pass, then in later passes): http_<status> for 408 425 429 500 502 503 504
         and other 5xx except 501 505; timeout; connection (refused, reset, closed); dns; truncated (body
-        shorter than Content-Length)
+        shorter than Content-Length); internal (an unexpected error in the request code: fetch/tasks.py
+        records it as transient, so a plain re-run tries the image again)
     permanent: http_<status> for the other 4xx and 501 505; too_large; too_many_redirects; bad_redirect;
         private_address (the URL's host is not a global address: nothing was sent); private_redirect (a
         redirect to such a host); bad_url; unsupported_scheme; local_path_refused; opted_out; tls;
-        file_not_found; internal
+        file_not_found
 """
 
 from __future__ import annotations

@@ -539,7 +539,7 @@ def tar_task(out: str, source: str, task_key: str, archive: dict, records_files:
     return {"records": len(uids), "resumed_done": skipped, "archive_unsafe_members": len(refused), **writer.counters}
 
 
-POLICY_REFUSALS = ("local_path_refused", "unsupported_scheme", "private_redirect", "bad_redirect")
+POLICY_REFUSALS = ("local_path_refused", "unsupported_scheme", "private_address", "private_redirect", "bad_redirect")
 
 
 def retry_task(out: str, chunk: str, zip_infos: dict[str, dict], cfg: dict, pass_no: int, threads: int = 1,
