@@ -88,10 +88,15 @@ def test_read_statements_still_work_and_a_moved_build_keeps_its_views(build, tmp
     assert catalog.query(moved, "SELECT count(*) AS n FROM records").column("n")[0].as_py() == 3
 
 
-def test_a_query_binds_only_the_parquet_views_it_reaches(build):
-    """Binding a parquet view reads every file footer under it (~10,000 media files at full size): a read-only
-    connection for a statement re-creates only the views the statement names, directly or through the
-    catalog's own views, and each query still sees what it names."""
+def test_a_query_binds_only_the_parquet_views_it_reaches(build, tmp_path):
+    """Binding a parquet view reads every file footer under it (~10,000 media files at full size). In place,
+    a read-only connection creates no view at all (the catalog's own views read the build's absolute paths and
+    DuckDB binds a view only when a statement reads it). A moved build whose catalog another process holds
+    open (so it cannot be re-pointed): the connection for a statement shadows only the views the statement
+    names, directly or through the catalog's own views, and each query still sees what it names."""
+    import subprocess
+    import sys
+
     (build / "media" / "s").mkdir(parents=True)
     pq.write_table(pa.table({"uid": [make_uid("s", "0")], "status": ["ok"]}), build / "media" / "s" / "m0.parquet")
     catalog.register_parquet(build, "media", "media/*/*.parquet")
@@ -99,6 +104,17 @@ def test_a_query_binds_only_the_parquet_views_it_reaches(build):
     con.execute("CREATE OR REPLACE VIEW fetched AS SELECT r.uid FROM records r JOIN media m USING (uid) "
                 "WHERE m.status = 'ok'")
     con.close()
+    con = catalog.connect(build, read_only=True, for_sql="SELECT * FROM fetched")
+    assert con.execute("SELECT count(*) FROM duckdb_views() WHERE temporary AND NOT internal").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM fetched").fetchone()[0] == 1
+    con.close()
+    moved = tmp_path / "moved"
+    shutil.move(str(build), moved)
+    build = moved
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+                               "print('open', flush=True); sys.stdin.read()", str(moved / "catalog.duckdb")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
 
     def temp_views(sql):
         con = catalog.connect(build, read_only=True, for_sql=sql)
@@ -119,6 +135,8 @@ def test_a_query_binds_only_the_parquet_views_it_reaches(build):
     assert catalog.query(build, 'SELECT count(*) AS n FROM "Media"').column("n")[0].as_py() == 1
     assert catalog.query(build, "SELECT count(*) AS n FROM records WHERE uid IN (SELECT uid FROM media)"
                          ).column("n")[0].as_py() == 1
+    holder.communicate("", timeout=30)
+    assert temp_views("SELECT * FROM fetched") == set()  # released: re-pointed for every client
 
 
 def test_the_cli_refuses_with_one_line_naming_the_statement_type(build, tmp_path):

@@ -13,9 +13,13 @@ A statement run through `query` / `query_rows` is also bounded (`QueryLimits`): 
 (DuckDB has no statement timeout: a timer calls `interrupt()`), in a memory limit, spilling at most
 `max_temp` into a private temporary folder outside the build that is removed afterwards (DuckDB's default,
 BUILD/catalog.duckdb.tmp, would write into the build and grow to 90% of its disk).
-With external access off DuckDB refuses the views' relative paths, so a read-only connection re-creates each
-parquet-backed view as a temporary view over the absolute path of the build where it is now (the registry
-`_parquet_views` says which): a moved build keeps working.
+Parquet-backed views read absolute paths (the registry `_parquet_views` keeps each view's glob relative to
+the build and the build directory it was written for), so a plain DuckDB client opens the catalog from any
+directory: `duckdb.connect("BUILD/catalog.duckdb", read_only=True)`. A moved or copied build is noticed by
+the next connection tol opens (a `tol build`, a `tol query`): it re-points every view at the build where it
+is now, once, for every client after it. When it cannot (another process has the catalog open, a read-only
+disk), that read-only connection shadows the views it needs with temporary views over the build's own
+path instead (the sandbox allows reads in the build directory only, so the old location is never read).
 """
 
 from __future__ import annotations
@@ -77,11 +81,12 @@ class QueryLimits:
 def connect(out: Path, read_only: bool = True, for_sql: str | None = None, limits: QueryLimits | None = None,
             temp_dir: str | None = None):
     """A connection to the build's catalog: read-only and locked down (see the module doc), or, for the
-    stages' own writes, writable with views relative to the build directory.
+    stages' own writes, writable. Either first re-points the parquet views at `out` if they point elsewhere.
 
-    `for_sql`: the read-only connection re-creates only the parquet views that this SQL names, directly or
-    through the catalog's own views. Binding a view reads the footer of every file under it (`union_by_name`):
-    at full size `media` is ~10,000 files, a second of every `tol query` that never reads it.
+    `for_sql`: when the views cannot be re-pointed, the read-only connection shadows only the parquet views
+    that this SQL names, directly or through the catalog's own views. Binding a view reads the footer of every
+    file under it (`union_by_name`): at full size `media` is ~10,000 files, a second of every `tol query` that
+    never reads it (stored views are bound only by a statement that reads them).
     `limits`, `temp_dir`: a read-only connection's memory and spill caps, and where it spills (the caller
     creates and removes the folder); without a `temp_dir` it does not spill at all (never into the build)."""
     import duckdb
@@ -95,9 +100,19 @@ def connect(out: Path, read_only: bool = True, for_sql: str | None = None, limit
     if not read_only:
         con = duckdb.connect(str(path))
         con.execute("SET file_search_path = ?", [str(out)])
+        _repoint(con, out)
         return con
-    con = duckdb.connect(str(path), read_only=True, config={
-        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+
+    def open_read_only():
+        return duckdb.connect(str(path), read_only=True, config={
+            "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+
+    con = open_read_only()
+    shadow = _points_elsewhere(con, out)
+    if shadow:  # a moved or copied build: re-point its views once, for every client after this one
+        con.close()
+        shadow = not _repoint_file(out)
+        con = open_read_only()
     con.execute("SET temp_directory = ?", [temp_dir or ""])  # "" = no spilling; never BUILD/catalog.duckdb.tmp
     if limits is not None:
         con.execute("SET memory_limit = ?", [limits.memory_limit])
@@ -105,7 +120,7 @@ def connect(out: Path, read_only: bool = True, for_sql: str | None = None, limit
     con.execute("SET allowed_directories = ?", [[str(out) + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    if _has_table(con, "_parquet_views"):
+    if shadow:
         views = con.execute("SELECT name, path_glob, select_list FROM _parquet_views ORDER BY name").fetchall()
         if for_sql is not None:
             wanted = _names_reached(con, for_sql)
@@ -144,6 +159,70 @@ def _has_table(con, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0])
 
 
+def _has_column(con, table: str, column: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                            [table, column]).fetchall()[0][0])
+
+
+def _points_elsewhere(con, out: Path) -> bool:
+    """Whether a parquet view of the catalog was written for another directory than `out` (the build was moved
+    or copied; or its catalog predates absolute paths: no `root` column)."""
+    if not _has_table(con, "_parquet_views"):
+        return False
+    if not _has_column(con, "_parquet_views", "root"):
+        return True
+    return bool(con.execute("SELECT count(*) FROM _parquet_views WHERE root IS DISTINCT FROM ?",
+                            [str(out)]).fetchall()[0][0])
+
+
+def _create_view(con, out: Path, name: str, rel_glob: str, select: str) -> None:
+    con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT {select} FROM "
+                f"read_parquet({quote_literal(str(out / rel_glob))}, union_by_name=true)")
+
+
+def _repoint(con, out: Path) -> None:
+    """On a writable connection: re-create every parquet view over `out` (one transaction). A view whose files
+    are gone is dropped (a view over nothing would break every query that names it), and so is one whose
+    registered glob leaves the build (absolute, or with `..`: not something tol registers)."""
+    if not _points_elsewhere(con, out):
+        return
+    if not _has_column(con, "_parquet_views", "root"):
+        con.execute("ALTER TABLE _parquet_views ADD COLUMN root VARCHAR")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name, rel_glob, select in con.execute(
+                "SELECT name, path_glob, select_list FROM _parquet_views ORDER BY name").fetchall():
+            inside = not Path(rel_glob).is_absolute() and ".." not in Path(rel_glob).parts
+            if inside and any(out.glob(rel_glob)):
+                _create_view(con, out, name, rel_glob, select)
+                con.execute("UPDATE _parquet_views SET root = ? WHERE name = ?", [str(out), name])
+            else:
+                con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
+                con.execute("DELETE FROM _parquet_views WHERE name = ?", [name])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _repoint_file(out: Path) -> bool:
+    """`_repoint` on a connection of its own; False when the catalog cannot be opened for writing (another
+    process has it open, a read-only disk) or the re-pointing fails."""
+    import duckdb
+
+    try:
+        con = duckdb.connect(str(catalog_path(out)))
+    except duckdb.Error:
+        return False
+    try:
+        _repoint(con, out)
+        return True
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+
+
 READ_STATEMENTS = "SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, or EXPLAIN of one of those"
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\b(?:\s*\([^)]*\))?(?:\s+ANALY[SZ]E\b)?(.*)$", re.IGNORECASE | re.DOTALL)
 
@@ -180,18 +259,18 @@ def check_read_statements(sql: str, con=None) -> None:
 
 def register_parquet(out: Path, name: str, rel_glob: str, select: str = "*") -> bool:
     """(Re)create view `name` over the parquet files matching `rel_glob` (relative to the build directory),
-    as `SELECT <select> FROM read_parquet(...)`, and record it in `_parquet_views` (read-only connections
-    re-create it over the absolute path). Returns False (and creates nothing) when no file matches yet."""
+    as `SELECT <select> FROM read_parquet('<build>/<rel_glob>')`, and record it in `_parquet_views` (to
+    re-point it when the build moves). Returns False (and creates nothing) when no file matches yet."""
     out = Path(out).resolve()
     if not any(out.glob(rel_glob)):
         return False
     con = connect(out, read_only=False)
     try:
-        con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT {select} FROM "
-                    f"read_parquet({quote_literal(rel_glob)}, union_by_name=true)")
+        _create_view(con, out, name, rel_glob, select)
         con.execute("CREATE TABLE IF NOT EXISTS _parquet_views (name VARCHAR PRIMARY KEY, path_glob VARCHAR, "
-                    "select_list VARCHAR)")
-        con.execute("INSERT OR REPLACE INTO _parquet_views VALUES (?, ?, ?)", [name, rel_glob, select])
+                    "select_list VARCHAR, root VARCHAR)")
+        con.execute("INSERT OR REPLACE INTO _parquet_views (name, path_glob, select_list, root) VALUES (?, ?, ?, ?)",
+                    [name, rel_glob, select, str(out)])
         _document(con)
     finally:
         con.close()
