@@ -73,7 +73,8 @@ def scaled_build(work: Path, demo: Path, name: str, jpegs: list[bytes], sizes: l
         return build
     shutil.rmtree(build, ignore_errors=True)
     keep = lambda d, names: {x for x in names if Path(d) == demo / "build" and x in (  # noqa: E731
-        "shards", "selection", "records", "media", "README.md", "coverage.png", "_markers")}
+        "shards", "shards_meta", "croissant.json", "selection", "records", "media", "README.md", "coverage.png",
+        "_markers")}
     shutil.copytree(demo / "build", build, ignore=keep)
     records = pq.read_table(sorted((demo / "build" / "records").glob("*/*.parquet")))
     media = pq.read_table(sorted((demo / "build" / "media").glob("*/*.parquet")),
@@ -157,6 +158,7 @@ def stage_walls(build: Path) -> dict[str, float]:
 
 def baseline(build: Path, out: Path) -> None:
     """One process: read the media parquet and the plan, write the same members into tars with tarfile."""
+    from tol_builder.shards.layout import SPLIT_FOLDERS
     from tol_builder.shards.plan import SPLITS, read_plan
     from tol_builder.shards.write import TAR_FORMAT, SampleTexts, sample_members, tar_member
 
@@ -175,7 +177,7 @@ def baseline(build: Path, out: Path) -> None:
         for shard in range(doc["counts"]["splits"][split]["shards"]):
             rows = samples.read_row_group(rg).to_pylist()
             rg += 1
-            path = out / split / f"shard-{shard:06d}.tar"
+            path = out / SPLIT_FOLDERS[split] / f"shard-{shard:06d}.tar"
             path.parent.mkdir(parents=True, exist_ok=True)
             with tarfile.open(path, "w", format=TAR_FORMAT, encoding="utf-8") as tar:
                 for row in rows:
@@ -208,14 +210,15 @@ def main() -> None:
                      "python": platform.python_version(), "load_before": load_before}
     for name, (jpegs, sizes) in cases.items():
         build = scaled_build(work, demo, name, jpegs, sizes, args.samples)
-        for d in ("shards", "selection", "_markers", "README.md", "coverage.png", "cache/shards", "cache/card"):
+        for d in ("shards", "shards_meta", "croissant.json", "selection", "_markers", "README.md", "coverage.png",
+                  "cache/shards", "cache/card"):
             p = build / d
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         catalog.unregister(build, *SHARD_VIEWS)  # their files were just removed
         wf = workflow(demo, build)
         run = run_sampled([sys.executable, "-m", "tol_builder.cli", "build", str(wf), "--stages", "shards", "--quiet"])
         walls = stage_walls(build)
-        written = sum(sum(json.loads(p.read_text()).values()) for p in build.glob("shards/*/sizes.json"))
+        written = sum(sum(json.loads(p.read_text()).values()) for p in build.glob("shards_meta/*/sizes.json"))
         writing = walls["shards.buckets"] + walls["shards"]
         res = {"command_seconds": round(run["seconds"], 1), "stage_walls": walls, "written_samples": written,
                "writing_seconds": round(writing, 2), "writing_images_per_s": round(written / writing, 1),

@@ -91,7 +91,7 @@ def table_digest(out: Path, table: str) -> str:
 
 def outputs(out: Path) -> dict[str, str]:
     found = {t: table_digest(out, t) for t in TABLES}
-    for p in sorted((out / "shards").rglob("*")):
+    for p in sorted([*(out / "shards").rglob("*"), *(out / "shards_meta").rglob("*")]):
         if p.is_file() and (p.suffix in (".tar", ".csv") or p.name == "sizes.json"):
             found[str(p.relative_to(out))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return found

@@ -239,10 +239,10 @@ def table_rows(out: Path, table: str) -> tuple[list[str], list[str]]:
 
 
 def shard_files(out: Path) -> dict[str, str]:
-    """Every file under shards/ by content; the build directory's own path (in README.md's example commands)
-    replaced by a placeholder."""
+    """Every file under shards/ and shards_meta/ by content; the build directory's own path (in README.md's
+    example commands) replaced by a placeholder."""
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes().replace(str(out).encode(), b"<out>")).hexdigest()
-            for p in sorted((out / "shards").rglob("*")) if p.is_file()}
+            for p in sorted([*(out / "shards").rglob("*"), *(out / "shards_meta").rglob("*")]) if p.is_file()}
 
 
 def build_cmd(wf: Path, out: Path, *extra: str) -> list[str]:

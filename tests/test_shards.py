@@ -31,12 +31,13 @@ from tol_builder.records import RANKS
 from tol_builder.shards import SHARD_VIEWS
 from tol_builder.shards import plan as planning
 from tol_builder.shards.images import training_jpeg
+from tol_builder.shards.layout import index_dir, licences_path, sizes_path, split_dir
 from tol_builder.shards.licences import licence_id
 from tol_builder.text import taxon_texts, text_keys
 
 pytestmark = pytest.mark.slow
 SPLITS = ("train", "val", "train_small")
-SHARD_OUTPUTS = ("shards", "selection", "README.md", "coverage.png")
+SHARD_OUTPUTS = ("shards", "shards_meta", "selection", "README.md", "coverage.png", "croissant.json")
 
 
 def tol_demo(root: Path) -> Path:
@@ -386,10 +387,10 @@ def test_shards_hold_every_key_and_the_text_modules_texts(demo):
     keys = text_keys(("en",))
     seen = {s: [] for s in SPLITS}
     for split in SPLITS:
-        sizes = json.loads((build / "shards" / split / "sizes.json").read_text())
-        assert sorted(sizes) == sorted(p.name for p in (build / "shards" / split).glob("*.tar"))
+        sizes = json.loads(sizes_path(build, split).read_text())
+        assert sorted(sizes) == sorted(p.name for p in split_dir(build, split).iterdir())  # tars only
         for name, n in sizes.items():
-            members = tar_members(build / "shards" / split / name)
+            members = tar_members(split_dir(build, split) / name)
             assert len(members) == n * (len(keys) + 3)  # sizes.json is the true count
             for i in range(0, len(members), len(keys) + 3):
                 uid = members[i][0].split(".")[0]
@@ -425,7 +426,7 @@ def test_duckdb_reads_the_member_index_and_its_offsets_are_right(demo):
     assert len(sample) > 100
     members = {}
     for r in sample:
-        tar_path = build / "shards" / r["split"] / r["shard"]
+        tar_path = split_dir(build, r["split"]) / r["shard"]
         if tar_path not in members:
             members[tar_path] = dict(tar_members(tar_path))
         with open(tar_path, "rb") as f:  # random access: one seek and one read
@@ -433,8 +434,8 @@ def test_duckdb_reads_the_member_index_and_its_offsets_are_right(demo):
             assert f.read(r["size"]) == members[tar_path][f"{r['uid']}.{r['key']}"]
     import duckdb
 
-    direct = duckdb.sql(f"SELECT count(DISTINCT uid) FROM read_parquet('{build}/shards/__index__/train/*.parquet')").fetchall()
-    assert direct[0][0] == sum(json.loads((build / "shards" / "train" / "sizes.json").read_text()).values())
+    direct = duckdb.sql(f"SELECT count(DISTINCT uid) FROM read_parquet('{index_dir(build, 'train')}/*.parquet')").fetchall()
+    assert direct[0][0] == sum(json.loads(sizes_path(build, "train").read_text()).values())
 
 
 def test_dataset_card_licences_and_catalog(demo):
@@ -458,16 +459,16 @@ def test_dataset_card_licences_and_catalog(demo):
         (used,) = [p for p in (demo / "data" / "authorities").rglob(row[2]) if p.is_file()]
         assert row[4].strip(" |`") == file_digest(used, "sha256")
     hf = (build / "shards" / "README.md").read_text()
-    assert hf.startswith("---\nconfigs:\n") and "path: train_small/shard-*.tar" in hf and "split: validation" in hf
+    assert hf.startswith("---\n") and "path: trainsmall/shard-*.tar" in hf and "split: validation" in hf
     assert (build / "coverage.png").read_bytes()[:4] == b"\x89PNG" and (build / "shards" / "coverage.png").exists()
-    with open(build / "shards" / "licenses.csv", newline="") as f:
+    with open(licences_path(build), newline="") as f:
         lic = list(csv.DictReader(f))
     assert len(lic) == len({r["uid"] for r in lic}) == n
     assert all(r["licence_id"] == licence_id(r["licence"]) for r in lic)
     tables = set(query(build, "SELECT name FROM tables").column("name").to_pylist())
     assert {"samples", "unselected", "shard_index", "licence_map"} <= tables
     assert query(build, "SELECT count(*) AS n FROM samples WHERE split = 'val'").to_pylist()[0]["n"] == \
-        sum(json.loads((build / "shards" / "val" / "sizes.json").read_text()).values())
+        sum(json.loads(sizes_path(build, "val").read_text()).values())
 
 
 def _files(build: Path) -> dict[Path, tuple]:
@@ -496,7 +497,7 @@ def test_tol_build_on_the_demo_workflow_does_nothing_and_verify_passes(demo):
     assert _files(build) == before  # no task ran, no file was rewritten
     r = run_cli("shards", "verify", str(build))
     assert r.returncode == 0, r.stderr
-    train = sum(json.loads((build / "shards" / "train" / "sizes.json").read_text()).values())
+    train = sum(json.loads(sizes_path(build, "train").read_text()).values())
     assert "all good" in r.stderr and f"train {train}" in " ".join(r.stderr.split())
 
 
@@ -515,9 +516,9 @@ def test_verify_names_the_shard_and_key_of_every_problem(demo, tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    sizes = json.loads((build / "shards" / "val" / "sizes.json").read_text())
+    sizes = json.loads(sizes_path(build, "val").read_text())
     sizes["shard-000000.tar"] += 1
-    (build / "shards" / "val" / "sizes.json").write_text(json.dumps(sizes))
+    sizes_path(build, "val").write_text(json.dumps(sizes))
     r = run_cli("shards", "verify", str(build), "--workers", "1")
     assert r.returncode == 1
     text = " ".join(r.stderr.split())

@@ -18,6 +18,7 @@ from conftest import run_cli
 from test_shards import tol_demo, usable_images, variant
 from tol_builder.catalog import query
 from tol_builder.records import RANKS
+from tol_builder.shards.layout import sizes_path, split_dir
 from tol_builder.text import taxon_texts, text_keys
 
 pytestmark = pytest.mark.slow
@@ -58,11 +59,11 @@ def sharded(tmp_path_factory) -> dict:
 
 
 def _tars(shards: Path, split: str) -> list[str]:
-    return sorted(str(p) for p in (shards / split).glob("shard-*.tar"))
+    return sorted(str(p) for p in split_dir(shards.parent, split).glob("shard-*.tar"))
 
 
 def _sizes(shards: Path, split: str) -> int:
-    return sum(json.loads((shards / split / "sizes.json").read_text()).values())
+    return sum(json.loads(sizes_path(shards.parent, split).read_text()).values())
 
 
 def _expected(row: dict):
@@ -119,7 +120,9 @@ def test_open_clip_training_pipeline_yields_images_and_tokenised_txt(sharded):
     shards = sharded["shards"]
     n_train = len(_tars(shards, "train"))
     # the namespace open_clip_train.main builds (main then sets world_size/rank from the distributed setup)
+    # the shard folders hold tars only (sizes.json is in shards_meta/): the counts go on the command line
     args = parse_args(["--train-data", str(shards / "train" / f"shard-{{000000..{n_train - 1:06d}}}.tar"),
+                       "--train-num-samples", str(_sizes(shards, "train")),
                        "--val-data", str(shards / "val" / "shard-000000.tar"), "--dataset-type", "webdataset",
                        "--batch-size", "8", "--workers", "0", "--model", "ViT-S-16", "--seed", "3"])
     args.world_size, args.rank, args.distributed = 1, 0, False
@@ -156,6 +159,8 @@ def test_hugging_face_loads_the_tars_and_the_shard_folder(sharded, tmp_path, mon
     assert named and all(isinstance(r["json"]["common_name"], str) for r in named)
     assert head["jpg"].size == (224, 224)
     folder = datasets.load_dataset(str(shards), cache_dir=str(tmp_path / "cache2"))
+    folder["train_small"] = datasets.load_dataset(str(shards), "train_small", split="train",
+                                                  cache_dir=str(tmp_path / "cache2"))  # a config of its own
     assert set(folder) == {"train", "validation", "train_small"}
     for split, hf_split in (("train", "train"), ("val", "validation"), ("train_small", "train_small")):
         assert folder[hf_split].num_rows == _sizes(shards, split)

@@ -1,6 +1,7 @@
 """Byte-identical shards: the shards stage of the same demo build run with 1 worker, with 2 workers (and another
 grouping of the first pass), and with 2 workers SIGKILLed after the 5th shard is written and then re-run,
-gives the same sha256 for every shard, sizes.json and licenses.csv."""
+gives the same sha256 for every shard, every file of shards_meta/ (sizes.json, wids.json, the member indexes,
+the .json tables, licenses.csv) and croissant.json."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def _variant(demo: Path, root: Path, name: str, workers: int, bucket_rows: int) 
 
 
 def _digests(build: Path) -> dict[str, str]:
-    files = sorted(build.glob("shards/*/shard-*.tar")) + sorted(build.glob("shards/*/sizes.json"))
-    return {str(p.relative_to(build)): file_digest(p, "sha256") for p in files + [build / "shards" / "licenses.csv"]}
+    files = sorted(build.glob("shards/*/shard-*.tar")) + sorted(p for p in build.glob("shards_meta/**/*") if p.is_file())
+    return {str(p.relative_to(build)): file_digest(p, "sha256") for p in files + [build / "croissant.json"]}
 
 
 def test_one_worker_two_workers_and_a_killed_run_give_the_same_bytes(demo, tmp_path):
@@ -67,7 +68,7 @@ def test_one_worker_two_workers_and_a_killed_run_give_the_same_bytes(demo, tmp_p
     proc.wait()
     done_at_kill = len(read_markers(killed, "shards"))
     assert KILL_AFTER <= done_at_kill < total, "the kill must land after the 5th shard, before the last"
-    assert not (killed / "shards" / "train" / "sizes.json").exists()  # published only when every shard is
+    assert not (killed / "shards_meta" / "train" / "sizes.json").exists()  # published only when every shard is
     r = run_cli("build", str(wf_killed), "--stages", "shards", "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr
     assert _digests(killed) == reference

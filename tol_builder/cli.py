@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import TolError
-from .terminal import safe_text
+from .terminal import safe_text, say_to, styled
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tol_builder: rebuild, extend and train on TreeOfLife-scale image-text datasets.")
@@ -63,7 +63,7 @@ def demo(out: Path = typer.Option(Path("tol-demo"), "--out", help="Where the dem
         summary = run_demo(out, console=console, scheduler=scheduler, progress=not quiet, train=False)
         _print_summary(summary)
         if train:
-            train_demo(lambda m: console.print(m, soft_wrap=True), summary.out, console, progress=not quiet)
+            train_demo(say_to(console), summary.out, console, progress=not quiet)
     except TolError as e:
         _fail(e)
 
@@ -306,13 +306,17 @@ def train(target: Path = typer.Argument(..., help="Workflow TOML (its \\[train] 
     torchrun --nproc_per_node 8 -m tol_builder.cli train WORKFLOW. Re-running resumes from the run's latest
     checkpoint; checkpoints load with plain open_clip (see bench/README_train.md)."""
     _require_train_extra()
-    from .train.settings import load_settings
+    from .train.settings import TrainDoesNotFit, load_settings
 
     try:
         build_dir, cfg, source = load_settings(target, set_)  # a bad setting fails before torch loads
         from .train.loop import train as run_train
 
         run_train(build_dir, cfg, console=console, progress=not quiet, source=source)
+    except TrainDoesNotFit as e:  # why, then the command with the fix (one line each: runnable as printed)
+        console.print(styled(("error:", "bold red"), " ", str(e)), soft_wrap=True)
+        console.print(safe_text(f"run instead: {e.command(target, set_)}"), soft_wrap=True)
+        raise typer.Exit(1)
     except TolError as e:
         _fail(e)
 
@@ -384,7 +388,7 @@ def eval_few_shot(target: Path = typer.Argument(..., help="Workflow TOML or buil
 
 
 def _not_yet(command: str, what: str) -> None:
-    console.print(f"[yellow]tol {command}[/]: {what} is not part of this version yet.")
+    console.print(styled((f"tol {command}", "yellow"), f": {what} is not part of this version yet."))
     raise typer.Exit(2)
 
 

@@ -8,9 +8,11 @@ Four runner stages, each a set of plain tasks (resume = run again):
 2. `shards.buckets` (buckets.py, a task per group of media files): the pixels, resized once, appended to
    per-shard bucket files under `BUILD/cache/shards/<plan>/` (the first of two sequential passes; why two:
    buckets.py).
-3. `shards` (write.py, a task per shard): `BUILD/shards/<split>/shard-%06d.tar` and its member index.
-4. `shards.publish` (publish.py, one task): per split `sizes.json`, `BUILD/shards/licenses.csv`, the dataset
-   card (`BUILD/README.md` and `BUILD/shards/README.md`, card.py), then the buckets are removed.
+3. `shards` (write.py, a task per shard): `BUILD/shards/<split folder>/shard-%06d.tar` and its member index.
+4. `shards.publish` (publish.py, one task): per split `sizes.json`, a `wids` index and the table of the
+   samples' .json, `licenses.csv` (all in `BUILD/shards_meta/`, layout.py), the dataset card
+   (`BUILD/README.md` and `BUILD/shards/README.md`, card.py) and `BUILD/croissant.json`; then the buckets
+   are removed.
 
 Stages never import cluster code; the runner hands the tasks to Dask. Outputs of an earlier plan (shards
 beyond the new counts, stale markers, old buckets) are removed when the plan changes.
@@ -29,7 +31,8 @@ from . import plan as planning
 from .buckets import bucket_task
 from .plan import SPLITS, fingerprint, read_plan, selection_dir, shard_row_group, validate
 from .publish import publish_task
-from .write import INDEX, SHARDS, index_path, shard_path, write_task
+from .layout import INDEX_GLOB, META, croissant_path, index_dir, licences_path, migrate_legacy, split_dir
+from .write import SHARDS, index_path, shard_path, write_task
 
 PLAN_STAGE = "shards.plan"
 BUCKET_STAGE = "shards.buckets"
@@ -68,7 +71,7 @@ def _remove_stale_shards(out: Path, doc: dict) -> None:
     """Shards and indexes of an earlier plan beyond the current plan's counts."""
     for split in SPLITS:
         n = doc["counts"]["splits"][split]["shards"]
-        for folder, pattern in ((out / SHARDS / split, "shard-*.tar"), (out / SHARDS / INDEX / split, "shard-*.parquet")):
+        for folder, pattern in ((split_dir(out, split), "shard-*.tar"), (index_dir(out, split), "shard-*.parquet")):
             if folder.exists():
                 for p in folder.glob(pattern):
                     if int(p.name[6:12]) >= n:
@@ -101,6 +104,10 @@ def run(ctx: BuildContext) -> dict[str, int]:
     doc = read_plan(out)
     pfp = doc["fingerprint"][:16]
     _remove_stale_shards(out, doc)
+    moved = migrate_legacy(out)  # a build of the layout before shards_meta/
+    if moved:
+        ctx.log(f"shards: moved {', '.join(moved)} to the current layout (tars only in the shard folders, the "
+                "rest in shards_meta/)")
     cache_root = out / "cache" / "shards"
     if cache_root.exists():
         for old in cache_root.iterdir():
@@ -132,12 +139,12 @@ def run(ctx: BuildContext) -> dict[str, int]:
         if bucketed.counters.get("image_errors"):
             catalog.register_parquet(out, "rejects", "rejects/*/*/*.parquet")
     # 3. the shards
-    written = ctx.runner.run(STAGE, writes, outputs=(out / SHARDS,))
+    written = ctx.runner.run(STAGE, writes, outputs=(out / SHARDS, out / META))
 
     # 4. what users expect next to the shards
     pub_key = f"publish.{pfp}"
     drop_stale_markers(out, PUBLISH_STAGE, {pub_key})
-    if not (out / "README.md").is_file() or not (out / SHARDS / "licenses.csv").is_file():
+    if not all(p.is_file() for p in (out / "README.md", licences_path(out), croissant_path(out))):
         marker_path(out, PUBLISH_STAGE, pub_key).unlink(missing_ok=True)
     ctx.runner.run(PUBLISH_STAGE, [Task(pub_key, publish_task, dict(out=str(out), workflow=wf))])
     if not wf.shards.keep_buckets and bucket_root.exists():
@@ -157,7 +164,7 @@ def register(out: Path) -> None:
     """Catalog views over the plan and the shards. Idempotent."""
     catalog.register_parquet(out, "samples", "selection/samples.parquet")
     catalog.register_parquet(out, "unselected", "selection/unselected.parquet")
-    catalog.register_parquet(out, "shard_index", f"{SHARDS}/{INDEX}/*/*.parquet")
+    catalog.register_parquet(out, "shard_index", INDEX_GLOB)
     catalog.register_parquet(out, "licence_map", "selection/licence_map.parquet")  # last: refreshes `tables`
 
 

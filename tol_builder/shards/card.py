@@ -1,10 +1,13 @@
 """The dataset card: `BUILD/README.md`, and the same card as `BUILD/shards/README.md` for the shard folder.
 
-Owns the two cards and `coverage.png` beside each. The shard folder's card starts with the YAML header
-Hugging Face reads (`configs` naming each split's tars), so `load_dataset("BUILD/shards")` loads the tars
-as webdataset with the splits train, validation and train_small: without it, `datasets` would take
-train_small/ for a part of train (its split keywords match "train_*" folders) and a split of one tar plus
-sizes.json for a JSON dataset.
+Owns the two cards and `coverage.png` beside each. Both start with the YAML header Hugging Face reads: licence
+(`other`, per image: `license_name`, `license_link` to licenses.csv), task categories, size category,
+languages (en and the build's), pretty name, tags and explicit `configs:` (default: the splits train and
+validation; `train_small`: a config of its own), so `load_dataset("BUILD")` and `load_dataset("BUILD/shards")`
+load the tars as webdataset. Every path of the build a card names is relative to the card's own folder (never
+absolute): the header and the file table write one as BUILD_PATH + its path in the build, and `render` makes
+each card's text for its folder. The reading examples (Hugging Face, wids, Croissant, the catalog with DuckDB
+and polars) name the build from the folder that holds it, the same in both cards.
 
 Sections: what is where and how to use it (open_clip, webdataset, Hugging Face), sources and counts, taxa per
 rank, the selection, exclusions per evaluation set and method, the coverage picture, texts (keys, languages,
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 from importlib import metadata
 from pathlib import Path
 
 import tomli_w
+import yaml
 
 from ..config import to_dict
 from ..fileio import file_digest, write_bytes_atomic, write_text_atomic
@@ -27,8 +32,10 @@ from ..records import RANKS, duckdb_connection
 from ..sql import literal
 from ..text import text_keys
 from .plan import describe, read_plan, selection_dir
-from .write import INDEX, SHARDS, SampleTexts
+from .layout import CROISSANT, INDEX_GLOB, META, SHARDS, SPLIT_FOLDERS
+from .write import SampleTexts
 
+BUILD_PATH = "\ue000"  # a private-use character: "the build directory, seen from the card's folder", until rendered
 CONTEXT_LENGTH = 77  # CLIP's text context (open_clip's default, BioCLIP's)
 HF_SPLITS = {"train": "train", "val": "validation", "train_small": "train_small"}
 VERSIONED = ("tol_builder", "pillow", "numpy", "pyarrow", "duckdb", "dask", "distributed", "webdataset",
@@ -44,13 +51,98 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def hf_header(counts: dict[str, dict[str, int]]) -> list[str]:
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    for split, sizes in counts.items():
-        if sizes:
-            lines += [f"  - split: {HF_SPLITS[split]}", f"    path: {split}/shard-*.tar"]
-    lines += ["license: other", "tags:", "- biology", "- biodiversity", "- image-text", "- webdataset", "---", ""]
-    return lines
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+
+
+def size_category(n: int) -> str:
+    """Hugging Face's size bucket for n samples."""
+    return next((name for limit, name in SIZE_CATEGORIES if n < limit), "n>1B")
+
+
+def hf_header(counts: dict[str, dict[str, int]], name: str, languages: list[str]) -> str:
+    """The card's YAML header (Hugging Face's dataset card metadata), paths as BUILD_PATH + path in the build.
+    Images: train + val (train_small is a subset of train)."""
+    def files(split: str) -> str:
+        return f"{BUILD_PATH}{SHARDS}/{SPLIT_FOLDERS[split]}/shard-*.tar"
+
+    default = [{"split": HF_SPLITS[split], "path": files(split)} for split in ("train", "val") if counts.get(split)]
+    configs = [{"config_name": "default", "default": True, "data_files": default}] if default else []
+    if counts.get("train_small"):
+        configs.append({"config_name": "train_small", "data_files": [{"split": "train", "path": files("train_small")}]})
+    images = sum(sum(counts.get(split, {}).values()) for split in ("train", "val"))
+    doc = {"pretty_name": f"{name}: image-text shards of the tree of life",
+           "license": "other", "license_name": "per-image-licenses", "license_link": f"{BUILD_PATH}{META}/licenses.csv",
+           "language": list(dict.fromkeys(["en", *languages])),
+           "task_categories": ["zero-shot-image-classification", "image-classification"],
+           "size_categories": [size_category(images)],
+           "tags": ["biology", "biodiversity", "tree-of-life", "taxonomy", "image-text", "clip", "webdataset"],
+           "configs": configs}
+    return "---\n" + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
+
+def render(text: str, out: Path, folder: Path) -> str:
+    """`text` with BUILD_PATH replaced so that every path is relative to `folder` (the build or a folder in it)."""
+    up = Path(folder).relative_to(out)
+    for depth in range(len(up.parts), 0, -1):  # a path under the card's folder: without the folder's own prefix
+        text = text.replace(BUILD_PATH + "/".join(up.parts[:depth]) + "/", "../" * (len(up.parts) - depth))
+    return text.replace(BUILD_PATH, "../" * len(up.parts))
+
+
+def what_is_here(counts: dict[str, dict[str, int]], s: dict) -> list[str]:
+    """The card's table of splits and files, and what each file holds (paths as BUILD_PATH + path in the build)."""
+    def code(path: str) -> str:
+        return f"`{BUILD_PATH}{path}`"
+
+    lines = _table(["split", "samples", "tars", "sizes (open_clip's sizes.json)", "wids index"], [
+        [split, sum(v.values()), code(f"{SHARDS}/{SPLIT_FOLDERS[split]}/shard-000000.tar")
+         + (f" .. `shard-{len(v) - 1:06d}.tar`" if len(v) > 1 else ""),
+         code(f"{META}/{split}/sizes.json"), code(f"{META}/{split}/wids.json")]
+        for split, v in counts.items() if v])
+    small = SPLIT_FOLDERS["train_small"]
+    return lines + ["", f"train_small is a subset of train ({s['train_small_fraction']:.0%} of it); its tars are in "
+                    f"{code(f'{SHARDS}/{small}/')} (Hugging Face's folder rules would read a "
+                    "folder named train_small as a part of train). Each sample (`__key__` = its uid) holds `.jpg` "
+                    f"({s['image_size']}x{s['image_size']}, {s['resize_mode']}), one `.<key>.txt` per text key, "
+                    f"`.txt` (= `{s['default_text']}`) and `.json` (source, licence, rights holder, source URL, "
+                    "lineage, common name and its authority, every text, sha256, PDQ). The shard folders hold the "
+                    f"tars only; the rest is beside them: {code(f'{META}/licenses.csv')} (every image's licence), "
+                    f"{code(f'{META}/<split>/index/')} (every member's offset and size: catalog view `shard_index`), "
+                    f"{code(f'{META}/<split>/json.parquet')} (every sample's `.json`, a row each) and "
+                    f"{code(CROISSANT)} (the shards in Croissant 1.0, JSON-LD)."]
+
+
+def read_it(name: str) -> list[str]:
+    """How to read the shards and query the catalog, from the folder that holds the build: code blocks that run
+    as printed (tests/test_hf_metadata.py, tests/test_catalog_outside.py run them)."""
+    q = json.dumps  # a Python string literal of a path
+    return [f"Read it from the folder that holds the build (`{name}/`), as printed. Hugging Face datasets "
+            "(this card's `configs`: train and validation; train_small a config of its own):", "", "```python",
+            "import datasets",
+            f"train = datasets.load_dataset({q(name)}, split=\"train\", streaming=True)",
+            f"small = datasets.load_dataset({q(name)}, \"train_small\", split=\"train\", streaming=True)",
+            "print(next(iter(train))[\"__key__\"], next(iter(small))[\"__key__\"])", "```", "",
+            "webdataset's random-access reader (`wids`, one index per split):", "", "```python", "import wids",
+            f"val = wids.ShardListDataset({q(f'{name}/{META}/val/wids.json')})",
+            "print(len(val), val[0][\"__key__\"], val[0][\".json\"][\"scientific_name\"])", "```", "",
+            "Croissant (`mlcroissant` extracts the tars into its cache: keep it in the build, whose next `tol build` "
+            "clears it when the shards change):", "", "```python", "import os", "",
+            f"os.environ[\"CROISSANT_CACHE\"] = {q(f'{name}/cache/croissant')}", "import mlcroissant as mlc", "",
+            f"records = mlc.Dataset({q(f'{name}/{CROISSANT}')}).records(\"val\")",
+            "first = next(iter(records))",
+            "print(first[\"val/uid\"].decode(), first[\"val/scientific_name\"].decode(), first[\"val/jpg\"].size)",
+            "```", "",
+            "The catalog opens read-only in any DuckDB client, from any directory (its views read the build's "
+            "absolute paths; after a move or copy, the next `tol` command on the build re-points them):", "",
+            "```bash", f"duckdb -readonly {shlex.quote(f'{name}/catalog.duckdb')} "
+            "\"SELECT split, count(*) AS samples FROM samples GROUP BY split ORDER BY split\"", "```", "",
+            "```python", "import duckdb", "", f"con = duckdb.connect({q(f'{name}/catalog.duckdb')}, read_only=True)",
+            "print(con.sql(\"SELECT split, count(*) AS samples FROM samples GROUP BY split ORDER BY split\")"
+            ".fetchall())",
+            "```", "", "```python", "import duckdb", "import polars as pl", "",
+            f"con = duckdb.connect({q(f'{name}/catalog.duckdb')}, read_only=True)",
+            "per_class: pl.DataFrame = con.sql(\"SELECT class, count(*) AS images FROM images GROUP BY class "
+            "ORDER BY images DESC, class\").pl()", "print(per_class)", "```", ""]
 
 
 def token_counts(out: Path, languages: list[str]) -> tuple[list[list], str]:
@@ -87,7 +179,7 @@ def _shard_taxa_texts(out: Path, languages: list[str]):
             FROM read_parquet(?) s SEMI JOIN (SELECT uid FROM read_parquet(?) WHERE key = 'json') i USING (uid)
             GROUP BY s.taxon_id, s.common_name, s.common_names ORDER BY ALL""",
                            [str(selection_dir(out) / "samples.parquet"),
-                            str(out / SHARDS / INDEX / "*" / "*.parquet")]).fetchall()
+                            str(out / INDEX_GLOB)]).fetchall()
     finally:
         con.close()
     texts = SampleTexts(languages)
@@ -161,7 +253,7 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
         fetched = dict(con.execute(f"SELECT source, count(*) FROM read_parquet({literal(out / 'media' / '*' / '*.parquet')}, "
                                    "union_by_name=true) WHERE status = 'ok' GROUP BY ALL").fetchall())
         samples = selection_dir(out) / "samples.parquet"
-        index = out / SHARDS / INDEX / "*" / "*.parquet"
+        index = out / INDEX_GLOB
         # the samples the tars hold (one `json` member per sample in the index), not just the plan
         con.execute(f"""CREATE TEMP TABLE in_shards AS SELECT s.* FROM read_parquet({literal(samples)}) s
             SEMI JOIN (SELECT uid, split FROM read_parquet({literal(index)}) WHERE key = 'json') i USING (uid, split)""")
@@ -179,25 +271,16 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
     finally:
         con.close()
     lines = [f"# {wf.name}: image-text shards of the tree of life", "",
-             f"Built by tol_builder {_version('tol_builder')} from the workflow `{wf.path}` (seed {wf.seed}). "
+             f"Built by tol_builder {_version('tol_builder')} from the workflow `{Path(wf.path).name}` "
+             f"(seed {wf.seed}). "
              "Webdataset shards of images with their taxonomic texts, in the layout of BioCLIP's TreeOfLife-10M "
              "(arXiv 2311.18803), rebuilt reproducibly: the same inputs and seed give byte-identical shards.", ""]
-    lines += ["## What is here", ""]
-    lines += _table(["split", "samples", "shards", "files"], [
-        [split, sum(v.values()), len(v), f"`shards/{split}/shard-%06d.tar`, `shards/{split}/sizes.json`"]
-        for split, v in counts.items()])
-    lines += ["", f"train_small is a subset of train ({s['train_small_fraction']:.0%} of it). Each sample "
-              f"(`__key__` = its uid) holds `.jpg` ({s['image_size']}x{s['image_size']}, {s['resize_mode']}), one "
-              f"`.<key>.txt` per text key, `.txt` (= `{s['default_text']}`) and `.json` (source, licence, rights "
-              "holder, source URL, lineage, common name and its authority, every text, sha256, PDQ). "
-              "`shards/licenses.csv` lists every image's licence; `shards/__index__/<split>/*.parquet` gives "
-              "every member's offset and size (catalog view `shard_index`).", "",
-              "Train unmodified open_clip on it (sizes.json gives the split's size):", "", "```bash",
-              f"python -m open_clip_train.main --train-data '{out / SHARDS}/train/shard-{{000000..{max(len(counts.get('train', {})) - 1, 0):06d}}}.tar' "
+    lines += ["## What is here", ""] + what_is_here(counts, s) + [""]
+    lines += ["Train unmodified open_clip on it:", "", "```bash",
+              f"python -m open_clip_train.main --train-data '<build>/{SHARDS}/train/shard-{{000000..{max(len(counts.get('train', {})) - 1, 0):06d}}}.tar' "
               "--dataset-type webdataset --model ViT-B-16 --batch-size 256 --epochs 100 --lr 1e-4 --wd 0.2 "
               "--warmup 1000", "```", "",
-              "Or read it with `webdataset.WebDataset(urls)`, or `datasets.load_dataset(\"<build>/shards\")` "
-              "(this card's header names the splits), or query `catalog.duckdb` with `tol query`.", ""]
+              *read_it(out.name)]
     lines += ["## Sources", ""]
     by_src: dict[str, dict[str, int]] = {}
     for src, split, n in per_source:
@@ -236,7 +319,8 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
     lines += ["## Licences", "", "`licence_id` normalises each source's own licence strings (SPDX ids where one "
               "exists; the raw value is kept in licenses.csv and the .json).", ""]
     lines += _table(["licence_id", "images selected"], [[k, v] for k, v in c["licences"].items()])
-    lines += ["", "## Workflow", "", "```toml", tomli_w.dumps(_plain(to_dict(wf))).rstrip(), "```", ""]
+    settings = {**_plain(to_dict(wf)), "out": "<build>"}  # where it was built is no part of the recipe
+    lines += ["", "## Workflow", "", "```toml", tomli_w.dumps(settings).rstrip(), "```", ""]
     lines += ["## Versions", ""] + _table(["package", "version"], _versions())
     lines += ["", "## Taxonomic authorities", ""]
     lines += _table(["authority", "release", "file", "declared", "sha256 of the file used"], authority_rows(out, wf))
@@ -265,7 +349,7 @@ def write_cards(out: Path, wf, counts: dict[str, dict[str, int]]) -> None:
 
     out = Path(out)
     png = plot_coverage(out, "class", out / "cache" / "card" / "coverage.png").read_bytes()
-    text = card_text(out, wf, counts)
-    for folder, head in ((out, []), (out / SHARDS, hf_header(counts))):  # each card with its picture beside it
+    text = hf_header(counts, wf.name, read_plan(out)["languages"]) + card_text(out, wf, counts)
+    for folder in (out, out / SHARDS):  # each card with its picture beside it
         write_bytes_atomic(folder / "coverage.png", png)
-        write_text_atomic(folder / "README.md", "\n".join(head) + text)
+        write_text_atomic(folder / "README.md", render(text, out, folder))

@@ -1,7 +1,8 @@
 """`tol shards verify DIR`: re-read every shard of a build and report every problem with its shard and key.
 
-Owns no file; reads `BUILD/shards/` (tars, sizes.json, the member indexes), the plan (`selection/`) and the
-build's workflow.json (languages, default text, image size). Checks, per shard:
+Owns no file; reads `BUILD/shards/` (the tars) and `BUILD/shards_meta/` (sizes.json, wids.json, the member
+indexes: layout.py), the plan (`selection/`) and the build's workflow.json (languages, default text, image
+size). Checks, per shard:
 
 * the tar reads to its end; members are grouped by sample (`<uid>.<key>`), each sample once, its members
   together;
@@ -10,7 +11,9 @@ build's workflow.json (languages, default text, image size). Checks, per shard:
   `.txt` equals the default text key's member; the image decodes as an RGB JPEG of image_size x image_size;
 * the count equals `sizes.json` and the plan (catalog table `samples`); the member index lists the same
   members at the same offsets and sizes;
-and per split: sizes.json lists exactly the shards there are, and no planned shard is missing.
+and per split: sizes.json lists exactly the shards there are, wids.json lists the same tars and counts, the
+split's folder holds nothing but its tars (Hugging Face's webdataset loader reads every file there as a tar),
+and no planned shard is missing.
 Shards are checked in parallel processes (`--workers`); a problem never stops the check.
 """
 
@@ -29,7 +32,8 @@ from PIL import Image
 from ..errors import TolError
 from ..text import text_keys
 from .plan import SPLITS, build_workflow, languages, read_plan, selection_dir
-from .write import SAMPLE_JSON_FIELDS, SHARDS, index_path, shard_name
+from .layout import SHARDS, sizes_path, split_dir, wids_path
+from .write import SAMPLE_JSON_FIELDS, index_path, shard_name
 
 
 @dataclass(frozen=True)
@@ -147,14 +151,17 @@ def verify(out: Path, workers: int = 1) -> tuple[dict[str, int], list[Problem]]:
     planned = _planned(out) if doc else {}
     jobs, problems = [], []
     for split in SPLITS:
-        folder = root / split
+        folder = split_dir(out, split)
         tars = sorted(p.name for p in folder.glob("shard-*.tar")) if folder.is_dir() else []
+        for stray in sorted(p.name for p in folder.iterdir() if p.name not in tars) if folder.is_dir() else []:
+            problems.append(Problem(f"{split}/{stray}", "", "", "not a shard: a split's folder holds its tars only "
+                                    "(Hugging Face's webdataset loader reads every file there as a tar)"))
         want = [shard_name(i) for i in range(doc["counts"]["splits"][split]["shards"])] if doc else tars
         for missing in sorted(set(want) - set(tars)):
             problems.append(Problem(f"{split}/{missing}", "", "", "planned but not written"))
         if not tars:
             continue
-        sizes_file = folder / "sizes.json"
+        sizes_file = sizes_path(out, split)
         sizes = {}
         if not sizes_file.is_file():
             problems.append(Problem(f"{split}/sizes.json", "", "", "missing"))
@@ -165,6 +172,7 @@ def verify(out: Path, workers: int = 1) -> tuple[dict[str, int], list[Problem]]:
                 problems.append(Problem(f"{split}/sizes.json", "", "", f"not JSON ({e})"))
             for name in sorted(set(sizes) - set(tars)):
                 problems.append(Problem(f"{split}/sizes.json", "", "", f"lists {name}, which does not exist"))
+        problems += _check_wids(out, split, sizes)
         for name in tars:
             if sizes and name not in sizes:
                 problems.append(Problem(f"{split}/sizes.json", "", "", f"does not list {name}"))
@@ -181,6 +189,26 @@ def verify(out: Path, workers: int = 1) -> tuple[dict[str, int], list[Problem]]:
         totals[job[2]] = totals.get(job[2], 0) + n
         problems.extend(found)
     return totals, problems
+
+
+def _check_wids(out: Path, split: str, sizes: dict) -> list[Problem]:
+    """wids.json lists the split's tars (urls relative to it) with the counts of sizes.json."""
+    path = wids_path(out, split)
+    where = f"{split}/{path.name}"
+    try:
+        doc = json.loads(path.read_text())
+        listed = {(path.parent / s["url"]).resolve(): s["nsamples"] for s in doc["shardlist"]}
+        kind = doc.get("__kind__")
+    except FileNotFoundError:
+        return [Problem(where, "", "", "missing")]
+    except (ValueError, KeyError, TypeError) as e:
+        return [Problem(where, "", "", f"not a wids shard index ({type(e).__name__}: {e})")]
+    expected = {(split_dir(out, split) / name).resolve(): n for name, n in sizes.items()}
+    if kind != "wids-shard-index-v1":
+        return [Problem(where, "", "", f"__kind__ is {kind!r}, expected 'wids-shard-index-v1'")]
+    if listed != expected:
+        return [Problem(where, "", "", "does not list the split's tars with the counts of sizes.json")]
+    return []
 
 
 def _planned(out: Path) -> dict[tuple[str, int], int]:

@@ -1,8 +1,8 @@
 """Second pass of shard writing: one task per shard gathers its samples from the buckets and writes the tar.
 
-Owns `BUILD/shards/<split>/shard-%06d.tar` and its member index `BUILD/shards/__index__/<split>/shard-%06d.parquet`
-(in a folder whose name starts with "__", which Hugging Face `load_dataset` skips, so the folder still loads
-as webdataset; the catalog view `shard_index` reads them).
+Owns `BUILD/shards/<split folder>/shard-%06d.tar` and its member index
+`BUILD/shards_meta/<split>/index/shard-%06d.parquet` (outside the shard folders, which hold tars only:
+layout.py; the catalog view `shard_index` reads them).
 
 A sample (webdataset: every member of a sample shares the prefix `<uid>.`), members in this order:
 `<uid>.jpg`, `<uid>.<key>.txt` for every key of text.text_keys(languages), `<uid>.txt` (= shards.default_text,
@@ -32,10 +32,9 @@ from ..fileio import atomic_path
 from ..records import RANKS
 from ..text import taxon_texts, text_keys
 from .buckets import bucket_file, read_bucket_file
+from .layout import SHARDS, index_path, shard_name, shard_path  # noqa: F401 (SHARDS: re-exported)
 from .plan import META_COLUMNS
 
-SHARDS = "shards"
-INDEX = "__index__"
 TAR_FORMAT = tarfile.USTAR_FORMAT  # member names are short (<uid>.<key>.txt): no PAX headers, ever
 MEMBER_MODE = 0o644
 
@@ -46,18 +45,6 @@ SAMPLE_JSON_FIELDS = ("uid", "source", "source_id", "licence", "licence_id", "ri
 INDEX_SCHEMA = pa.schema([("split", pa.string()), ("shard", pa.string()), ("uid", pa.string()), ("key", pa.string()),
                           ("offset", pa.int64()), ("data_offset", pa.int64()), ("size", pa.int64()),
                           ("position", pa.int32())])
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}.tar"
-
-
-def shard_path(out: Path, split: str, shard: int) -> Path:
-    return Path(out) / SHARDS / split / shard_name(shard)
-
-
-def index_path(out: Path, split: str, shard: int) -> Path:
-    return Path(out) / SHARDS / INDEX / split / f"shard-{shard:06d}.parquet"
 
 
 class SampleTexts:

@@ -12,7 +12,9 @@ What lives where (the model library apart from the trainer, as open_clip keeps `
 * `distributed` the process group under torchrun (gloo on CPU, NCCL on GPU)
 * `loop`        the training loop: steps, accumulation, checkpoints that resume exactly, logs, progress
 * `checkpoint`  checkpoint folders, the `latest` pointer, training state
-* `settings`    the [train] settings of a workflow or build, command-line overrides, checks (no torch)
+* `settings`    the [train] settings of a workflow or build, command-line overrides, checks, and their fit to
+                the split and the machine (batch, warmup, workers; no torch)
+* `memory`      the rough memory estimate printed before a run, and the fix when it would not fit
 * `evalsets`, `zeroshot`, `fewshot`, `evaluate`, `report`  evaluation, its tables, JSON and plots
 * `demo`        the short run `tol demo` ends with (`train_and_evaluate`)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +28,10 @@ import torch
 from ..config import TrainConfig, to_dict
 from ..errors import TolError
 from ..fileio import write_text_atomic
+from ..terminal import say_to, styled
 from . import checkpoint as ckpt
-from . import data, distributed, models, optim
-from .settings import check_settings, run_dir_of
+from . import data, distributed, memory, models, optim
+from .settings import TrainDoesNotFit, check_settings, cores_here, fit_to_split, run_dir_of, run_steps
 from .shards import open_split, split_folder
 
 LOG = "log.jsonl"
@@ -168,7 +171,7 @@ def train(build_dir: Path, cfg: TrainConfig, *, console: Any = None, progress: b
     t_start = time.time()
     check_settings(cfg, source)
     dist = distributed.init(cfg.device)
-    say = console.print if (console is not None and dist.is_main) else (lambda *a, **k: None)
+    say = say_to(console if dist.is_main else None)  # paths and names in a line are text, never markup
     try:
         return _train(Path(build_dir), cfg, dist, say, progress and dist.is_main, stop_after, t_start,
                       console if dist.is_main else None)
@@ -176,15 +179,65 @@ def train(build_dir: Path, cfg: TrainConfig, *, console: Any = None, progress: b
         distributed.shutdown(dist)
 
 
+def _warn(say, text: str) -> None:
+    say(styled(("warning:", "yellow"), " ", text))
+
+
+def _agree(dist: distributed.Dist, flag: bool) -> bool:
+    """True on every process if it is true on any (each measures its own memory: all must refuse together)."""
+    if not dist.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=dist.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def check_memory(cfg: TrainConfig, model_cfg: dict, dist: distributed.Dist, say) -> memory.Estimate:
+    """Print the rough memory estimate; refuse (TrainDoesNotFit, with the settings that fit) when it is above
+    what this machine or device has. On a CPU, name the small model."""
+    precision = optim.resolve_precision(cfg.precision, dist.device)
+
+    def guess(model: str, mcfg: dict, batch: int) -> memory.Estimate:
+        return memory.estimate(model, mcfg, batch=batch, precision=precision, workers=cfg.workers,
+                               grad_checkpointing=cfg.grad_checkpointing, device=dist.device.type)
+
+    est = asked = guess(cfg.model, model_cfg, cfg.batch_size)
+    room, where = memory.budget(dist.device)
+    say(f"memory (a rough estimate, from the model's configuration and the batch): {est.line()}; "
+        f"{where}")
+    on_cpu = dist.device.type == "cpu"
+    if on_cpu and cfg.model != models.TINY:
+        _warn(say, f"on a CPU, model = {models.TINY!r} (the demo's ~7M-parameter CLIP on 64-pixel crops) trains in "
+                   f"minutes; {cfg.model} is for GPUs")
+    if not _agree(dist, est.total() > room):
+        return est
+    fix: dict[str, object] = {}
+    if on_cpu and cfg.model != models.TINY:
+        fix["model"] = models.TINY
+        est = guess(models.TINY, models.model_config(models.TINY), cfg.batch_size)
+    if est.total() > room:
+        fix["batch_size"] = est.largest_batch(room)
+        if fix["batch_size"] < 1:
+            del fix["batch_size"]
+            if not cfg.grad_checkpointing:
+                fix["grad_checkpointing"] = True
+    raise TrainDoesNotFit(f"{cfg.model} at batch {cfg.batch_size:,} needs about {memory.gb(asked.total())} (a rough "
+                          f"estimate) and this run has {where}", fix)
+
+
 def _train(build_dir, cfg, dist, say, progress, stop_after, t_start, console) -> TrainResult:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     split = open_split(split_folder(build_dir, cfg.split))
     run_dir = run_dir_of(build_dir, cfg)
+    cfg, adjusted = fit_to_split(cfg, split.samples, world=dist.world, cores=cores_here(),
+                                 local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    for a in adjusted:
+        _warn(say, a.line())
     global_batch = cfg.batch_size * cfg.accum_freq * dist.world
-    steps_per_epoch = max(1, math.ceil(split.samples / global_batch))
-    total = cfg.steps or cfg.epochs * steps_per_epoch
+    steps_per_epoch, total = run_steps(cfg, split.samples, dist.world)
     model_cfg = models.model_config(cfg.model)
+    check_memory(cfg, model_cfg, dist, say)  # before the model is built and before any folder is made
     model = models.build(cfg.model, cfg.init_checkpoint, seed=cfg.seed)
     layout = data_layout(cfg, dist, [Path(s).name for s in split.shards])
 
@@ -204,19 +257,25 @@ def _train(build_dir, cfg, dist, say, progress, stop_after, t_start, console) ->
         trainer.load_state_dict(state)
 
     log_path = run_dir / LOG
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / SETTINGS, json.dumps(
-            {"settings": to_dict(cfg), "build": str(build_dir), "split": str(split.folder), "world": dist.world,
-             "samples": split.samples, "steps_per_epoch": steps_per_epoch, "total_steps": total,
-             "device": str(dist.device), "precision": trainer.precision,
-             "torch": torch.__version__, "open_clip": open_clip.__version__}, indent=2))
+    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # folders this call would create
+    if dist.is_main and not made:
         _trim_log(log_path, start)
-    distributed.barrier(dist)
-    say(f"[bold]tol train[/] {cfg.model} on {split.folder} ({split.samples:,} samples, {len(split.shards)} shards): "
-        f"global batch {global_batch:,}, {total:,} steps ({steps_per_epoch:,} per epoch), {dist.world} "
-        f"process(es) on {dist.device}, {trainer.precision}"
-        + (f"; resumed from {resumed_from}" if resumed_from else ""))
+    run_settings = {"settings": to_dict(cfg), "build": str(build_dir), "split": str(split.folder),
+                    "world": dist.world, "samples": split.samples, "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total, "device": str(dist.device), "precision": trainer.precision,
+                    "adjusted": [a.line() for a in adjusted], "torch": torch.__version__,
+                    "open_clip": open_clip.__version__}
+
+    def open_run():
+        """The run folder, made once the first step is done: a start that fails or is killed leaves none."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / SETTINGS, json.dumps(run_settings, indent=2))
+        return open(log_path, "a", encoding="utf-8")
+
+    say(styled(("tol train", "bold"), f" {cfg.model} on {split.folder} ({split.samples:,} samples, "
+        f"{len(split.shards)} shards): global batch {global_batch:,}, {total:,} steps ({steps_per_epoch:,} per "
+        f"epoch), {dist.world} process(es) on {dist.device}, {trainer.precision}"
+        + (f"; resumed from {resumed_from}" if resumed_from else "")))
     result = TrainResult(run_dir, start, start, total, resumed_from, log_path)
     if start >= total:
         say(f"run {run_dir} is complete ({total} steps)")
@@ -233,7 +292,7 @@ def _train(build_dir, cfg, dist, say, progress, stop_after, t_start, console) ->
     batches: Iterator = iter(data.train_loader(plan, cfg.workers))
     end = total if stop_after is None else min(total, stop_after)
     bar = _progress_bar(progress, start, total, console)
-    log = open(log_path, "a", encoding="utf-8") if dist.is_main else None
+    log = None
     timed_steps, timed_seconds = 0, 0.0
     try:
         t_window, n_window = time.time(), 0
@@ -246,6 +305,8 @@ def _train(build_dir, cfg, dist, say, progress, stop_after, t_start, console) ->
                 kinds.add(kind)
             t_data = time.time() - t0
             stats = trainer.step(step, micro)
+            if dist.is_main and log is None:
+                log = open_run()
             t_step = time.time() - t0
             if step > start:  # the first step pays for worker start-up and the shuffle buffer's first fill
                 timed_steps, timed_seconds = timed_steps + 1, timed_seconds + t_step
@@ -270,6 +331,19 @@ def _train(build_dir, cfg, dist, say, progress, stop_after, t_start, console) ->
                                                   {"step": done, "layout": layout, **trainer.state_dict()},
                                                   cfg.keep_checkpoints)
                 distributed.barrier(dist)
+    except BaseException:
+        if log is not None:
+            log.close()
+            log = None
+        if dist.is_main and made and result.checkpoint is None:
+            # a run that fails before its first checkpoint cannot be resumed: leave no folder that looks like one
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for d in made[1:]:
+                try:
+                    d.rmdir()  # the parents it made (e.g. BUILD/train/), when nothing else went in
+                except OSError:
+                    break
+        raise
     finally:
         if log is not None:
             log.close()

@@ -1,11 +1,15 @@
 """The `[train]` settings of a run: from a workflow TOML or a build directory, with command-line overrides.
 
-Owns reading and checking them (config.TrainConfig holds the defaults; it has no torch in it). No torch here.
+Owns reading and checking them (config.TrainConfig holds the defaults; it has no torch in it), and fitting them
+to the split and the machine (`fit_to_split`: the defaults are BioCLIP's, for 10M samples on 8 GPUs). No torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -16,7 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..config import TrainConfig, from_dict, load_workflow, read_toml
-from ..errors import ConfigError
+from ..errors import ConfigError, TolError
 from ..text import LANGUAGE_TYPES, TEXT_TYPES
 
 POLICIES = ("batch", "sample")
@@ -108,3 +112,80 @@ def check_settings(cfg: TrainConfig, source: str) -> None:
         raise bad("crop_scale", "[low, high] with 0 < low <= high <= 1", cfg.crop_scale)
     if any(k < 1 for k in cfg.few_shot_shots) or not cfg.few_shot_shots:
         raise bad("few_shot_shots", "shot counts >= 1", cfg.few_shot_shots)
+
+
+class TrainDoesNotFit(TolError):
+    """The run would not fit here (memory): the message says why, `fix` the settings that would (key -> value)."""
+
+    def __init__(self, message: str, fix: dict[str, object]):
+        self.fix = dict(fix)
+        shown = ", ".join(f"{k} = {json.dumps(v)}" for k, v in self.fix.items())
+        super().__init__(f"{message}; fix: set {shown}" if self.fix else message)
+
+    def command(self, target: object, overrides: list[str] = ()) -> str:
+        """`tol train TARGET --set ...` with the user's overrides and the fix (which replaces the same keys)."""
+        import shlex
+
+        keep = [o for o in overrides if o.partition("=")[0].strip().removeprefix("train.") not in self.fix]
+        sets = keep + [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.fix.items()]
+        return shlex.join(["tol", "train", str(target), *[x for o in sets for x in ("--set", o)]])
+
+
+def cores_here() -> int:
+    """The cores this process may run on (its affinity: a container's or a job's share), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Adjustment:
+    """A setting `fit_to_split` changed, what it was, what it is now, and why."""
+
+    key: str
+    was: object
+    now: object
+    why: str
+
+    def line(self) -> str:
+        return f"train.{self.key} {self.was!r} -> {self.now!r}: {self.why} (a value that fits silences this)"
+
+
+def run_steps(cfg: TrainConfig, samples: int, world: int = 1) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run on a split of `samples` samples."""
+    global_batch = cfg.batch_size * cfg.accum_freq * world
+    per_epoch = max(1, math.ceil(samples / global_batch))
+    return per_epoch, cfg.steps or cfg.epochs * per_epoch
+
+
+def fit_to_split(cfg: TrainConfig, samples: int, *, world: int = 1, cores: int | None = None,
+                 local_processes: int = 1) -> tuple[TrainConfig, list[Adjustment]]:
+    """The settings clamped to what the split and the machine hold, and what was changed:
+
+    * a global batch (batch_size x accum_freq x processes) above the split's samples -> the largest batch_size
+      that fits (a bigger one repeats samples inside a batch: the same pair as its own negative);
+    * warmup >= the run's steps (the whole run would stay in warmup, at a fraction of lr) -> a tenth of them;
+    * workers above the cores of a training process (cores / processes on this machine) -> that many: more
+      loader processes than cores only wait on each other (torch warns of it)."""
+    changes: list[Adjustment] = []
+
+    def change(key: str, now, why: str) -> None:
+        nonlocal cfg
+        changes.append(Adjustment(key, getattr(cfg, key), now, why))
+        cfg = dataclasses.replace(cfg, **{key: now})
+
+    per_step = cfg.accum_freq * world
+    if cfg.batch_size * per_step > samples:
+        change("batch_size", max(1, samples // per_step),
+               f"the global batch {cfg.batch_size * per_step:,} (batch_size x accum_freq {cfg.accum_freq} x {world} "
+               f"process(es)) is more than the split's {samples:,} samples")
+    _, total = run_steps(cfg, samples, world)
+    if cfg.warmup >= total:
+        change("warmup", total // 10, f"warmup must be below the run's {total:,} step{'s' if total != 1 else ''} (a tenth of them here)")
+    cores = cores_here() if cores is None else cores
+    limit = max(1, cores // max(1, local_processes))
+    if cfg.workers > limit:
+        change("workers", limit, f"{cores} core(s) for {local_processes} training process(es) here: more loader "
+               "processes than cores only wait on each other")
+    return cfg, changes

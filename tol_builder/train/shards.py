@@ -1,4 +1,6 @@
-"""A split's shards as the trainer sees them: BUILD/shards/<split>/shard-*.tar and their counts in sizes.json.
+"""A split's shards as the trainer sees them: BUILD/shards/<split folder>/shard-*.tar and their counts in
+sizes.json (BUILD/shards_meta/<split>/sizes.json for a build, shards/layout.py; or beside the tars, open_clip's
+convention, for any other folder).
 
 Owns reading the shard folder's listing (no tar is opened here). The shard stage writes the folder; see the
 "Shards" contract in the project brief.
@@ -27,7 +29,21 @@ class Split:
 
 
 def split_folder(build_dir: Path, split: str) -> Path:
-    return Path(build_dir) / "shards" / split
+    """BUILD/shards/<the split's folder> (train_small's is trainsmall/); another name: the folder of that name."""
+    from ..shards.layout import SHARDS, SPLIT_FOLDERS
+
+    return Path(build_dir) / SHARDS / SPLIT_FOLDERS.get(split, split)
+
+
+def sizes_file(folder: Path) -> Path:
+    """sizes.json beside the tars if there is one, else the build's (for a split folder of a build)."""
+    from ..shards.layout import SHARDS, sizes_path, split_of_folder
+
+    folder = Path(folder)
+    split = split_of_folder(folder.name)
+    if (folder / SIZES).is_file() or folder.parent.name != SHARDS or split is None:
+        return folder / SIZES
+    return sizes_path(folder.parent.parent, split)
 
 
 def open_split(folder: Path) -> Split:
@@ -36,7 +52,7 @@ def open_split(folder: Path) -> Split:
     tars = sorted(folder.glob("shard-*.tar"))
     if not tars:
         raise TolError(f"{folder}: no shard-*.tar here (has the shards stage run? `tol build` writes them)")
-    sizes_path = folder / SIZES
+    sizes_path = sizes_file(folder)
     try:
         sizes = json.loads(sizes_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
