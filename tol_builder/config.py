@@ -74,6 +74,10 @@ class SourceConfig:
             self.id = self.name
 
 
+NEVER_OPENED = frozenset({"EPS"})  # image formats never opened, whatever fetch.image_formats says: Pillow's EPS
+# plugin runs Ghostscript on the file
+
+
 @dataclass
 class FetchConfig:
     """The fetch stage: per-image HTTP downloads, archive members, image processing (issue 3).
@@ -88,6 +92,13 @@ class FetchConfig:
     keep_original_jpeg: bool = True  # an RGB, upright JPEG already within max_side is stored as is (no re-encode)
     resize_filter: Literal["bicubic", "bilinear", "box", "lanczos"] = "bicubic"  # of the stored copy (box = area)
     max_pixels: int = 89_478_485  # decode cap against decompression bombs (Pillow's default)
+    # memory cap of one image's decode and RGB conversion, by mode and size, checked from the header before any
+    # pixel is decoded (fetch/imaging.py decoded_bytes_per_pixel); 512 MiB fits a 2 GB worker
+    max_decoded_bytes: int = 512 * 1024 ** 2
+    # the only formats Pillow may open (its names); others fail as format_refused. What sources and benchmarks
+    # serve: JPEG (iNat21, BIOSCAN-1M, EOL, Rare Species, most benchmarks), PNG (Meta-Album Plankton), WEBP, GIF
+    # (first frame). Add "TIFF", "BMP" ... for a folder of such files; EPS is never allowed (it runs Ghostscript)
+    image_formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
     max_bytes: int = 50_000_000  # size cap of one downloaded image
     # HTTP
     user_agent: str = "tol_builder/0.1 (biodiversity dataset rebuild; https://github.com/tol-builder)"
@@ -192,6 +203,11 @@ class DedupConfig:
     drop_pool_near: bool = False  # near copies inside the pool: keep one too (else they stay, in one split)
     match_rows: int = 1_000_000  # pool media rows per matching task
     report_max_pairs: int = 500  # near matches shown by `tol dedup report` (the page says how many it left out)
+    # edit-robust matching (dedup/variants.py; figures in bench/README_dedup.md): the 8 dihedral PDQ hashes of
+    # every evaluation image (mirrored and 90-degree-turned pool copies) and its grid of edit variants (centred
+    # crops, small rotations, borders, letterboxes) are indexed beside its own hash; the pool is hashed once
+    match_dihedral: bool = True
+    match_variants: bool = True
 
 
 @dataclass

@@ -35,9 +35,10 @@ def cluster_problems(cfg) -> list[Problem]:
 
 
 def fetch_problems(cfg) -> list[Problem]:
-    out = _positive("fetch", cfg, ("max_side", "max_pixels", "max_bytes", "per_host_concurrency", "max_redirects",
-                                   "attempts", "task_concurrency", "partition_size", "archive_stream_tasks",
-                                   "chunk_rows"))
+    out = _positive("fetch", cfg, ("max_side", "max_pixels", "max_decoded_bytes", "max_bytes",
+                                   "per_host_concurrency", "max_redirects", "attempts", "task_concurrency",
+                                   "partition_size", "archive_stream_tasks", "chunk_rows"))
+    out += image_format_problems(cfg.image_formats)
     if not 1 <= cfg.jpeg_quality <= 100:
         out.append(("fetch.jpeg_quality", "an integer from 1 to 100", cfg.jpeg_quality))
     for n in ("per_host_rps", "retry_passes", "backoff_base", "backoff_max", "max_retry_after", "archive_attempts"):
@@ -48,6 +49,29 @@ def fetch_problems(cfg) -> list[Problem]:
             out.append((f"fetch.{n}", "a positive number of seconds", getattr(cfg, n)))
     if not cfg.user_agent.strip():
         out.append(("fetch.user_agent", "a non-empty User-Agent", cfg.user_agent))
+    return out
+
+
+def image_format_problems(formats: list[str]) -> list[Problem]:
+    """fetch.image_formats: names of formats Pillow can open, as Pillow spells them, each once, never EPS."""
+    from PIL import Image
+
+    from .config import NEVER_OPENED
+
+    Image.init()  # registers every plugin (nothing is opened)
+    known = sorted(f for f in Image.OPEN if f not in NEVER_OPENED)
+    out: list[Problem] = []
+    if not formats:
+        out.append(("fetch.image_formats", "at least one format, e.g. [\"JPEG\", \"PNG\"]", formats))
+    for i, f in enumerate(formats):
+        key = f"fetch.image_formats[{i}]"
+        if f in NEVER_OPENED:
+            out.append((key, "not EPS: Pillow opens EPS by running Ghostscript on the file", f))
+        elif f not in known:
+            hint = f" (did you mean '{f.upper()}'?)" if f.upper() in known else ""
+            out.append((key, "a format name Pillow opens: " + ", ".join(known) + hint, f))
+        elif f in formats[:i]:
+            out.append((key, "each format once", f))
     return out
 
 
@@ -80,6 +104,8 @@ def dedup_problems(cfg) -> list[Problem]:
         out.append(("dedup.pdq_max_distance", "an integer from 0 to 64 (of 256 bits)", cfg.pdq_max_distance))
     if not 0 <= cfg.min_pdq_quality <= 100:
         out.append(("dedup.min_pdq_quality", "an integer from 0 to 100", cfg.min_pdq_quality))
+    out += [(f"dedup.{n}", "true or false", getattr(cfg, n)) for n in ("match_dihedral", "match_variants")
+            if not isinstance(getattr(cfg, n), bool)]
     return out
 
 

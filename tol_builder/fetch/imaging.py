@@ -23,6 +23,15 @@ copies) several times cheaper to hash. A PNG evaluation image is decoded in full
 it came from carries that same <= 2 bits. A coarser floor (shorter side >= 128 px) was measured too; it
 forced a second decode for most 256-640 px images stored at 256 px, with no gain in agreement.
 Measurements: bench/fetch_pdq_preparation.py; figures in bench/README_fetch.md.
+
+What is decoded at all (issue 18): only the formats of `fetch.image_formats` are ever opened, through Pillow's
+own `Image.open(fp, formats=...)` (JPEG, PNG, WebP, GIF by default: what every source and benchmark serves);
+another format is a per-image failure `format_refused` naming it, found by the plugins' magic-number checks
+only. EPS is never opened, whatever the setting: Pillow runs Ghostscript on it. And the memory a decode
+will take, by mode and size, is checked against `fetch.max_decoded_bytes` after the header is read and before
+any pixel is decoded (`too_large_decoded`): `max_pixels` alone let a 177 KB 16-bit PNG of 9400 x 9400 peak at
+2.2 GB. The RGB conversion works in 8-bit integers, strip by strip where it needs temporaries, and releases
+the decoded original as soon as it is converted; `decoded_bytes_per_pixel` is the model of that peak.
 """
 
 from __future__ import annotations
@@ -35,6 +44,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from ..config import NEVER_OPENED, FetchConfig
+
+_DEFAULTS = FetchConfig()  # config.py is the one home of the defaults (max_pixels, image_formats, ...)
 
 PDQ_DECODE_LONG, PDQ_DECODE_SHORT = 256, 64  # the canonical preparation: a JPEG's DCT reduction keeps the
 # longer side >= PDQ_DECODE_LONG and the shorter >= PDQ_DECODE_SHORT px, ...
@@ -51,8 +64,19 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
+# Bytes per pixel of Pillow's own storage (Storage.c): 1-bit, L and P one byte, 16-bit grey two, every other
+# mode four (RGB is stored as RGBX).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_SCALED = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits: scaled into an L image first
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")  # composited on white
+_DECODER_BYTES = {"WEBP": 12}  # libwebp's two frame canvases and the frame's bytes, beside the image
+STRIP_PIXELS = 1 << 20  # conversions that need temporaries make them this many pixels at a time
+_LUT16 = ((np.arange(65536, dtype=np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v * 255 / 65535)
+
+
 class ImageError(Exception):
-    """A per-image problem: `error_class` is one of not_image, decode_error, too_many_pixels."""
+    """A per-image problem: `error_class` is one of not_image, format_refused, decode_error, too_many_pixels,
+    too_large_decoded."""
 
     def __init__(self, error_class: str, message: str):
         super().__init__(message)
@@ -74,19 +98,46 @@ class ProcessedImage:
     kept_original: bool  # True when `jpeg` is the original bytes (already an upright RGB JPEG within max_side)
 
 
-def _setting(cfg: Any, name: str, default: Any) -> Any:
-    return getattr(cfg, name, default) if cfg is not None else default
+def _setting(cfg: Any, name: str) -> Any:
+    return getattr(cfg, name, getattr(_DEFAULTS, name)) if cfg is not None else getattr(_DEFAULTS, name)
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Parse the header only: refuse what is not an image and what would decode to more than max_pixels."""
+def allowed_formats(cfg: Any = None) -> list[str]:
+    """The formats this configuration lets Pillow open (fetch.image_formats, never EPS), in Pillow's spelling."""
+    return [f.upper() for f in _setting(cfg, "image_formats") if f.upper() not in NEVER_OPENED]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format Pillow would take these bytes for, by its plugins' magic-number checks of the first 16 bytes
+    (what Image.open reads first); nothing is parsed or decoded. None: no plugin claims them."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # a check that wants more bytes than there are
+            continue
+    return None
+
+
+def open_image(data: bytes, max_pixels: int, formats: list[str] | None = None) -> Image.Image:
+    """Parse the header only, with only the allowed formats' plugins: refuse what is not an image, what is in
+    another format, and what would decode to more than max_pixels."""
+    formats = allowed_formats() if formats is None else [f for f in formats if f.upper() not in NEVER_OPENED]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError as e:  # Pillow's own process-wide cap, met before ours
         raise ImageError("too_many_pixels", str(e)) from None
     except UnidentifiedImageError:
+        fmt = sniff_format(data)
+        if fmt is not None and fmt not in formats:
+            why = " (EPS is never opened: Pillow would run Ghostscript on it)" if fmt in NEVER_OPENED else ""
+            raise ImageError("format_refused", f"{fmt} (by its signature) is not an allowed image format{why}; "
+                             f"fetch.image_formats allows {', '.join(formats)} ({len(data)} bytes)") from None
         # the message never carries the file's bytes: it may be anything a URL pointed at
         raise ImageError("not_image", f"not a recognised image format ({len(data)} bytes)") from None
     except Exception as e:  # Pillow raises assorted errors on corrupt headers
@@ -99,26 +150,101 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Decoded pixels as 8-bit RGB: alpha composited on white, 16-bit and float images scaled, CMYK/L/P converted."""
+def decoded_bytes_per_pixel(mode: str, fmt: str = "", transposed: bool = False) -> int:
+    """Peak bytes per pixel of decoding an image of this mode to upright RGB the way _upright_rgb does: the
+    decoded original, the 8-bit L image of a 16-bit / 32-bit / float one (the original released once it is
+    made), the RGB result, the transposed copy (the RGB released once it is made), the decoder's buffers.
+    Measured peaks (bench/imaging_hotpath.py --memory) are at most 18% over this (strips, resizes)."""
+    src = _PIXEL_BYTES.get(mode, 4)
+    if mode == "RGB":
+        peak = src + 1  # beside it, the stored copy's first reduction (a quarter of the pixels or fewer)
+    elif mode in _SCALED:
+        peak = max(src + 1, 1 + 4)
+    else:
+        peak = src + 4
+    if transposed:
+        peak = max(peak, 4 + 4)
+    return peak + _DECODER_BYTES.get(fmt, 0)
+
+
+def check_decoded_bytes(img: Image.Image, orientation: int, cap: int) -> None:
+    """Refuse, from the header only, a decode that would take more than `cap` bytes."""
+    w, h = img.size
+    bpp = decoded_bytes_per_pixel(img.mode, img.format or "", orientation in _TRANSPOSE)
+    if w * h * bpp > cap:
+        raise ImageError("too_large_decoded", f"decoding this {w}x{h} {img.mode} {img.format} image takes about "
+                         f"{w * h * bpp:,} bytes ({bpp} per pixel, with the RGB conversion), over the cap of "
+                         f"{cap:,} bytes (fetch.max_decoded_bytes)")
+
+
+def _strips(size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    w, h = size
+    rows = max(1, STRIP_PIXELS // max(1, w))
+    return [(0, y, w, min(h, y + rows)) for y in range(0, h, rows)]
+
+
+def _scaled_to_l(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float pixels as 8-bit L, in integers (float32 for F), a strip at a time.
+
+    The scale is the one the project always used: 16-bit images by 255/65535, 32-bit ones by 255/65535 when a
+    value is over 255 (else as they are), float ones by 255 when all are within 0..1 (else as they are);
+    rounded half up, clipped to 0..255."""
+    mode = img.mode
+    if mode == "I" and img.getextrema()[1] <= 255:
+        return img.convert("L")  # Pillow clips to 0..255: the same as scaling by 1
+    top_one = mode == "F" and img.getextrema()[1] <= 1.0
+    out = np.empty((img.size[1], img.size[0]), dtype=np.uint8)
+    for box in _strips(img.size):
+        a = np.asarray(img.crop(box))
+        rows = out[box[1]:box[3]]
+        if mode.startswith("I;16"):
+            rows[:] = _LUT16[a]
+        elif mode == "I":
+            rows[:] = np.clip((a.astype(np.int64) * 2 + 257) // 514, 0, 255)
+        else:
+            with np.errstate(invalid="ignore"):  # NaN becomes 0, as it always did
+                rows[:] = np.clip(a * np.float32(255.0 if top_one else 1.0) + np.float32(0.5), 0, 255)
+    return Image.fromarray(out)
+
+
+def _composited(img: Image.Image) -> Image.Image:
+    """An image with alpha as RGB composited on white, a strip at a time (the same pixels as in one go)."""
+    strips = _strips(img.size)
+    if len(strips) == 1:
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    out = Image.new("RGB", img.size)
+    for box in strips:
+        part = img.crop(box)
+        rgba = part if part.mode == "RGBA" else part.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(white, rgba).convert("RGB"), box[:2])
+    return out
+
+
+def _to_rgb(img: Image.Image, own: bool) -> Image.Image:
+    """`img` as 8-bit RGB; `own`: release each image (the original too) as soon as the next one is made."""
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
-        return Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img, mode = img.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    if mode in _SCALED:
+        grey = _scaled_to_l(img)
+        if own:
+            img.close()
+        return grey.convert("RGB")
+    if mode in _ALPHA or (mode == "P" and "transparency" in img.info):
+        rgb = _composited(img)
+    else:
+        rgb = img.convert("RGB")
+    if own:
+        img.close()
+    return rgb
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Decoded pixels as 8-bit RGB: alpha composited on white, 16-bit and float images scaled, CMYK/L/P converted.
+    No float64 copies: integers (float32 for F), strip by strip where temporaries are needed."""
+    return _to_rgb(img, own=False)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -126,6 +252,15 @@ def _orientation(img: Image.Image) -> int:
         return int(img.getexif().get(_ORIENTATION, 1) or 1)
     except Exception:  # a broken EXIF block is not a broken image
         return 1
+
+
+def _orientation_checked(img: Image.Image, cap: int) -> int:
+    """EXIF orientation; when reading it means decoding (a PNG whose EXIF, if any, follows the pixel data:
+    Pillow decodes the image to reach it), the decode's memory is checked first, as if upright."""
+    if img.format == "PNG" and "exif" not in img.info:
+        check_decoded_bytes(img, 1, cap)
+        _load(img)
+    return _orientation(img)
 
 
 def _load(img: Image.Image) -> None:
@@ -140,16 +275,26 @@ def _load(img: Image.Image) -> None:
 
 
 def _upright_rgb(img: Image.Image, orientation: int) -> Image.Image:
-    """Decoded pixels, EXIF orientation applied, as 8-bit RGB."""
+    """Decoded pixels, EXIF orientation applied, as 8-bit RGB. Consumes `img` (its pixels are released).
+
+    Converted first, then turned: both are per-pixel, so the order changes no pixel, and the transposed copy
+    is then always 4 bytes per pixel."""
     _load(img)
+    rgb = _to_rgb(img, own=True)
     if orientation in _TRANSPOSE:
-        img = img.transpose(_TRANSPOSE[orientation])
-    return to_rgb(img)
+        turned = rgb.transpose(_TRANSPOSE[orientation])
+        rgb.close()
+        rgb = turned
+    return rgb
+
+
+def _draftable(img: Image.Image) -> bool:
+    return img.format == "JPEG" and len(getattr(img, "tile", ()) or ()) == 1
 
 
 def _draft(img: Image.Image, need_w: int, need_h: int) -> None:
     """JPEG only: decode at the largest DCT reduction keeping at least need_w x need_h (raw orientation)."""
-    if img.format == "JPEG" and len(getattr(img, "tile", ()) or ()) == 1:
+    if _draftable(img):
         img.draft(img.mode, (max(1, need_w), max(1, need_h)))
 
 
@@ -159,12 +304,13 @@ def _reduction(width: int, height: int, need_w: int, need_h: int) -> int:
     return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
-def decode(data: bytes, max_pixels: int = 89_478_485) -> tuple[Image.Image, str, bool]:
-    """Fully decode (first frame), apply EXIF orientation, convert to RGB.
+def decode(data: bytes, cfg: Any = None) -> tuple[Image.Image, str, bool]:
+    """Fully decode (first frame), apply EXIF orientation, convert to RGB. `cfg`: a FetchConfig or None.
 
     Returns (RGB image, original format, whether pixels were changed from a plain RGB decode)."""
-    img = open_image(data, max_pixels)
-    fmt, mode, orientation = img.format or "", img.mode, _orientation(img)
+    img, cap = open_image(data, _setting(cfg, "max_pixels"), allowed_formats(cfg)), _setting(cfg, "max_decoded_bytes")
+    fmt, mode, orientation = img.format or "", img.mode, _orientation_checked(img, cap)
+    check_decoded_bytes(img, orientation, cap)
     rgb = _upright_rgb(img, orientation)
     return rgb, fmt, orientation in _TRANSPOSE or mode != "RGB"
 
@@ -174,11 +320,12 @@ def pdq_decode_need(width: int, height: int) -> tuple[int, int]:
     return (PDQ_DECODE_LONG, PDQ_DECODE_SHORT) if width >= height else (PDQ_DECODE_SHORT, PDQ_DECODE_LONG)
 
 
-def decode_for_pdq(data: bytes, max_pixels: int = 89_478_485) -> Image.Image:
+def decode_for_pdq(data: bytes, cfg: Any = None) -> Image.Image:
     """Steps 1-2 of the canonical preparation: the upright RGB image PDQ is computed from."""
-    img = open_image(data, max_pixels)
-    orientation = _orientation(img)
+    img, cap = open_image(data, _setting(cfg, "max_pixels"), allowed_formats(cfg)), _setting(cfg, "max_decoded_bytes")
+    orientation = _orientation_checked(img, cap)
     _draft(img, *pdq_decode_need(*img.size))
+    check_decoded_bytes(img, orientation, cap)
     return _upright_rgb(img, orientation)
 
 
@@ -199,9 +346,9 @@ def pdq_of(rgb: Image.Image) -> tuple[str, int]:
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
 
 
-def pdq_of_bytes(data: bytes, max_pixels: int = 89_478_485) -> tuple[str, int]:
-    """PDQ of an image file on the canonical preparation: what the dedup stage calls on evaluation images."""
-    return pdq_of(decode_for_pdq(data, max_pixels))
+def pdq_of_bytes(data: bytes, cfg: Any = None) -> tuple[str, int]:
+    """PDQ of an image file on the canonical preparation (the same formats and caps as `process` with `cfg`)."""
+    return pdq_of(decode_for_pdq(data, cfg))
 
 
 def hamming(a: str, b: str) -> int:
@@ -226,16 +373,18 @@ def encode_jpeg(rgb: Image.Image, quality: int) -> bytes:
 def process(data: bytes, cfg: Any = None) -> ProcessedImage:
     """Everything fetch does to one image's bytes. `cfg`: a FetchConfig (or anything with its fields).
 
-    Raises ImageError (not_image, decode_error, too_many_pixels) for an image that cannot be used."""
-    max_pixels = _setting(cfg, "max_pixels", 89_478_485)
-    max_side = _setting(cfg, "max_side", 720)
-    quality = _setting(cfg, "jpeg_quality", 95)
-    keep = _setting(cfg, "keep_original_jpeg", True)
-    resample = STORE_FILTERS[_setting(cfg, "resize_filter", "bicubic")]
+    Raises ImageError (not_image, format_refused, decode_error, too_many_pixels, too_large_decoded) for an
+    image that cannot be used."""
+    max_pixels = _setting(cfg, "max_pixels")
+    max_side = _setting(cfg, "max_side")
+    quality = _setting(cfg, "jpeg_quality")
+    keep = _setting(cfg, "keep_original_jpeg")
+    cap = _setting(cfg, "max_decoded_bytes")
+    resample = STORE_FILTERS[_setting(cfg, "resize_filter")]
     sha256 = hashlib.sha256(data).hexdigest()
     md5 = hashlib.md5(data).hexdigest()
-    img = open_image(data, max_pixels)
-    fmt, mode, orientation = img.format or "", img.mode, _orientation(img)
+    img = open_image(data, max_pixels, allowed_formats(cfg))
+    fmt, mode, orientation = img.format or "", img.mode, _orientation_checked(img, cap)
     raw_w, raw_h = img.size
     turned = orientation in (5, 6, 7, 8)
     width, height = (raw_h, raw_w) if turned else (raw_w, raw_h)
@@ -243,15 +392,18 @@ def process(data: bytes, cfg: Any = None) -> ProcessedImage:
     kept = keep and fmt == "JPEG" and mode == "RGB" and orientation not in _TRANSPOSE and (sw, sh) == (width, height)
     need_w, need_h = (sh, sw) if turned else (sw, sh)  # the stored size in the file's own orientation
     pdq_need = pdq_decode_need(raw_w, raw_h)
-    if kept or _reduction(raw_w, raw_h, need_w, need_h) >= _reduction(raw_w, raw_h, *pdq_need):
-        # one decode serves both: the canonical one is at least as large as the stored copy needs
+    if kept or not _draftable(img) or _reduction(raw_w, raw_h, need_w, need_h) >= _reduction(raw_w, raw_h, *pdq_need):
+        # one decode serves both: the canonical one is at least as large as the stored copy needs (or, for
+        # formats other than JPEG, both are the full decode anyway)
         _draft(img, *pdq_need)
-        pdq_rgb = stored_src = _upright_rgb(img, orientation)
-    else:  # the stored copy needs more pixels than PDQ's decode has: a second, larger decode for it
-        pdq_rgb = decode_for_pdq(data, max_pixels)
-        _draft(img, need_w, need_h)
+        check_decoded_bytes(img, orientation, cap)
         stored_src = _upright_rgb(img, orientation)
-    pdq, pdq_quality = pdq_of(pdq_rgb)
+        pdq, pdq_quality = pdq_of(stored_src)
+    else:  # the stored copy needs more pixels than PDQ's decode has: a second, larger decode for it
+        pdq, pdq_quality = pdq_of(decode_for_pdq(data, cfg))  # hashed and released before the larger decode
+        _draft(img, need_w, need_h)
+        check_decoded_bytes(img, orientation, cap)
+        stored_src = _upright_rgb(img, orientation)
     if kept:
         jpeg = data
     else:
