@@ -887,3 +887,224 @@ def test_x_robots_tag_none_and_agent_scoped_lists_are_read_as_the_spec_says(faul
     # `none` opts out where noindex does, not where only noai is refused
     rows = _fetch([url("none")], per_host_rps=0.0, disallowed_directives=["noai"])
     assert rows[url("none")]["status"] == "ok"
+
+
+# ------------------------------------------------------------- issue 18 item 3/4: formats and decode memory
+import json  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"newpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def _fake_gs(tmp: Path) -> tuple[dict, Path]:
+    """An environment whose PATH starts with a `gs` that only writes down that it ran (and its arguments)."""
+    folder = tmp / "bin"
+    folder.mkdir()
+    marker = tmp / "gs-ran.txt"
+    gs = folder / "gs"
+    gs.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(marker))}\n[ "$1" = "--version" ] && exit 0\nexit 1\n')
+    gs.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}, marker
+
+
+def _python(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_eps_is_refused_unopened_and_ghostscript_never_runs(fault_server, tmp_path, monkeypatch):
+    env, marker = _fake_gs(tmp_path)
+    eps = tmp_path / "x.eps"
+    eps.write_bytes(EPS)
+    # a fresh process (Pillow looks for gs once per process): the default settings, and a FetchConfig built in
+    # code that lists EPS (a workflow file cannot: see below) both refuse it by name
+    r = _python("import sys\nfrom tol_builder.config import FetchConfig\nfrom tol_builder.fetch import imaging\n"
+                "data = open(sys.argv[1], 'rb').read()\nlisted = FetchConfig()\nlisted.image_formats = ['EPS', 'JPEG']\n"
+                "for cfg in (FetchConfig(), listed):\n"
+                "    try:\n        imaging.process(data, cfg)\n        print('ok')\n"
+                "    except imaging.ImageError as e:\n        print(e.error_class, e)\n", str(eps), env=env)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 2, r.stdout + r.stderr
+    for line in lines:
+        assert line.startswith("format_refused EPS (by its signature) is not an allowed image format"), line
+        assert "Ghostscript" in line
+    assert not marker.exists(), marker.read_text()
+    # the check is real: Pillow itself, given the file, runs the `gs` first on PATH
+    r = _python("import sys\nfrom PIL import Image\ntry:\n    Image.open(sys.argv[1]).load()\nexcept Exception:\n"
+                "    pass\n", str(eps), env=env)
+    assert marker.exists() and "--version" in marker.read_text()
+    marker.unlink()
+    # through the fetch stage: a per-image failure with its class, the task goes on
+    monkeypatch.setenv("PATH", env["PATH"])
+    fault_server.images["x.eps"] = EPS
+    fault_server.images["ok.jpg"] = jpeg_bytes(noise_image(80, 60, seed=18))
+    u = fault_server.url
+    rows = _fetch([f"{u}/img/x.eps", f"{u}/img/ok.jpg"])
+    assert (rows[f"{u}/img/x.eps"]["status"], rows[f"{u}/img/x.eps"]["error_class"]) == ("failed", "format_refused")
+    assert "EPS" in rows[f"{u}/img/x.eps"]["error_message"] and rows[f"{u}/img/ok.jpg"]["status"] == "ok"
+    assert not marker.exists()
+    # and a workflow cannot allow it
+    with pytest.raises(ConfigError, match=r"fetch\.image_formats\[1\].*Ghostscript"):
+        load_workflow(_workflow(tmp_path, '[fetch]\nimage_formats = ["JPEG", "EPS"]'))
+
+
+def test_tiff_and_sgi_are_refused_unless_allowed(fault_server):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def saved(img, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        return buf.getvalue()
+
+    grey = np.asarray(noise_image(96, 64, seed=19).convert("L"), dtype=np.float32) / 255
+    fault_server.images["f.tif"] = saved(Image.fromarray(grey, "F"), "TIFF")  # a float TIFF, as in the issue
+    fault_server.images["x.sgi"] = saved(noise_image(96, 64, seed=19), "SGI")
+    u = fault_server.url
+    urls = {"TIFF": f"{u}/img/f.tif", "SGI": f"{u}/img/x.sgi"}
+    rows = _fetch(list(urls.values()))
+    for fmt, url in urls.items():
+        assert (rows[url]["status"], rows[url]["error_class"]) == ("failed", "format_refused"), rows[url]
+        assert rows[url]["error_message"].startswith(f"{fmt} (by its signature) is not an allowed image format")
+        assert rows[url].get("jpeg") is None
+    rows = _fetch(list(urls.values()), image_formats=["JPEG", "PNG", "TIFF", "SGI"])  # allowed: decoded
+    for fmt, url in urls.items():
+        assert (rows[url]["status"], rows[url]["format"], rows[url]["width"]) == ("ok", fmt, 96), rows[url]
+
+
+PEAK = """
+import json, sys
+from tol_builder.fetch import imaging
+import pdqhash  # imported by process on first use: not part of the peak
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the high-water mark starts again from here
+rss = status("VmRSS")
+try:
+    p = imaging.process(data)
+    result = f"ok {p.stored_width}x{p.stored_height}"
+except imaging.ImageError as e:
+    result = e.error_class
+print(json.dumps({"peak": status("VmHWM") - rss, "result": result}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is read from Linux's /proc")
+def test_small_files_of_9400_square_pixels_decode_in_bounded_memory(tmp_path):
+    """Issue 18: a 177 KB 16-bit PNG of 9400 x 9400 peaked at 2.28 GB and an RGBA PNG at 1.78 GB in
+    imaging.process (float64 copies, several RGBA copies); a 2 GB worker died on every run."""
+    import numpy as np
+    from PIL import Image
+
+    side = 9400
+    grey = np.zeros((side, side), np.uint16)
+    grey[::97, :], grey[:, ::89] = 40000, 20000
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    del grey
+    rgba = Image.new("RGBA", (side, side), (10, 200, 30, 128))
+    rgba.paste((200, 10, 10, 255), (0, 0, side // 2, side // 3))
+    rgba.save(tmp_path / "rgba.png")
+    del rgba
+    for name in ("grey16.png", "rgba.png"):
+        assert (tmp_path / name).stat().st_size < 500_000 and side * side < 89_478_485  # small, under max_pixels
+    got = {}
+    for name in ("grey16.png", "rgba.png"):
+        r = _python(PEAK, str(tmp_path / name))
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[name] = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, g in got.items():
+        assert g["peak"] < 600_000_000, (name, g)  # measured: 442 MB and 0 (before: 2,299 MB and 1,769 MB)
+    # the 16-bit image is processed: 2 bytes a pixel decoded + 1 of its 8-bit copy, then 1 + 4 of the RGB one
+    assert got["grey16.png"]["result"] == "ok 720x720"
+    # the RGBA one needs 4 + 4 bytes a pixel (707 MB): over the default cap (512 MiB), refused from its header
+    assert got["rgba.png"]["result"] == "too_large_decoded"
+
+
+# issue 18 item 5 (follow-up)
+LOGGED = "[/]sid[link=http://evil.example/]x[/link]\x1b[2J\x1b]8;;http://evil.example/\x07y"
+LOGGED_SHOWN = "[/]sid[link=http://evil.example/]x[/link]\\x1b[2J\\x1b]8;;http://evil.example/\\x07y"
+
+
+def _terminal():
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    return screen, Console(file=screen, force_terminal=True, width=300)
+
+
+def test_stage_logs_and_train_reports_print_values_as_text(tmp_path):
+    """A source id or path with markup and ESC sequences, through a stage's ctx.log (kept styled when the
+    project asks) and the titles of the eval tables, on a terminal: printed as it is, no MarkupError, no
+    hyperlink, no raw ESC from the value."""
+    from rich.text import Text
+
+    from tol_builder.context import BuildContext
+    from tol_builder.train.report import few_shot_table, zero_shot_table
+
+    screen, console = _terminal()
+    ctx = BuildContext(workflow=None, out=tmp_path, runner=None, console=console)
+    ctx.log(f"ingest: removing the records of '{LOGGED}' under {tmp_path}/{LOGGED}")
+    ctx.log(f"stage {LOGGED}: skipped", style="yellow")
+    shown = Text.from_ansi(screen.getvalue()).plain  # what the terminal shows, the styles' codes removed
+    assert f"ingest: removing the records of '{LOGGED_SHOWN}' under {tmp_path}/{LOGGED_SHOWN}" in shown
+    assert f"stage {LOGGED_SHOWN}: skipped" in shown
+    assert "\x1b[33m" in screen.getvalue()  # the project's own styling still reaches the terminal
+    assert "\x1b[2J" not in screen.getvalue() and "\x1b]8;" not in screen.getvalue()
+    BuildContext(workflow=None, out=tmp_path, runner=None, console=None).log(LOGGED)  # no console: silence
+
+    screen, console = _terminal()
+    levels = {LOGGED: {"top1": 0.5, "top5": 1.0, "chance": 0.1, "n": 3, "groups": 2}}
+    console.print(zero_shot_table({"model": LOGGED, "data": f"{tmp_path}/{LOGGED}", "n_images": 3, "n_classes": 2,
+                                   "text_type": "taxon", "templates": 80, "levels": levels}))
+    shots = {"1-shot": {"mean": 0.5, "std": 0.1, "chance": 0.1, "classes": 2, "classes_left_out": 0,
+                        "test_images": 3}}
+    console.print(few_shot_table({"model": LOGGED, "data": "[/]set", "folds": 5, "n_images": 3, "n_classes": 2,
+                                  "shots": shots}))
+    def bare(text: str) -> str:  # a title wraps to its table's width: compared without the line breaks
+        return "".join(text.split())
+
+    shown = bare(Text.from_ansi(screen.getvalue()).plain)
+    assert bare(f"zero-shot: {LOGGED_SHOWN} on {tmp_path}/{LOGGED_SHOWN} (3 images") in shown
+    assert bare(f"few-shot (nearest centroid, 5 folds): {LOGGED_SHOWN} on [/]set") in shown
+    assert bare(f"│ {LOGGED_SHOWN} │ 50.0%") in shown  # the level column too
+    assert "\x1b[2J" not in screen.getvalue() and "\x1b]8;" not in screen.getvalue()
+
+
+def test_pickled_weights_given_to_eval_are_refused_in_one_line_naming_the_file(tmp_path):
+    """`tol eval --model tol-tiny --checkpoint FILE` (and train.init_checkpoint, which loads the same way), and
+    a checkpoint folder whose weights file is pickled: the project's one-line refusal naming the file, not
+    torch's traceback suggesting weights_only=False."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    from tol_builder.train import models
+
+    weights = tmp_path / "weights [x].bin"
+    torch.save({"state_dict": {}, "args": Path("/etc/passwd")}, weights)  # a pickled object, not a tensor
+    build = tmp_path / "build"
+    build.mkdir()
+    r = run_cli("eval", "zero-shot", str(build), "--model", "tol-tiny", "--checkpoint", str(weights),
+                env={"COLUMNS": "400"})
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(weights) in lines[0], r.stderr
+    assert "refused" in lines[0] and "weights_only" not in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(TolError, match="refused"):  # train.init_checkpoint
+        models.build(models.TINY, str(weights))
+    folder = tmp_path / "step-00000001"
+    models.write_checkpoint_files(folder, models.build(models.TINY, seed=0), models.model_config(models.TINY))
+    assert models.load_for_eval(folder)[1].startswith(models.LOCAL_DIR)  # a plain checkpoint loads
+    torch.save({"state_dict": {}, "args": Path("/etc/passwd")}, folder / models.WEIGHTS_FILE)
+    with pytest.raises(TolError) as e:
+        models.load_for_eval(folder)
+    assert str(folder / models.WEIGHTS_FILE) in str(e.value) and "\n" not in str(e.value)
