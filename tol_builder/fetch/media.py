@@ -25,7 +25,9 @@ MEDIA_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "source": (pa.string(), "source id"),
     "status": (pa.string(), "ok, failed (permanent: not retried) or transient (still failing after every pass)"),
     "error_class": (pa.string(), "why it is not ok: http_<status>, timeout, connection, dns, truncated, too_large, "
-                                 "too_many_redirects, not_image, decode_error, too_many_pixels, unsafe_member, "
+                                 "too_many_redirects, not_image, decode_error, too_many_pixels, too_large_decoded (over "
+                                 "fetch.max_decoded_bytes), format_refused (not in fetch.image_formats), "
+                                 "private_address, unsafe_member, "
                                  "member_not_found, member_corrupt, file_not_found, worker_died (the worker "
                                  "process died twice while decoding it: over its memory limit?), internal "
                                  "(transient: an unexpected error of the request), ... (null when ok)"),
