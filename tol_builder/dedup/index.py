@@ -293,6 +293,103 @@ class PDQIndex:
             raise InputError(path, f"not a PDQ index file ({type(e).__name__}: {e})") from None
 
 
+# ---------------------------------------------------------------------------------- variant index (numpy)
+class VariantIndex:
+    """Evaluation variant codes (dedup/variants.py: ~7-30 per evaluation image, millions in all) in multi-index
+    hashing of our own, for exact range search at <= max_distance: per substring, the keys sorted once with
+    their rows (4 + 4 bytes per code and substring: ~90 bytes per code at r = 10, against faiss's ~1.2 KB,
+    measured in bench/README_dedup.md, which makes millions of variant codes per worker too big); a query's
+    candidates are the runs of its keys (np.searchsorted), verified on all 256 bits, each pair reported once.
+    Same contract as PDQIndex (rows, `valid`, save / load of the codes, `Matches`)."""
+
+    def __init__(self, codes: np.ndarray, valid: np.ndarray | None = None, *, max_distance: int):
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        n = len(self.codes)
+        self.valid = np.ones(n, bool) if valid is None else np.asarray(valid, dtype=bool).copy()
+        if self.valid.shape != (n,):
+            raise ValueError(f"valid has shape {self.valid.shape}, expected ({n},)")
+        if n >= 2 ** 31:
+            raise ValueError(f"{n} variant codes: at most 2**31 - 1 per index")
+        self.max_distance = int(max_distance)
+        self.rows = np.flatnonzero(self.valid).astype(np.int32)
+        self.words = _words(self.codes[self.rows])
+        self.spans = substrings(self.max_distance)
+        self.tables = []
+        for span in self.spans:
+            keys = substring_keys(self.words, span).astype(np.uint32)
+            order = np.argsort(keys, kind="stable").astype(np.int32)
+            self.tables.append((keys[order], order))
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def range_search(self, queries: np.ndarray, valid: np.ndarray | None = None, *,
+                     max_distance: int | None = None, batch: int = 1 << 16) -> Matches:
+        """All (query, indexed) pairs within max_distance (default and at most: the index's), inclusive."""
+        r = self.max_distance if max_distance is None else int(max_distance)
+        if r > self.max_distance:
+            raise ValueError(f"max_distance {r} is over the index's {self.max_distance}: its substrings would miss pairs")
+        qrows = np.arange(len(queries)) if valid is None else np.flatnonzero(np.asarray(valid, bool))
+        q_out, i_out, d_out, candidates = [], [], [], 0
+        n = np.int64(max(1, len(self.words)))
+        for lo in range(0, qrows.size if len(self.words) else 0, batch):
+            rows = qrows[lo:lo + batch]
+            qw = _words(np.asarray(queries)[rows])
+            parts_q, parts_i = [], []
+            for span, (sorted_keys, order) in zip(self.spans, self.tables):
+                keys = substring_keys(qw, span).astype(np.uint32)
+                left = np.searchsorted(sorted_keys, keys, "left")
+                count = np.searchsorted(sorted_keys, keys, "right") - left
+                hit = np.flatnonzero(count)
+                if not hit.size:
+                    continue
+                c = count[hit]
+                parts_q.append(np.repeat(hit, c))
+                parts_i.append(order[np.repeat(left[hit], c) + np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)])
+            if not parts_q:
+                continue
+            q, i = np.concatenate(parts_q), np.concatenate(parts_i)
+            candidates += int(q.size)
+            d = hamming(qw[q], self.words[i])
+            near = d <= r
+            key, first = np.unique(q[near] * n + i[near], return_index=True)  # found under several substrings
+            q_out.append(rows[key // n])
+            i_out.append(self.rows[key % n].astype(np.int64))
+            d_out.append(d[near][first].astype(np.uint8))
+        if not q_out:
+            z = np.zeros(0, np.int64)
+            return Matches(z, z, np.zeros(0, np.uint8), candidates, int(qrows.size))
+        q, i, d = np.concatenate(q_out), np.concatenate(i_out), np.concatenate(d_out)
+        order = np.lexsort((i, q))
+        return Matches(q[order].astype(np.int64), i[order], d[order], candidates, int(qrows.size))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """The codes, validity and max_distance in one .npz, atomically (the tables are rebuilt on load)."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, codes=self.codes, valid=self.valid, max_distance=np.int64(self.max_distance),
+                         format=np.int64(INDEX_FORMAT))
+                f.flush()
+                os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "VariantIndex":
+        import zipfile
+
+        from ..errors import InputError
+
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                fmt = int(z["format"])
+                if fmt != INDEX_FORMAT:
+                    raise InputError(path, f"PDQ index file format {fmt}, this version reads {INDEX_FORMAT}",
+                                     field="format")
+                return cls(z["codes"], z["valid"], max_distance=int(z["max_distance"]))
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise InputError(path, f"not a PDQ index file ({type(e).__name__}: {e})") from None
+
+
 # ------------------------------------------------------------------------------------ within-pool pairs
 @dataclass
 class NearPairs:

@@ -3,18 +3,26 @@
 Runner tasks (plain functions of plain arguments; each writes one parquet file atomically under the stage's
 work folder `<build>/dedup/work/<fingerprint>/`):
 
+* `variants_task`: one evaluation media file: the edit variants of each of its images held out (variants.py, on
+  the canonical preparation's input decoded from the stored JPEG) -> `variants/<key>.parquet` (eval_uid,
+  variant, method, pdq, pdq_quality).
 * `index_task`: the evaluation images once: their exact keys (sha256, md5, normalised URLs, source ids) to
   `eval_keys.parquet` / `eval_urls.parquet`, their trusted PDQ hashes to an index file (index.py) with the
-  row -> image table `eval_pdq.parquet`.
+  row -> image table `eval_pdq.parquet`, their variants' trusted hashes to `eval_variants.npz` (index.py's
+  VariantIndex, numpy) with `eval_variants.parquet`.
 * `match_task`: one slice of the pool's media files (about `dedup.match_rows` rows): exact matches first
   (sha256, then md5, normalised URL and source id where sha256 did not match), then PDQ Hamming distance
-  <= `dedup.pdq_max_distance` through the index (never pool x eval). A pair found exactly is not listed
-  again as near. -> `matches/<key>.parquet`.
+  <= `dedup.pdq_max_distance` through the index (never pool x eval), against the evaluation images' own hashes
+  and their variants'. A pair found exactly is not listed again as near; a pair found through several hashes
+  is listed once, by the first method of variants.METHOD_ORDER (pdq first), then the smallest distance.
+  -> `matches/<key>.parquet`.
 * `holds_task`: species holds: every pool image whose resolved species is one an evaluation set holds.
 
 Rows (EXCLUSION_SCHEMA): uid, reason (exact_duplicate, near_duplicate, species_hold), eval_set, eval_id
 (the evaluation image's id in its set; the held species' name for species holds), eval_uid, method (sha256,
-md5, url, source_id, pdq, taxon), distance (PDQ bits for pdq; 0 for exact; NULL for holds).
+md5, url, source_id, pdq, pdq_mirror, pdq_rot90, pdq_crop, pdq_rotate, pdq_border, pdq_letterbox, taxon),
+distance (PDQ bits for pdq*; 0 for exact; NULL for holds), variant (the evaluation image's variant matched,
+NULL but for the pdq_* variant methods).
 
 PDQ hashes whose quality is below `dedup.min_pdq_quality` are not trusted for near matches, on either side:
 such images still match exactly, and are counted (`pdq_untrusted`); they are never matched by PDQ.
@@ -33,7 +41,9 @@ from ..records import RANKS, arrow_of, duckdb_connection
 
 EXCLUSION_SCHEMA = pa.schema([
     ("uid", pa.string()), ("reason", pa.string()), ("eval_set", pa.string()), ("eval_id", pa.string()),
-    ("eval_uid", pa.string()), ("method", pa.string()), ("distance", pa.int32())])
+    ("eval_uid", pa.string()), ("method", pa.string()), ("distance", pa.int32()), ("variant", pa.string())])
+VARIANT_SCHEMA = pa.schema([("eval_uid", pa.string()), ("variant", pa.string()), ("method", pa.string()),
+                            ("pdq", pa.string()), ("pdq_quality", pa.int32())])
 
 EVAL_RECORDS, EVAL_MEDIA, EVAL_TAXONOMY = "evalsets/records", "evalsets/media", "evalsets/taxonomy"
 
@@ -45,6 +55,13 @@ def url_key_sql(expr: str) -> str:
     host = f"regexp_replace(regexp_replace({host}, '^www\\.', ''), ':(80|443)$', '')"
     rest = f"regexp_replace(regexp_extract({expr}, '^[A-Za-z]+://[^/?#]+([^#]*)', 1), '/+$', '')"
     return f"CASE WHEN regexp_matches({expr}, '^[hH][tT][tT][pP][sS]?://[^/?#]+') THEN {host} || {rest} END"
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """An exclusions part as EXCLUSION_SCHEMA: columns it lacks (a part written before `variant`) as NULLs."""
+    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in EXCLUSION_SCHEMA]
+    return pa.Table.from_arrays(cols, schema=EXCLUSION_SCHEMA.remove_metadata()).cast(EXCLUSION_SCHEMA)
 
 
 def _write(path: Path, table: pa.Table) -> None:
@@ -60,10 +77,47 @@ def _con(out: Path, threads: int):
     return duckdb_connection(threads)
 
 
+# -------------------------------------------------------------------------------------------- variants
+def variants_task(out: str, work: str, key: str, media_file: str, holds: dict, settings: dict,
+                  threads: int = 1) -> dict[str, int]:
+    """The variants of the images of one evaluation media file (a set holding its images out) whose fetch
+    went well -> variants/<key>.parquet. Each image is decoded from its stored JPEG exactly as the canonical
+    preparation decodes a file (imaging.decode_for_pdq); an image that cannot be decoded gets no variants
+    (counted: its own hash still matches)."""
+    from ..fetch.imaging import ImageError, decode_for_pdq
+    from .variants import GRID, variant_hashes
+
+    out_p, work_p = Path(out), Path(work)
+    sets = {name for name, h in holds.items() if h["hold_images"]}
+    grid = tuple(settings.get("variant_grid") or GRID) if settings.get("match_variants") else ()
+    cols: dict[str, list] = {n: [] for n in VARIANT_SCHEMA.names}
+    images = failed = 0
+    pf = pq.ParquetFile(media_file)
+    for batch in pf.iter_batches(batch_size=256, columns=["uid", "source", "status", "pdq", "jpeg"]):
+        for uid, source, status, pdq, jpeg in zip(*(batch.column(n).to_pylist() for n in
+                                                     ("uid", "source", "status", "pdq", "jpeg"))):
+            if source not in sets or status != "ok" or pdq is None or not jpeg:
+                continue
+            images += 1
+            try:
+                rgb = decode_for_pdq(jpeg)
+            except ImageError:
+                failed += 1
+                continue
+            for name, method, h, q in variant_hashes(rgb, dihedral=bool(settings.get("match_dihedral")), grid=grid):
+                for col, v in zip(VARIANT_SCHEMA.names, (uid, name, method, h, q)):
+                    cols[col].append(v)
+            rgb.close()
+    _write(work_p / "variants" / f"{key}.parquet", pa.table(cols, schema=VARIANT_SCHEMA))
+    return {"eval_variant_images": images, "eval_variants": len(cols["eval_uid"]), "eval_variant_failed": failed}
+
+
 # -------------------------------------------------------------------------------------------- index
-def index_task(out: str, work: str, holds: dict, settings: dict, threads: int = 1) -> dict[str, int]:
-    """Index the evaluation images of every set that holds its images out."""
-    from .index import PDQIndex
+def index_task(out: str, work: str, holds: dict, settings: dict, threads: int = 1,
+               variants_dir: str | None = None) -> dict[str, int]:
+    """Index the evaluation images of every set that holds its images out, and their variants (the tables of
+    `variants_dir`, default: the variants tasks' under `work`)."""
+    from .index import PDQIndex, VariantIndex
 
     out_p, work_p = Path(out), Path(work)
     sets = sorted(name for name, h in holds.items() if h["hold_images"])
@@ -91,9 +145,24 @@ def index_task(out: str, work: str, holds: dict, settings: dict, threads: int = 
     _write(work_p / "eval_pdq.parquet", ok.select(["eval_uid", "eval_set", "eval_id"]))  # index rows, aligned
     PDQIndex(codes, trusted, max_distance=settings["pdq_max_distance"], threads=threads).save(
         work_p / "eval_pdq.npz")
+    variant_files = sorted(str(p) for p in Path(variants_dir or work_p / "variants").glob("*.parquet"))
+    if variant_files:  # variants of the images indexed above, in (eval_uid, variant) order
+        con.register("ok_t", ok.select(["eval_uid", "eval_set", "eval_id"]))
+        var = arrow_of(con.sql("""SELECT v.eval_uid, o.eval_set, o.eval_id, v.variant, v.method, v.pdq, v.pdq_quality
+            FROM read_parquet(?) v JOIN ok_t o USING (eval_uid) ORDER BY v.eval_uid, v.variant""",
+                               params=[variant_files]))
+    else:
+        var = pa.table({"eval_uid": pa.array([], pa.string()), "eval_set": pa.array([], pa.string()),
+                        "eval_id": pa.array([], pa.string()), "variant": pa.array([], pa.string()),
+                        "method": pa.array([], pa.string()), "pdq": pa.array([], pa.string()),
+                        "pdq_quality": pa.array([], pa.int32())})
+    vcodes, vtrusted = _trusted_codes(var, settings)
+    _write(work_p / "eval_variants.parquet", var.select(["eval_uid", "eval_set", "eval_id", "variant", "method"]))
+    VariantIndex(vcodes, vtrusted, max_distance=settings["pdq_max_distance"]).save(work_p / "eval_variants.npz")
     n = con.execute("SELECT count(*) FROM keys").fetchall()[0][0]
     con.close()
-    return {"eval_images": n, "eval_indexed": int(trusted.sum()), "eval_pdq_untrusted": int(ok.num_rows - trusted.sum())}
+    return {"eval_images": n, "eval_indexed": int(trusted.sum()), "eval_pdq_untrusted": int(ok.num_rows - trusted.sum()),
+            "eval_variants_indexed": int(vtrusted.sum()), "eval_variants_untrusted": int(var.num_rows - vtrusted.sum())}
 
 
 def _trusted_codes(table: pa.Table, settings: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +179,8 @@ def _trusted_codes(table: pa.Table, settings: dict) -> tuple[np.ndarray, np.ndar
 def match_task(out: str, work: str, key: str, media_files: list[str], holds: dict, pool_readers: dict,
                settings: dict, threads: int = 1) -> dict[str, int]:
     """Match one slice of the pool's media against the evaluation index -> matches/<key>.parquet."""
-    from .index import PDQIndex
+    from .index import PDQIndex, VariantIndex
+    from .variants import METHOD_ORDER
 
     out_p, work_p = Path(out), Path(work)
     con = _con(out_p, threads)
@@ -154,24 +224,49 @@ def match_task(out: str, work: str, key: str, media_files: list[str], holds: dic
     codes, trusted = _trusted_codes(pool, settings)
     index = PDQIndex.load(work_p / "eval_pdq.npz", threads=threads)
     found = index.range_search(codes, valid=trusted, max_distance=settings["pdq_max_distance"])
+    del index
     ev = pq.read_table(work_p / "eval_pdq.parquet")
-    uids = pool.column("uid").take(pa.array(found.query))
-    at = pa.array(found.indexed)
-    near = pa.table({"uid": uids, "reason": pa.repeat(pa.scalar("near_duplicate"), len(uids)),
-                     "eval_set": ev.column("eval_set").take(at), "eval_id": ev.column("eval_id").take(at),
-                     "eval_uid": ev.column("eval_uid").take(at),
-                     "method": pa.repeat(pa.scalar("pdq"), len(uids)),
-                     "distance": pa.array(found.distance.astype(np.int32))})
+    near = _near_rows(pool, found, ev, None)
+    candidates = int(found.candidates)
+    if (work_p / "eval_variants.npz").exists():
+        vindex = VariantIndex.load(work_p / "eval_variants.npz")
+        if len(vindex):
+            vfound = vindex.range_search(codes, valid=trusted, max_distance=settings["pdq_max_distance"])
+            candidates += int(vfound.candidates)
+            near = pa.concat_tables([near, _near_rows(pool, vfound, pq.read_table(work_p / "eval_variants.parquet"),
+                                                      "variant")])
+        del vindex
     con.register("exact_t", exact)
     con.register("near_t", near)
-    near = arrow_of(con.sql("""SELECT n.* FROM near_t n ANTI JOIN exact_t e USING (uid, eval_uid)"""))
-    rows = pa.concat_tables([exact.cast(EXCLUSION_SCHEMA), near.cast(EXCLUSION_SCHEMA)])
+    con.register("method_order", pa.table({"method": list(METHOD_ORDER), "rank": list(range(len(METHOD_ORDER)))}))
+    # one row per (pool image, evaluation image) not matched exactly: the first method, then the closest
+    near = arrow_of(con.sql("""SELECT * EXCLUDE (k) FROM (
+            SELECT n.*, row_number() OVER (PARTITION BY n.uid, n.eval_uid ORDER BY coalesce(o.rank, 99), n.distance,
+                                                  n.variant NULLS FIRST) AS k
+            FROM near_t n LEFT JOIN method_order o USING (method) ANTI JOIN exact_t e USING (uid, eval_uid))
+        WHERE k = 1"""))
+    rows = pa.concat_tables([conform(exact), conform(near)])
     con.register("rows_t", rows)
     rows = arrow_of(con.sql("SELECT * FROM rows_t ORDER BY uid, eval_set, eval_id, method"))
     _write(work_p / "matches" / f"{key}.parquet", rows)
     con.close()
     return {"pool_checked": pool.num_rows, "pdq_untrusted": int(pool.num_rows - trusted.sum()),
-            "pdq_candidates": int(found.candidates), "matched_exact": exact.num_rows, "matched_near": near.num_rows}
+            "pdq_candidates": candidates, "matched_exact": exact.num_rows, "matched_near": near.num_rows,
+            "matched_variant": int(pa.compute.sum(pa.compute.is_valid(near.column("variant"))).as_py() or 0)}
+
+
+def _near_rows(pool: pa.Table, found, ev: pa.Table, variant_column: str | None) -> pa.Table:
+    """Exclusion rows of PDQ matches: pool rows found.query against rows found.indexed of `ev` (eval_uid,
+    eval_set, eval_id, and for variants variant + method)."""
+    uids = pool.column("uid").take(pa.array(found.query))
+    at = pa.array(found.indexed)
+    n = len(uids)
+    return pa.table({"uid": uids, "reason": pa.repeat(pa.scalar("near_duplicate"), n),
+                     "eval_set": ev.column("eval_set").take(at), "eval_id": ev.column("eval_id").take(at),
+                     "eval_uid": ev.column("eval_uid").take(at),
+                     "method": ev.column("method").take(at) if variant_column else pa.repeat(pa.scalar("pdq"), n),
+                     "distance": pa.array(found.distance.astype(np.int32)),
+                     "variant": ev.column(variant_column).take(at) if variant_column else pa.nulls(n, pa.string())})
 
 
 # -------------------------------------------------------------------------------------------- holds
@@ -229,10 +324,11 @@ def holds_task(out: str, work: str, holds: dict, page_sources: list[str], thread
             JOIN lm ON lm.source = r.source AND lm.lineage_key = {lineage_key_sql(page_sources, 'r')}
             ORDER BY r.uid, lm.eval_set, eval_id""", params={
             "taxa": str(out_p / "taxonomy" / "taxa.parquet"), "records": _files(out_p, "records"),
-            "lineage_map": str(out_p / "taxonomy" / "lineage_map.parquet")})).cast(EXCLUSION_SCHEMA)
+            "lineage_map": str(out_p / "taxonomy" / "lineage_map.parquet")}))
+    rows = conform(rows)
     _write(work_p / "holds.parquet", rows)
     con.close()
     return {"held_species": held.num_rows, "held_species_unmatched": unmatched, "held_images": rows.num_rows}
 
 
-__all__ = ["EXCLUSION_SCHEMA", "index_task", "match_task", "holds_task", "held_species", "url_key_sql", "RANKS"]
+__all__ = ["EXCLUSION_SCHEMA", "VARIANT_SCHEMA", "conform", "variants_task", "index_task", "match_task", "holds_task", "held_species", "url_key_sql", "RANKS"]

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..records import RANKS, arrow_of
-from .match import EXCLUSION_SCHEMA, _con, _files, _trusted_codes, _write
+from .match import EXCLUSION_SCHEMA, _con, conform, _files, _trusted_codes, _write
 
 POOL_DUPLICATE_SCHEMA = pa.schema([("uid", pa.string()), ("cluster_id", pa.string()), ("method", pa.string()),
                                    ("distance", pa.int32())])
@@ -133,8 +133,8 @@ def pool_task(out: str, work: str, sources: list[str], page_sources: list[str], 
         excl.append(_excluded(con, members, "pdq", out_p, sources, page_sources))
     rows = pa.concat_tables(excl) if excl else EXCLUSION_SCHEMA.empty_table()
     con.register("ex", rows)
-    rows = arrow_of(con.sql("""SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY uid ORDER BY method DESC)
-        AS k FROM ex) WHERE k = 1 ORDER BY uid""")).drop_columns(["k"]).cast(EXCLUSION_SCHEMA)
+    rows = conform(arrow_of(con.sql("""SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY uid ORDER BY method DESC)
+        AS k FROM ex) WHERE k = 1 ORDER BY uid""")).drop_columns(["k"]))
     _write(work_p / "pool_exclusions.parquet", rows)
     con.close()
     return {"pool_images": n, "pool_pdq_untrusted": int(n - trusted.sum()), "pool_exact_groups": int(ex_grp.max() + 1)
@@ -148,10 +148,10 @@ def _excluded(con, members: pa.Table, method: str, out: Path, sources: list[str]
     surv = _survivors(con, members, out, sources, page_sources)
     con.register("surv", surv)
     con.register("mem", members)
-    return arrow_of(con.sql(f"""SELECT m.uid, 'pool_duplicate' AS reason, NULL::VARCHAR AS eval_set,
+    return conform(arrow_of(con.sql(f"""SELECT m.uid, 'pool_duplicate' AS reason, NULL::VARCHAR AS eval_set,
             s.survivor AS eval_id, s.survivor AS eval_uid, '{method}' AS method,
             CASE WHEN '{method}' = 'sha256' THEN 0 END::INTEGER AS distance
-        FROM mem m JOIN surv s USING (grp) WHERE m.uid <> s.survivor""")).cast(EXCLUSION_SCHEMA)
+        FROM mem m JOIN surv s USING (grp) WHERE m.uid <> s.survivor""")))
 
 
 __all__ = ["pool_task", "POOL_DUPLICATE_SCHEMA", "pq"]
