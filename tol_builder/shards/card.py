@@ -31,6 +31,7 @@ from ..fileio import file_digest, write_bytes_atomic, write_text_atomic
 from ..records import RANKS, duckdb_connection
 from ..sql import literal
 from ..text import text_keys
+from .commands import card_section as open_clip_section
 from .plan import describe, read_plan, selection_dir
 from .layout import CROISSANT, INDEX_GLOB, META, SHARDS, SPLIT_FOLDERS
 from .write import SampleTexts
@@ -276,10 +277,7 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
              "Webdataset shards of images with their taxonomic texts, in the layout of BioCLIP's TreeOfLife-10M "
              "(arXiv 2311.18803), rebuilt reproducibly: the same inputs and seed give byte-identical shards.", ""]
     lines += ["## What is here", ""] + what_is_here(counts, s) + [""]
-    lines += ["Train unmodified open_clip on it:", "", "```bash",
-              f"python -m open_clip_train.main --train-data '<build>/{SHARDS}/train/shard-{{000000..{max(len(counts.get('train', {})) - 1, 0):06d}}}.tar' "
-              "--dataset-type webdataset --model ViT-B-16 --batch-size 256 --epochs 100 --lr 1e-4 --wd 0.2 "
-              "--warmup 1000", "```", "",
+    lines += [*open_clip_section(out),  # generated from sizes.json (shards/commands.py); paths under <build>
               *read_it(out.name)]
     lines += ["## Sources", ""]
     by_src: dict[str, dict[str, int]] = {}
