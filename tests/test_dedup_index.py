@@ -316,3 +316,38 @@ def test_near_pairs_are_deterministic_across_threads():
     two = near_pairs(codes, max_distance=10, threads=2, max_bucket=8)
     for field in ("i", "j", "distance", "rep"):
         assert (getattr(one, field) == getattr(two, field)).all()
+
+
+# --- issue 22: the numpy variant index (VariantIndex) --------------------------------------------------------
+@pytest.mark.parametrize("r", [0, 3, 10, 12])
+def test_variant_index_equals_brute_force_and_faiss(r, tmp_path):
+    from tol_builder.dedup.index import VariantIndex
+
+    rng = np.random.default_rng(22 + r)
+    codes = clustered(rng, 3000, 60, spread=14)
+    valid = rng.random(len(codes)) > 0.1
+    queries = flip(codes[rng.integers(0, len(codes), 800)], rng.integers(0, r + 5, 800), rng)
+    qvalid = rng.random(len(queries)) > 0.05
+    index = VariantIndex(codes, valid, max_distance=r)
+    got = index.range_search(queries, qvalid, batch=97)  # several batches
+    want = {(q, i, d) for q, i, d in brute_matches(queries, codes, r) if valid[i] and qvalid[q]}
+    assert set(zip(got.query.tolist(), got.indexed.tolist(), got.distance.tolist())) == want
+    assert len(got) == len(want)  # each pair once, though found under several substrings
+    assert got.queries == int(qvalid.sum())
+    faiss = PDQIndex(codes, valid, max_distance=r).range_search(queries, qvalid)
+    assert (got.query == faiss.query).all() and (got.indexed == faiss.indexed).all()
+    index.save(tmp_path / "v.npz")
+    again = VariantIndex.load(tmp_path / "v.npz").range_search(queries, qvalid)
+    assert (again.query == got.query).all() and (again.distance == got.distance).all()
+    with pytest.raises(ValueError, match="over the index"):
+        index.range_search(queries, max_distance=r + 1)
+
+
+def test_variant_index_empty_and_broken_file(tmp_path):
+    from tol_builder.dedup.index import VariantIndex
+
+    empty = VariantIndex(np.zeros((0, 32), np.uint8), max_distance=10)
+    assert len(empty) == 0 and len(empty.range_search(np.zeros((3, 32), np.uint8))) == 0
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="bad.npz"):
+        VariantIndex.load(tmp_path / "bad.npz")
