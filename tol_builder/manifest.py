@@ -46,6 +46,8 @@ class Manifest:
     notes: str = ""
     # only in evaluation-set manifests (manifests/evalsets/): what the set holds out (tol_builder/dedup/evalsets.py)
     evalset: dict = field(default_factory=dict)
+    # only in benchmark manifests: a task's label semantics (tol_builder/eval/tasks.py, manifests/evalsets/README.md)
+    benchmark: dict = field(default_factory=dict)
     path: Path = field(default=Path("."), metadata={"toml": False})
 
     def url(self, f: ManifestFile) -> str:
