@@ -8,6 +8,7 @@ from typing import Any
 
 from .config import Workflow
 from .runner import Runner
+from .terminal import say_to
 
 
 @dataclass
@@ -19,9 +20,10 @@ class BuildContext:
     threads: int = 1  # threads one task may use (DuckDB, decoders): the cluster's threads per worker
     retry_failed: bool = False  # tol build --retry-failed: the fetch stage retries permanent failures too
 
-    def log(self, message: str) -> None:
-        if self.console is not None:
-            self.console.print(message, soft_wrap=True)  # one line, however narrow the terminal
+    def log(self, message: str, style: str = "") -> None:
+        """`message` on the console as text (paths and source ids in it are never read as markup; control
+        characters shown as escapes), one line however narrow the terminal; `style` for the whole line."""
+        say_to(self.console)(message, style=style)
 
     def cache(self, *parts: str) -> Path:
         """Work files a stage may reuse on a re-run (unpacked metadata, downloads)."""

@@ -35,6 +35,7 @@ from ..config import load_workflow, read_toml
 from ..errors import TolError
 from ..fileio import write_bytes_atomic, write_text_atomic
 from ..resources import project_path
+from ..terminal import say_to, styled
 from . import sources as gen
 from .authorities import write_demo_authorities
 from .evalset import write_demo_evalset
@@ -141,14 +142,14 @@ def prepare_demo(out: Path, seed: int | None = None) -> DemoInputs:
 
 def run_demo(out: Path, console=None, scheduler: str | None = None, progress: bool = True,
              seed: int | None = None, train: bool = True) -> build_mod.BuildSummary:
-    say = console.print if console is not None else (lambda *a, **k: None)
+    say = say_to(console)  # paths in a line are text, never markup
     inputs = prepare_demo(out, seed)
     out, data, generated = inputs.out, inputs.data, inputs.generated
     with serve_directory(inputs.eol_root()) as base_url:
         wf_path = inputs.write_workflow(base_url)
         counts = ", ".join(f"{name} {g.images}" for name, g in generated.items())
-        say(f"[bold]tol demo[/]: generated {sum(g.images for g in generated.values())} images ({counts}) "
-            f"in {inputs.seconds:.1f} s under {data}")
+        say(styled(("tol demo", "bold"), f": generated {sum(g.images for g in generated.values())} images ({counts}) "
+            f"in {inputs.seconds:.1f} s under {data}"))
         say(f"EOL images served from {base_url} for the duration of the build")
         wf = load_workflow(wf_path)
         summary = build_mod.build(wf, console=console, scheduler=scheduler, progress=progress)
