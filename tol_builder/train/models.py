@@ -20,8 +20,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import open_clip
 import torch
@@ -87,18 +89,38 @@ def build(name: str, pretrained: str = "", *, seed: int | None = None) -> torch.
         model = open_clip.CLIP(**cfg)
         open_clip.set_model_preprocess_cfg(model, preprocess_config(cfg))
         if pretrained:
-            open_clip.load_checkpoint(model, pretrained)
+            with _refusing_pickles(pretrained):
+                open_clip.load_checkpoint(model, pretrained)
     elif name.startswith(LOCAL_DIR):
         model_config(name)  # a clear error for a folder without a config
-        model = open_clip.create_model(name)  # loads the folder's weights when it has any
+        with _refusing_pickles(Path(name[len(LOCAL_DIR):]) / WEIGHTS_FILE):
+            model = open_clip.create_model(name)  # loads the folder's weights when it has any
         if pretrained:
-            open_clip.load_checkpoint(model, pretrained)
+            with _refusing_pickles(pretrained):
+                open_clip.load_checkpoint(model, pretrained)
     else:
         model_config(name)
-        model = open_clip.create_model(name, pretrained=pretrained or None)
+        with _refusing_pickles(pretrained):
+            model = open_clip.create_model(name, pretrained=pretrained or None)
     if hasattr(model, "output_dict"):
         model.output_dict = True
     return model
+
+
+@contextmanager
+def _refusing_pickles(weights: str | Path) -> Iterator[None]:
+    """open_clip loads weights with torch.load(weights_only=True): a file holding other pickled objects fails
+    there with torch's long message, which suggests weights_only=False (running the file's code). It is
+    refused instead with the one line that names the file, as a training state is (checkpoint.load_tensors,
+    which fails on it the same way)."""
+    try:
+        yield
+    except pickle.UnpicklingError:
+        if weights and Path(weights).is_file():
+            from .checkpoint import load_tensors
+
+            load_tensors(Path(weights))  # raises the one-line TolError
+        raise
 
 
 def tokenizer(name: str):
