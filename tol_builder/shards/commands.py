@@ -150,9 +150,9 @@ def open_clip_command(build: Path, shown_as: str = PLACEHOLDER, **settings) -> O
     f = fit(list(train.values()), batch_size=s["batch_size"], workers=s["workers"], warmup=s["warmup"],
             steps=s["steps"])
     root = shown_as.rstrip("/")
-    opts = [("--dataset-type", "webdataset"), ("--model", s["model"]), ("--precision", s["precision"]),
-            ("--train-data", f"{root}/{_folder('train')}/{shard_pattern(list(train))}"),
-            ("--train-num-samples", str(f.train_samples))]
+    opts = [("--train-data", f"{root}/{_folder('train')}/{shard_pattern(list(train))}"),
+            ("--train-num-samples", str(f.train_samples)), ("--dataset-type", "webdataset"),
+            ("--model", s["model"]), ("--precision", s["precision"])]
     val = read_sizes(build, "val")
     val_samples = 0
     if val:
