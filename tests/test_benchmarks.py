@@ -106,3 +106,229 @@ def test_a_bad_benchmark_table_names_file_and_key(tmp_path):
     bad.write_text('source = "table"\nfiles = []\n[benchmark]\nname = "x"\ncomparable = { default = "com" }\n')
     with pytest.raises(ConfigError, match=r"benchmark.comparable.default"):
         T.load_task(bad)
+
+
+# ---- increments 2 and 3: evaluation outside a build, `tol eval suite` ---------------------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+MA_CLASSES = ["Tomato___Late_blight", "Tomato___healthy", "Apidae", "Amanita excelsa Gonn. & Rabenh."]
+RS_TAXA = [("Animalia", "Mollusca", "Bivalvia", "Unionida", "Unionidae", "Cyclonaias", "tuberculata", "purple wartyback"),
+           ("Animalia", "Chordata", "Aves", "Gruiformes", "Gruidae", "Grus", "americana", "whooping crane"),
+           ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Panthera", "tigris", "tiger")]
+
+
+def _image(path, rng, tint):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = rng.integers(0, 255, (rng.integers(24, 48), rng.integers(24, 48), 3), dtype=np.uint8)
+    a[..., tint % 3] = a[..., tint % 3] // 2 + 128  # a colour per class: few-shot has something to find
+    Image.fromarray(a).save(path)
+
+
+def _write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def make_fixture_benchmarks(root, per_class=6):
+    """Three tasks in the real layouts under root (the --images-root) and their manifests in root/manifests:
+    Meta-Album (metadata.csv ,filepath,class + class folders), Birds 525 (test/ and train/ folder per class),
+    Rare Species (BioCLIP's metadata columns, EOL-style file names)."""
+    rng = np.random.default_rng(0)
+    ma = root / "meta_album" / "FIX_Mini"
+    rows = []
+    for ci, c in enumerate(MA_CLASSES):
+        for i in range(per_class):
+            rel = f"{c}/{i}.jpg"
+            _image(ma / rel, rng, ci)
+            rows.append([len(rows), rel, c])
+    _write_csv(ma / "metadata.csv", ["", "filepath", "class"], rows)
+    for split, n in (("test", 3), ("train", per_class)):
+        for ci, c in enumerate(["ABBOTTS BABBLER", "AFRICAN CROWNED CRANE", "ALBATROSS"]):
+            for i in range(n):
+                _image(root / "birds" / split / c / f"{i}.jpg", rng, ci)
+    rows = []
+    for ci, (*ranks, common) in enumerate(RS_TAXA):
+        for i in range(per_class):
+            rel = f"2024-03-20/{1000 * ci + i}_{ci + 1}_eol-full-size-copy.jpg"
+            _image(root / "rare" / "images" / rel, rng, ci)
+            rows.append([len(rows), *ranks, common, rel, f"{ranks[5]} {ranks[6]}"])
+    _write_csv(root / "rare" / "images" / "metadata.csv",
+               ["", "kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name", "filepath",
+                "class"], rows)
+    m = root / "manifests"
+    m.mkdir()
+    (m / "fix_ma.toml").write_text(
+        'source = "table"\n[benchmark]\nname = "fix_ma"\nimages = "meta_album/FIX_Mini"\n'
+        'text_types = ["asis", "clean"]\nclean = [{ regex = "_+", replace = " " }, { strip_authority = true }]\n'
+        '[[files]]\nname = "metadata.csv"\nrole = "metadata"\n')
+    (m / "fix_birds.toml").write_text(
+        'source = "image_folder"\n[benchmark]\nname = "fix_birds"\nimages = "birds"\ntest_dir = "test"\n'
+        'shots_dir = "train"\n[[files]]\nname = "images"\nrole = "media"\nurl = "birds/test"\n')
+    (m / "fix_rare.toml").write_text(
+        'source = "rare_species"\n[benchmark]\nname = "fix_rare"\nimages = "rare/images"\n'
+        'rank_columns = { kingdom = "kingdom", phylum = "phylum", class = "cls", order = "order", '
+        'family = "family", genus = "genus", species = "species" }\ncommon_column = "common_name"\n'
+        'text_types = ["asis", "com", "taxon_com"]\n'
+        'comparable = { default = "taxon_com", bioclip = "taxon_com", clip = "com" }\n'
+        '[[files]]\nname = "metadata.csv"\nrole = "metadata"\n')
+    return sorted(m.glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    make_fixture_benchmarks(root)
+    return root
+
+
+def _slow_reference(model, tokenize, data, strings, templs):
+    """Written apart from the suite: one image and one templated string at a time, open_clip's v1 transform."""
+    import open_clip
+    import torch
+
+    pp = open_clip.get_model_preprocess_cfg(model)
+    transform = open_clip.image_transform(pp["size"], is_train=False, mean=pp["mean"], std=pp["std"])
+    from PIL import Image
+
+    with torch.no_grad():
+        columns = []
+        for s in strings:
+            embs = []
+            for t in templs:
+                e = model.encode_text(tokenize([t(s)]))[0]
+                embs.append(e / e.norm())
+            m = torch.stack(embs).mean(0)
+            columns.append(m / m.norm())
+        weights = torch.stack(columns, 1)
+        feats = []
+        for p in data.paths:
+            with Image.open(p) as im:
+                f = model.encode_image(transform(im.convert("RGB"))[None])[0]
+            feats.append(f / f.norm())
+        return (torch.stack(feats) @ weights).numpy()
+
+
+def _reference_split_few_shot(shot_feats, shot_y, feats, y, k, folds):
+    """BioCLIP's nearest centroid with shots from another split, per image (CL2N on the shots' mean)."""
+    accs = []
+    for fold in range(folds):
+        rng = random.Random(fold)
+        shots = {}
+        for c in sorted(set(shot_y.tolist())):
+            members = [i for i in range(len(shot_y)) if shot_y[i] == c]
+            rng.shuffle(members)
+            shots[c] = members[:k]
+        mean = np.mean([shot_feats[i] for c in shots for i in shots[c]], axis=0)
+        unit = lambda v: (v - mean) / np.linalg.norm(v - mean)  # noqa: E731
+        centroids = {c: np.mean([unit(shot_feats[i]) for i in idx], axis=0) for c, idx in shots.items()}
+        hits = [min(centroids, key=lambda c: np.sum((unit(f) - centroids[c]) ** 2)) == t for f, t in zip(feats, y)]
+        accs.append(np.mean(hits))
+    return float(np.mean(accs))
+
+
+def test_suite_scores_equal_a_slow_reference_on_each_layout(fixture_root):
+    from tol_builder.eval import features as F
+    from tol_builder.eval.suite import SuiteSettings, run_suite
+    from tol_builder.train.zeroshot import templates
+
+    tasks = T.find_tasks([str(p) for p in sorted((fixture_root / "manifests").glob("*.toml"))])
+    specs = F.parse_models("random:tol-tiny")
+    doc = run_suite(specs, tasks, images_root=fixture_root, cache_dir=None,
+                    settings=SuiteSettings(shots=(0, 1, 2), folds=3, templates="openai", bootstrap=200))
+    model, tokenize = F.load(specs[0])
+    res = doc["results"]["random:tol-tiny"]
+    for task in tasks:
+        data = T.read_task(task, fixture_root)
+        r = res[task.name]
+        assert r["n_classes"] == len(data.classes) and r["n_images"] == len(data.paths)
+        logits = _slow_reference(model, tokenize, data, data.strings(r["text_type"]), templates("openai"))
+        ranked = np.argsort(-logits, axis=1, kind="stable")
+        z = r["zero_shot"]
+        assert z["top1"] == pytest.approx(np.mean(ranked[:, 0] == data.y))
+        assert z["top5"] == pytest.approx(np.mean([t in row[:5] for t, row in zip(data.y, ranked)]))
+        assert z["top1_ci95"][0] <= z["top1"] <= z["top1_ci95"][1]
+        for i, c in enumerate(data.classes):
+            assert z["per_class_top1"][c] == pytest.approx(np.mean(ranked[data.y == i, 0] == i))
+    # labels that are not taxa keep their own classes, scored with the CSV's class as it is
+    ma = res["fix_ma"]
+    assert ma["n_classes"] == 4 and ma["text_type"] == "asis"
+    assert set(ma["zero_shot"]["per_class_top1"]) == set(MA_CLASSES)
+    assert res["fix_rare"]["text_type"] == "taxon_com" and res["fix_rare"]["n_classes"] == 3
+    # Birds: scored on test (3 x 3), shots from train; equal to a per-image reference
+    birds = T.read_task(T.load_task(fixture_root / "manifests" / "fix_birds.toml"), fixture_root)
+    assert res["fix_birds"]["n_images"] == 9 and res["fix_birds"]["shots_from"] == "train"
+    feats, _ = F.encode_images(model, birds.paths)
+    shot_feats, _ = F.encode_images(model, birds.shot_paths)
+    for k in (1, 2):
+        assert res["fix_birds"]["few_shot"][f"{k}-shot"]["mean"] == pytest.approx(
+            _reference_split_few_shot(shot_feats, birds.shot_y, feats, birds.y, k, 3), abs=1e-9)
+
+
+def test_eval_suite_command_table_equals_json_and_cache_is_reused_then_invalidated(fixture_root, tmp_path):
+    import torch
+
+    from conftest import run_cli
+    from tol_builder.train.models import build
+
+    weights = tmp_path / "weights.bin"  # an open_clip-format weights file saved from a random model
+    torch.save(build("tol-tiny", seed=3).state_dict(), weights)
+    manifests = ",".join(str(p) for p in sorted((fixture_root / "manifests").glob("*.toml")))
+    out = tmp_path / "out"
+    args = ("eval", "suite", "--models", f"random:tol-tiny,mine=tol-tiny:{weights}", "--tasks", manifests,
+            "--shots", "0,1,5", "--images-root", str(fixture_root), "--out", str(out), "--quiet",
+            "--batch-size", "4")
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    n_images = sum(t["images_scored"] for t in doc["tasks"])
+    assert doc["cache"]["images_encoded"] >= 2 * n_images  # both models, every scored image
+    assert doc["results"]["mine"]["fix_rare"]["text_type"] == "com"  # a weights file: CLIP's comparable text
+    # the table's numbers are the JSON's (CSV, Markdown and the terminal)
+    with open(out / "table.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2 * 3
+    md = (out / "table.md").read_text().splitlines()[2:]
+    for row, md_row in zip(table, md):
+        res = doc["results"][row["model"]]
+        cells = [c.strip() for c in md_row.strip("|").split("|")]
+        values = []
+        for name in ("fix_birds", "fix_ma", "fix_rare"):
+            k = int(row["shots"])
+            v = res[name]["zero_shot"]["top1"] if k == 0 else res[name]["few_shot"][f"{k}-shot"]["mean"]
+            values.append(v)
+            assert row[name] == f"{100 * v:.1f}"
+        assert row["mean"] == f"{100 * sum(values) / 3:.1f}" and cells[2:] == [row[n] for n in
+                                                                             ("fix_birds", "fix_ma", "fix_rare",
+                                                                              "mean")]
+        assert f"{100 * values[0]:.1f}%" in r.stdout
+    # second run: every feature from the cache, no image forward pass, the same numbers
+    r2 = run_cli(*args)
+    assert r2.returncode == 0, r2.stderr
+    doc2 = json.loads((out / "results.json").read_text())
+    assert doc2["cache"].get("images_encoded", 0) == 0 and doc2["cache"].get("texts_encoded", 0) == 0
+    assert doc2["cache"]["image_hits"] >= 2 * 3 and doc2["results"] == doc["results"]
+    # the weights file changes: that model's features are made again, the random model's still cached
+    torch.save(build("tol-tiny", seed=4).state_dict(), weights)
+    r3 = run_cli(*args)
+    assert r3.returncode == 0, r3.stderr
+    doc3 = json.loads((out / "results.json").read_text())
+    assert doc3["cache"]["invalidated"] == 1 and 2 * doc3["cache"]["images_encoded"] == doc["cache"]["images_encoded"]
+    assert doc3["results"]["random:tol-tiny"] == doc["results"]["random:tol-tiny"]
+    assert doc3["results"]["mine"] != doc["results"]["mine"]
+
+
+def test_eval_suite_named_task_without_images_names_the_folder(fixture_root, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("eval", "suite", "--models", "random:tol-tiny", "--tasks", "meta_album_fungi", "--images-root",
+                str(tmp_path), "--out", str(tmp_path / "out"), "--quiet")
+    assert r.returncode == 1 and "meta_album/FNG_Mini" in r.stderr.replace("\n", "")

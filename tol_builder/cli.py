@@ -387,6 +387,91 @@ def eval_few_shot(target: Path = typer.Argument(..., help="Workflow TOML or buil
     _run_eval("few-shot", target, checkpoint, model, split, eval_set, set_, json_out, None)
 
 
+@eval_app.command("suite")
+def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoint or run folder (or open_clip "
+                                          "folder), ARCH:WEIGHTS_FILE, random:ARCH; each optionally LABEL=SPEC."),
+               tasks: str = typer.Option("all", help="all, or comma-separated task names / manifest paths "
+                                         "(manifests/evalsets/README.md)."),
+               shots: str = typer.Option("0,1,5", help="0 = zero-shot; k = k-shot nearest centroid."),
+               images_root: Optional[Path] = typer.Option(None, help="The folder holding each task's images "
+                                                          "folder (its manifest's `images`)."),
+               out: Path = typer.Option(Path("eval-suite"), help="Writes table.md, table.csv and results.json here."),
+               cache: Optional[Path] = typer.Option(None, help="Feature cache (default: OUT/cache)."),
+               text_type: str = typer.Option("", help="Score every task with this text type instead of each "
+                                             "task's comparable one."),
+               templates: str = typer.Option("openai", help="openai (BioCLIP's 80) or plain."),
+               batch_size: int = typer.Option(64, min=1),
+               folds: int = typer.Option(5, min=1),
+               threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
+               quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """BioCLIP's evaluation table for any models: zero-shot and few-shot top-1 on each benchmark's own classes,
+    read straight from its metadata and images (no build). Features are cached per model and task."""
+    _require_train_extra()
+    try:
+        from .eval.features import parse_models
+        from .eval.suite import SuiteSettings, run_suite
+        from .eval.tasks import find_tasks
+        from .train import report
+
+        try:
+            shot_counts = tuple(int(s) for s in shots.split(",") if s.strip())
+        except ValueError:
+            raise TolError(f"--shots: comma-separated whole numbers such as 0,1,5, got {shots!r}") from None
+        if not shot_counts or min(shot_counts) < 0:
+            raise TolError(f"--shots: comma-separated whole numbers such as 0,1,5, got {shots!r}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        specs = parse_models(models)
+        chosen = find_tasks(tasks)
+        settings = SuiteSettings(shots=shot_counts, folds=folds, text_type=text_type, templates=templates,
+                                 batch_size=batch_size)
+        bar = None if quiet else _SuiteProgress()
+        try:
+            doc = run_suite(specs, chosen, images_root=images_root, cache_dir=cache or out / "cache",
+                            settings=settings, skip_missing=tasks.strip() == "all", progress=bar)
+        finally:
+            if bar is not None:
+                bar.stop()
+        Console(width=max(120, Console().width)).print(report.suite_table(doc))
+        for name, why in doc["missing_tasks"].items():
+            console.print(safe_text(f"  not scored: {name} ({why})"), soft_wrap=True)
+        from .fileio import write_text_atomic
+
+        write_text_atomic(out / "table.md", report.suite_markdown(doc))
+        write_text_atomic(out / "table.csv", report.suite_csv(doc))
+        report.write_json(doc, out / "results.json")
+        console.print(safe_text(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'results.json'} "
+                                f"({doc['seconds']:.1f} s)"))
+    except TolError as e:
+        _fail(e)
+
+
+class _SuiteProgress:
+    """A rich progress bar per (model, task) whose images are being encoded."""
+
+    def __init__(self) -> None:
+        from rich.progress import Progress
+
+        self.progress = Progress(console=console, transient=True)
+        self.task = None
+
+    def start(self, what: str, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(safe_text(f"images {what}"), total=total)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
 def _not_yet(command: str, what: str) -> None:
     console.print(styled((f"tol {command}", "yellow"), f": {what} is not part of this version yet."))
     raise typer.Exit(2)

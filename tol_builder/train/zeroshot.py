@@ -160,3 +160,32 @@ def zero_shot(model, tokenize, data: EvalData, *, text_type: str = "taxon_com", 
     return {"task": "zero-shot", "data": data.name, "n_images": len(labels), "n_classes": len(classes),
             "chance": 1.0 / len(classes), "text_type": text_type, "templates": len(templs),
             "logit_scale": scale, "skipped": dict(data.skipped), "levels": levels}
+
+
+def class_scores(logits: torch.Tensor, y, classes: list[str], *, ks=(1, 5), bootstrap: int = 1000, seed: int = 0,
+                 confusions: int = 20) -> dict:
+    """Zero-shot scores on a benchmark's own classes from logits [N, C] and true class indices y [N]: top-k,
+    a bootstrap 95% interval of top-1 (images resampled with replacement, seeded), per-class top-1 and the most
+    frequent confusion pairs (true -> predicted)."""
+    import numpy as np
+
+    y_t = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == y_t[:, None]
+    out: dict = {f"top{k}": float(hits[:, :k].any(dim=1).double().mean()) for k in ks}
+    correct = hits[:, 0].numpy()
+    rng = np.random.default_rng(seed)
+    if bootstrap > 0 and len(correct):
+        means = np.stack([correct[rng.integers(0, len(correct), len(correct))].mean() for _ in range(bootstrap)])
+        out["top1_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    pred = top[:, 0].numpy()
+    yy = y_t.numpy()
+    out["per_class_top1"] = {c: float(correct[yy == i].mean()) for i, c in enumerate(classes) if (yy == i).any()}
+    wrong = pred != yy
+    pairs, counts = np.unique(np.stack([yy[wrong], pred[wrong]], 1), axis=0, return_counts=True) \
+        if wrong.any() else (np.zeros((0, 2), int), np.zeros(0, int))
+    order = np.argsort(-counts, kind="stable")[:confusions]
+    out["confusions"] = [{"true": classes[pairs[i, 0]], "predicted": classes[pairs[i, 1]], "count": int(counts[i])}
+                         for i in order]
+    out["chance"] = 1.0 / len(classes)
+    return out
