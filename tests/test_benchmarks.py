@@ -332,3 +332,61 @@ def test_eval_suite_named_task_without_images_names_the_folder(fixture_root, tmp
     r = run_cli("eval", "suite", "--models", "random:tol-tiny", "--tasks", "meta_album_fungi", "--images-root",
                 str(tmp_path), "--out", str(tmp_path / "out"), "--quiet")
     assert r.returncode == 1 and "meta_album/FNG_Mini" in r.stderr.replace("\n", "")
+
+
+# ---- issue 21 item 3 (follow-up): `tol eval` finds a build's run ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_build(tmp_path_factory):
+    """A tiny build (fixture shards of the demo taxa) with one run trained 2 steps under `tol demo`'s run name
+    `demo`, while the build's settings (none) say `train/default`."""
+    from train_fixtures import write_shards
+
+    from tol_builder.config import TrainConfig
+    from tol_builder.train.loop import train
+
+    build = tmp_path_factory.mktemp("tiny-build")
+    write_shards(build, "train", 2, per_shard=16)
+    write_shards(build, "val", 1, per_shard=16)
+    train(build, TrainConfig(model="tol-tiny", run_name="demo", batch_size=8, steps=2, lr=1e-3, warmup=1,
+                             workers=0, threads=1, log_every=1, shuffle_buffer=16, shuffle_initial=4,
+                             segment_samples=32, eval_batch_size=16), progress=False)
+    return build
+
+
+def test_eval_finds_the_builds_only_run_and_lists_several(trained_build, tmp_path):
+    import shutil
+
+    from conftest import run_cli
+
+    assert not (trained_build / "train" / "default").exists() and (trained_build / "train" / "demo").is_dir()
+    r = run_cli("eval", "zero-shot", str(trained_build), "--json", str(tmp_path / "z.json"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "z.json").read_text())
+    assert doc["model"].endswith("train/demo") and doc["n_images"] > 0
+    r = run_cli("eval", "few-shot", str(trained_build))
+    assert r.returncode == 0, r.stderr
+    # two runs and neither is the settings': the error lists both and says how to choose
+    other = trained_build / "train" / "other"
+    shutil.copytree(trained_build / "train" / "demo", other)
+    try:
+        r = run_cli("eval", "zero-shot", str(trained_build))
+        err = r.stderr.replace("\n", "")
+        assert r.returncode == 1 and "train/demo" in err and "train/other" in err and "--checkpoint" in err, err
+        # the settings' run is taken when it has a checkpoint
+        r = run_cli("eval", "zero-shot", str(trained_build), "--set", "run_name=other", "--json",
+                    str(tmp_path / "o.json"))
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "o.json").read_text())["model"].endswith("train/other")
+    finally:
+        shutil.rmtree(other)
+
+
+def test_eval_without_a_run_says_how_to_name_a_model(tmp_path):
+    from conftest import run_cli
+    from train_fixtures import write_shards
+
+    write_shards(tmp_path, "val", 1, per_shard=16)
+    r = run_cli("eval", "zero-shot", str(tmp_path))
+    err = r.stderr.replace("\n", "")
+    assert r.returncode == 1 and "no run with one" in err and "--model" in err and "Traceback" not in err, err

@@ -330,14 +330,14 @@ def _run_eval(task: str, target: Path, checkpoint: Optional[str], model: Optiona
               eval_set: Optional[str], set_: list[str], json_out: Optional[Path], plot: Optional[Path]) -> None:
     _require_train_extra()
     from .train import report
-    from .train.settings import load_settings, run_dir_of
+    from .train.settings import load_settings
 
     try:
         build_dir, cfg, _ = load_settings(target, set_)
-        from .train.evaluate import run_few_shot, run_zero_shot
+        from .train.evaluate import find_run, run_few_shot, run_zero_shot
 
         if not checkpoint and not model:
-            checkpoint = str(run_dir_of(build_dir, cfg))  # the run of the settings
+            checkpoint = str(find_run(build_dir, cfg))  # the settings' run, else the build's only run
         if not split and not eval_set:
             split = "val"
         run = run_zero_shot if task == "zero-shot" else run_few_shot

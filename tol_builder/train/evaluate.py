@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..errors import TolError
+from . import checkpoint as ckpt
 from . import distributed, fewshot, models
 from .evalsets import eval_data
 from .zeroshot import Classes, class_key, image_features, zero_shot
@@ -25,6 +27,32 @@ def _setup(build_dir: Path, cfg: TrainConfig, checkpoint: str, model_name: str, 
     data = eval_data(build_dir, split=split, eval_set=eval_set, size=models.image_size(model),
                      batch_size=cfg.eval_batch_size)
     return model.to(device), models.tokenizer(tok_name), device, data
+
+
+def runs_of(build_dir: Path) -> list[Path]:
+    """The run folders of a build that hold a checkpoint (BUILD/train/<run_name>), sorted by name."""
+    root = Path(build_dir) / "train"
+    return sorted(p for p in root.iterdir() if p.is_dir() and ckpt.latest(p) is not None) if root.is_dir() else []
+
+
+def find_run(build_dir: Path, cfg: TrainConfig) -> Path:
+    """The run to evaluate when no checkpoint or model is named: the settings' run when it has a checkpoint,
+    else the build's only run (`tol demo` trains `train/demo`, the default settings say `train/default`);
+    with several runs, or none, the error lists what there is and how to choose."""
+    from .settings import run_dir_of
+
+    wanted = run_dir_of(build_dir, cfg)
+    if ckpt.latest(wanted) is not None or (wanted / ckpt.CONFIG_FILE).is_file():
+        return wanted
+    found = runs_of(build_dir)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise TolError(f"{wanted}: no checkpoint, and {Path(build_dir) / 'train'} holds no run with one; train "
+                       "one (tol train), or name a model with --checkpoint FOLDER or --model ARCH")
+    raise TolError(f"{wanted}: no checkpoint; the build has {len(found)} runs: "
+                   + ", ".join(str(p) for p in found) + "; choose one with --checkpoint RUN_FOLDER "
+                   "(or --set run_name=NAME)")
 
 
 def _describe(checkpoint: str, model_name: str) -> str:
