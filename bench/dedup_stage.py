@@ -1,6 +1,14 @@
-"""The dedup stage at full size: 100,000 evaluation hashes against 10,000,000 pool hashes, through the real
-stage (its runner tasks on tol's own LocalCluster of 2 workers x 1 thread), plus the within-pool search
-over the same 10M pool that the stage runs beside the matching.
+"""The dedup stage at full size: 100,000 evaluation hashes (each with its edit variants, issue 22) against
+10,000,000 pool hashes, through the real stage (its runner tasks on tol's own LocalCluster of 2 workers x 1
+thread), plus the within-pool search over the same 10M pool that the stage runs beside the matching; and
+the cost of hashing evaluation images' variants (`--hash-images`, real JPEGs through the stage's
+dedup.variants tasks).
+
+Variants: every evaluation image has --variants hashes beside its own (default: 7 dihedral + the grid of
+tol_builder/dedup/variants.py). They are synthetic here (the evaluation media hold no pixels): the
+evaluation benchmark is drawn for images x (1 + variants) codes, code r belonging to image r % images (r <
+images: its own hash), and handed to the stage as variant tables (`dedup.match(..., variants_from=)`); the
+planted near duplicates land on own hashes and variants alike and must all be found, with the image's uid.
 
 Data (synthetic, bench/synth_pdq.py): PDQ hashes clustered like real ones, with planted near duplicates of
 evaluation hashes at exactly 0..10 bits (must all be found), decoys at 11..14 (must not) and hard negatives
@@ -12,7 +20,8 @@ reconciling real images) are not part of this figure: they run on its ~100K imag
 Baseline in the same run: a vectorised numpy brute force (XOR + popcount over 64-bit words) of --brute pool
 hashes against all evaluation hashes, per query, against the stage's matching wall time per pool hash.
 
-    python bench/dedup_stage.py [--pool 10000000] [--eval 100000] [--workdir /tmp/tol-bench-dedup-stage]
+    python bench/dedup_stage.py [--pool 10000000] [--eval 100000] [--variants N] [--workdir /tmp/tol-bench-dedup-stage]
+    python bench/dedup_stage.py --parts hash --hash-images 5000   # variant hashing, extrapolated to 100,000
 """
 
 from __future__ import annotations
@@ -67,11 +76,32 @@ def media_table(uids: pa.Array, source: str, codes: np.ndarray, rng: np.random.G
                      "pdq": hex_strings(codes), "pdq_quality": pa.array(np.full(n, 100, np.int32))})
 
 
-def write_build(out: Path, data: dict, rows_per_file: int) -> None:
+def write_build(out: Path, data: dict, rows_per_file: int, n_images: int | None = None,
+                variants_dir: Path | None = None) -> None:
+    """The pool's and the evaluation set's media; with n_images, codes past the first n_images are variants
+    (code r of image r % n_images) written as variant tables into variants_dir."""
+    from tol_builder.dedup.match import VARIANT_SCHEMA
+    from tol_builder.dedup.variants import DIHEDRAL, GRID, method_of
     from tol_builder.records import RECORD_SCHEMA
 
     rng = np.random.default_rng(11)
     pool, ev = data["pool"], data["eval"]
+    if n_images is not None and variants_dir is not None:
+        names = [n for n in DIHEDRAL if n != "identity"] + list(GRID)
+        k = len(ev) // n_images - 1
+        names = (names * (k // len(names) + 1))[:k]
+        variants_dir.mkdir(parents=True, exist_ok=True)
+        image_uids = uids_of(2, np.arange(n_images))
+        step = n_images * 4
+        for part, lo in enumerate(range(n_images, len(ev), step)):
+            rows = np.arange(lo, min(lo + step, len(ev)))
+            var = np.array(names, dtype=object)[rows // n_images - 1]
+            pq.write_table(pa.table({
+                "eval_uid": image_uids.take(pa.array(rows % n_images)), "variant": pa.array(var, pa.string()),
+                "method": pa.array([method_of(v) for v in var], pa.string()), "pdq": hex_strings(ev[rows]),
+                "pdq_quality": pa.array(np.full(rows.size, 100, np.int32))}, schema=VARIANT_SCHEMA),
+                variants_dir / f"part{part:04d}.parquet")
+        ev = ev[:n_images]
     d = out / "media" / "pool"
     d.mkdir(parents=True)
     for k, lo in enumerate(range(0, len(pool), rows_per_file)):
@@ -126,6 +156,60 @@ def brute_force_us_per_query(queries: np.ndarray, ev: np.ndarray, r: int) -> tup
     return (time.perf_counter() - t0) / len(queries) * 1e6, found
 
 
+def hash_part(args) -> dict:
+    """Hash the variants of --hash-images evaluation images (real JPEGs: bench/fetch_images.py, 256-640 px,
+    photographs-alike, as stored copies) through the stage's dedup.variants tasks on the LocalCluster of 2
+    workers x 1 thread; extrapolated linearly to 100,000 images."""
+    from fetch_images import make_images
+    from tol_builder import dedup
+    from tol_builder.cluster import close_client, get_client
+    from tol_builder.config import ClusterConfig, SourceConfig, Workflow
+    from tol_builder.context import BuildContext
+    from tol_builder.runner import Runner, read_markers
+
+    work = Path(args.workdir) / "hash"
+    shutil.rmtree(work / "build", ignore_errors=True)
+    out = work / "build"
+    paths = make_images(work / "images", args.hash_images, seed=args.seed)
+    rng = np.random.default_rng(12)
+    per_file = max(1, args.hash_images // 10)  # ten media files: ten tasks, as fetch writes chunks
+    d = out / "evalsets" / "media" / "bench"
+    d.mkdir(parents=True)
+    for part, lo in enumerate(range(0, len(paths), per_file)):
+        chunk = paths[lo:lo + per_file]
+        t = media_table(uids_of(2, np.arange(lo, lo + len(chunk))), "bench",
+                        rng.integers(0, 256, (len(chunk), 32), dtype=np.uint8), rng)
+        t = t.append_column("jpeg", pa.array([p.read_bytes() for p in chunk], pa.binary()))
+        pq.write_table(t, d / f"part{part:04d}.parquet")
+    (out / "media" / "pool").mkdir(parents=True)  # an empty pool: only the variants and the index are timed
+    (work / "workflow.toml").write_text("# bench\n")
+    wf = Workflow(name="bench", out=str(out), sources=[SourceConfig(name="eol", manifest="none.toml", id="pool")],
+                  path=work / "workflow.toml", cluster=ClusterConfig(n_workers=2, threads_per_worker=1))
+    holds = {"bench": {"hold_images": True, "hold_species": "none", "same_ids_as": ""}}
+    load = os.getloadavg()
+    client = get_client(wf.cluster)
+    try:
+        ctx = BuildContext(wf, out, Runner(out, client, progress=False), None, threads=1)
+        settings = dedup.settings_of(ctx)
+        t0 = time.perf_counter()
+        counters = dedup.match(ctx, [], settings, holds=holds, parts=("match",))
+        wall = time.perf_counter() - t0
+    finally:
+        close_client(client)
+    task_s = sum(v["seconds"] for v in read_markers(out, dedup.VARIANTS_STAGE).values())
+    result = {"images": args.hash_images, "variants": counters.get("eval_variants"),
+              "variants_per_image": round(counters.get("eval_variants", 0) / max(1, args.hash_images), 2),
+              "stage_wall_s": round(wall, 1), "variant_task_seconds_sum": round(task_s, 1),
+              "ms_per_image_per_core": round(1000 * task_s / args.hash_images, 2),
+              "extrapolated_100k_wall_min": round(wall * 100_000 / args.hash_images / 60, 1),
+              "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in os.getloadavg()],
+              "counters": {k: v for k, v in counters.items() if k.startswith("eval_")}}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "dedup_stage_hash.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", type=int, default=10_000_000)
@@ -134,7 +218,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--brute", type=int, default=5_000, help="pool hashes brute-forced for the baseline")
     ap.add_argument("--workdir", default="/tmp/tol-bench-dedup-stage")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", type=int, default=None, help="variant hashes per evaluation image (default: 7 "
+                    "dihedral + the grid of tol_builder/dedup/variants.py; 0: none, as before issue 22)")
+    ap.add_argument("--parts", default="match,pool", help="match (the bar), pool (within-pool search, beside it), "
+                    "hash (variant hashing of --hash-images real JPEGs)")
+    ap.add_argument("--hash-images", type=int, default=5_000)
     args = ap.parse_args(argv)
+    parts = args.parts.split(",")
+    if "hash" in parts:
+        hash_part(args)
+    if "match" not in parts:
+        return
+    from tol_builder.dedup.variants import GRID
+
+    k = 7 + len(GRID) if args.variants is None else args.variants
 
     from tol_builder import dedup
     from tol_builder.cluster import close_client, get_client
@@ -146,8 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(work, ignore_errors=True)
     out = work / "build"
     t = time.perf_counter()
-    data = evaluation_benchmark(args.eval, args.pool, args.seed)
-    write_build(out, data, args.rows_per_file)
+    data = evaluation_benchmark(args.eval * (1 + k), args.pool, args.seed)
+    write_build(out, data, args.rows_per_file, n_images=args.eval, variants_dir=work / "variants")
     prep_s = time.perf_counter() - t
     (work / "workflow.toml").write_text("# bench\n")
     wf = Workflow(name="bench", out=str(out), sources=[SourceConfig(name="eol", manifest="none.toml", id="pool")],
@@ -164,34 +261,41 @@ def main(argv: list[str] | None = None) -> None:
         # 1. the bar: index the evaluation hashes once, match the pool against them (and the species holds)
         with PeakRSS() as rss:
             t1 = time.perf_counter()
-            counters = dedup.match(ctx, [], settings, holds=holds, parts=("match",))
+            counters = dedup.match(ctx, [], settings, holds=holds, parts=("match",),
+                                   variants_from=str(work / "variants"))
             t2 = time.perf_counter()
-        tasks = {k: v["seconds"] for st in (dedup.INDEX_STAGE, dedup.STAGE) for k, v in read_markers(out, st).items()}
+        tasks = {key: v["seconds"] for st in (dedup.INDEX_STAGE, dedup.STAGE) for key, v in read_markers(out, st).items()}
         excl = pq.read_table(out / "dedup" / "exclusions.parquet", columns=["uid", "eval_uid", "distance"])
         # 2. reported beside it: duplicates inside the pool, the same 10M hashes against each other
-        with PeakRSS() as rss_pool:
-            t3 = time.perf_counter()
-            pool_counters = dedup.match(ctx, [], settings, holds=holds, parts=("pool",))
-            t4 = time.perf_counter()
+        t3 = t4 = time.perf_counter()
+        pool_counters, rss_pool = {}, PeakRSS()
+        if "pool" in parts:
+            with rss_pool:
+                t3 = time.perf_counter()
+                pool_counters = dedup.match(ctx, [], settings, holds=holds, parts=("pool",))
+                t4 = time.perf_counter()
     finally:
         close_client(client)
-    match_s = sum(v for k, v in tasks.items() if k.startswith("match."))
-    pool_s = next(v["seconds"] for k, v in read_markers(out, dedup.STAGE).items() if k.startswith("pool."))
+    match_s = sum(v for key, v in tasks.items() if key.startswith("match."))
+    pool_s = next((v["seconds"] for key, v in read_markers(out, dedup.STAGE).items() if key.startswith("pool.")), 0)
     # correctness against the planted truth (the exclusions of the matching run)
     pool_uid = uids_of(1, data["pool_row"].astype(np.int64)).to_numpy(zero_copy_only=False)
-    eval_uid = uids_of(2, data["eval_row"].astype(np.int64)).to_numpy(zero_copy_only=False)
+    eval_uid = uids_of(2, data["eval_row"].astype(np.int64) % args.eval).to_numpy(zero_copy_only=False)
     found = set(zip(excl.column("uid").to_pylist(), excl.column("eval_uid").to_pylist()))
     kind = data["kind"]
     hit = np.array([(p, e) in found for p, e in zip(pool_uid, eval_uid)])
     brute_us, _ = brute_force_us_per_query(brute_queries, ev_codes, 10)
     stage_us = (t2 - t1) / args.pool * 1e6
     result = {
-        "pool": args.pool, "eval": args.eval, "rows_per_file": args.rows_per_file, "cpus": os.cpu_count(),
-        "load_before": [round(x, 2) for x in load], "data_prep_s": round(prep_s, 1),
+        "pool": args.pool, "eval": args.eval, "variants_per_image": k, "eval_codes": args.eval * (1 + k),
+        "planted_on_variants": int((data["eval_row"][kind == 0] >= args.eval).sum()),
+        "rows_per_file": args.rows_per_file, "cpus": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in os.getloadavg()],
+        "data_prep_s": round(prep_s, 1),
         "match_wall_s": round(t2 - t1, 1), "match_peak_rss_gb_process_tree": round(rss.peak / 1e9, 2),
         "within_pool_wall_s": round(t4 - t3, 1), "within_pool_peak_rss_gb_process_tree": round(rss_pool.peak / 1e9, 2),
-        "task_seconds": {"index": round(sum(v for k, v in tasks.items() if k.startswith("index.")), 1),
-                         "match_sum": round(match_s, 1), "match_tasks": sum(k.startswith("match.") for k in tasks),
+        "task_seconds": {"index": round(sum(v for key, v in tasks.items() if key.startswith("index.")), 1),
+                         "match_sum": round(match_s, 1), "match_tasks": sum(key.startswith("match.") for key in tasks),
                          "pool_within": round(pool_s, 1)},
         "planted_near": int((kind == 0).sum()), "planted_recall": float(hit[kind == 0].mean()),
         "decoys": int((kind == 1).sum()), "decoys_matched": int(hit[kind == 1].sum()),
@@ -199,10 +303,11 @@ def main(argv: list[str] | None = None) -> None:
         "candidates_per_query": round(counters.get("pdq_candidates", 0) / max(1, counters.get("pool_checked", 1)), 4),
         "brute_us_per_query": round(brute_us, 1), "stage_us_per_query": round(stage_us, 3),
         "speed_ratio_vs_brute_force": round(brute_us / stage_us, 1),
-        "within_pool": {k: v for k, v in pool_counters.items() if k.startswith("pool_")},
+        "within_pool": {key: v for key, v in pool_counters.items() if key.startswith("pool_")},
+        "counters": {key: v for key, v in counters.items() if key.startswith(("eval_", "matched_", "pdq_"))},
     }
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "dedup_stage.json").write_text(json.dumps(result, indent=2))
+    (HERE / "results" / f"dedup_stage{'' if k else '_novariants'}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

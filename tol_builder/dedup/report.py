@@ -66,11 +66,15 @@ def write_report(out: Path, path: Path | None = None, max_pairs: int = 500) -> t
         raise TolError(f"{out}: no dedup results in the catalog (run the dedup stage: tol build WORKFLOW "
                        "--stages dedup)") from None
     e = esc = html.escape
-    near_total = catalog.query(out, "SELECT count(*) AS n FROM exclusions WHERE method = 'pdq' AND eval_uid IS NOT "
-                                    "NULL AND reason = 'near_duplicate'").column("n")[0].as_py()
-    near = catalog.query(out, """SELECT x.uid, x.eval_uid AS other, x.eval_set, x.eval_id, x.distance, r.source,
-            r.source_id FROM exclusions x JOIN records r USING (uid)
-        WHERE x.method = 'pdq' AND x.reason = 'near_duplicate' ORDER BY x.distance, x.uid, x.eval_uid LIMIT $n""",
+    near_total = catalog.query(out, "SELECT count(*) AS n FROM exclusions WHERE starts_with(method, 'pdq') AND "
+                                    "eval_uid IS NOT NULL AND reason = 'near_duplicate'").column("n")[0].as_py()
+    # a build whose dedup stage ran before exclusions had `variant` (issue 22) still gets its page
+    has_variant = "variant" in catalog.query(out, "SELECT * FROM exclusions LIMIT 0").column_names
+    near = catalog.query(out, f"""SELECT x.uid, x.eval_uid AS other, x.eval_set, x.eval_id, x.distance, r.source,
+            r.source_id, x.method, {'x.variant' if has_variant else 'NULL::VARCHAR AS variant'}
+        FROM exclusions x JOIN records r USING (uid)
+        WHERE starts_with(x.method, 'pdq') AND x.reason = 'near_duplicate' ORDER BY x.distance, x.uid, x.eval_uid
+        LIMIT $n""",
                          {"n": max_pairs}).to_pylist()
     pool_total = catalog.query(out, "SELECT count(*) AS n FROM pool_duplicates WHERE method = 'pdq' AND uid <> "
                                     "cluster_id").column("n")[0].as_py()
@@ -103,14 +107,17 @@ font-weight:bold;text-align:center}} img{{display:block;max-width:{THUMB}px;max-
 </head><body>
 <h1>Duplicates of evaluation images: audit</h1>
 <p>Build <code>{e(str(out))}</code>. Near matches are PDQ Hamming distances over 256 bits; the stage's threshold
-decides what is excluded. Nearest first.</p>
+decides what is excluded. Nearest first. A match through a variant of the evaluation image (mirrored, turned,
+cropped, rotated, bordered, letterboxed: dedup/variants.py) names the variant: the pool image is compared with
+the evaluation image so edited.</p>
 <h2>Excluded images</h2>
 <table><tr><th>reason</th><th>evaluation set</th><th>method</th><th>images</th></tr>{counts}</table>
 <h2 id="near">Near matches: pool image beside the evaluation image ({len(near):,} of {near_total:,})</h2>
 <table><tr><th>distance</th><th>pool image</th><th>evaluation image</th><th>ids</th></tr>
 {_pair_rows(pool_jpegs, eval_jpegs, near, lambda r: f"pool {e(r['source'])}:{e(r['source_id'])}<br>uid {e(r['uid'])}<br>"
-            f"eval {e(r['eval_set'])}:{e(r['eval_id'])}")}
-</table>{more(left_near, "SELECT * FROM exclusions WHERE method = 'pdq' ORDER BY distance")}
+            f"eval {e(r['eval_set'])}:{e(r['eval_id'])}<br>matched {e(r['method'])}"
+            + (f" (variant {e(r['variant'])})" if r.get("variant") else ""))}
+</table>{more(left_near, "SELECT * FROM exclusions WHERE starts_with(method, 'pdq') ORDER BY distance")}
 <h2 id="pool">Near copies inside the pool, beside their cluster's representative ({len(pool):,} of {pool_total:,})</h2>
 <table><tr><th>distance</th><th>image</th><th>representative</th><th>ids</th></tr>
 {_pair_rows(pool_jpegs, pool_jpegs, pool, lambda r: f"{e(r['source'])}:{e(r['source_id'])}<br>uid {e(r['uid'])}<br>"

@@ -34,13 +34,17 @@ from PIL import Image, ImageOps
 # rot90), flipped top-bottom, mirrored left-right, transposed, anti-transposed
 DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip_vertical", "mirror", "transpose", "transverse")
 
-# the grid (bench/README_dedup.md, "Edit-robust matching": smallest grid meeting the recall bars at the
-# false-match bar); the bench measures it and alternatives through `edit`
+# the grid: chosen by bench/pdq_robustness.py --parts edits (bench/README_dedup.md, "Edit-robust matching"),
+# greedily from 56 candidates, the fewest variants per class that bring crops of 1/2/5% per edge and of random
+# strengths up to 5%, rotations of 1/2/3 degrees and random up to 3, borders of 2/5/10% and random up to 10%
+# to 95% recall or as near as the candidates go (PDQ moves ~10 bits per 0.5% of crop mismatch: the steps
+# are fine); letterboxes that catch letterboxed copies the rest miss. 40 variants, ~1 ms each.
 GRID = (
-    "crop1", "crop2", "crop3", "crop4", "crop5",
-    "rotate-3", "rotate-2", "rotate-1", "rotate+1", "rotate+2", "rotate+3",
-    "border_black2", "border_black5", "border_black10", "border_white2", "border_white5", "border_white10",
-    "letterbox_black_4x3", "letterbox_black_16x9",
+    "crop1", "crop1.5", "crop2", "crop3", "crop4", "crop4.5", "crop5",
+    "rotate+1", "rotate-1", "rotate+1.5", "rotate-1.5", "rotate+2", "rotate-2", "rotate+2.5", "rotate-2.5",
+    "rotate+3", "rotate-3",
+    *(f"border_{colour}{b}" for colour in ("black", "white") for b in range(1, 11)),
+    "letterbox_black_4x3", "letterbox_black_16x9", "letterbox_white_4x3",
 )
 
 METHODS = {"identity": "pdq", "rot90": "pdq_rot90", "rot180": "pdq_rot90", "rot270": "pdq_rot90",
@@ -164,7 +168,9 @@ def grid_hashes_exact(rgb: Image.Image, grid: tuple[str, ...] = GRID) -> Iterato
         yield name, h, q
 
 
-WORK_SIDE = 256  # working resolution of the fast path (the canonical input's floor: imaging.PDQ_DECODE_LONG)
+# working resolution of the grid: the longer side every edit starts from. Measured (bench/README_dedup.md):
+# 128 (2x PDQ's 64) recalls as well as 256 (the canonical input's floor) and costs a variant ~30% less
+WORK_SIDE = 128
 
 
 def _pdq(small: Image.Image) -> tuple[str, int]:
@@ -190,51 +196,69 @@ def _padded_box(img: Image.Image, bx: float, by: float, colour: str) -> tuple[Im
     return canvas, (ix - bx, iy - by, ix + w + bx, iy + h + by)
 
 
+ROTATE_SIDE = 192  # the affine map's square output (3x the 64 px of PDQ: little aliasing, then antialiased)
+
+
+def _rotated_square(img: Image.Image, degrees: float) -> Image.Image:
+    """The canonical 64 x 64 of `rotate_fill(img, degrees)` without making it: one affine map (bicubic) from
+    the image to a ROTATE_SIDE square covering the fill-crop, then the canonical resize. Pillow's rotate maps
+    an output point (x, y) from the centre to the source point (x cos t - y sin t, x sin t + y cos t)."""
+    from ..fetch.imaging import PDQ_FILTER, PDQ_REDUCING_GAP, PDQ_SIDE
+
+    w, h = img.size
+    a = math.radians(abs(degrees))
+    scale = min(w / (w * math.cos(a) + h * math.sin(a)), h / (w * math.sin(a) + h * math.cos(a)))
+    cw, ch = w * scale, h * scale
+    t = math.radians(degrees)
+    ct, st = math.cos(t), math.sin(t)
+    sx, sy = cw / ROTATE_SIDE, ch / ROTATE_SIDE
+    ox, oy = -cw / 2, -ch / 2  # Pillow samples output pixel centres (u + 0.5): the box starts at its corner
+    matrix = (ct * sx, -st * sy, w / 2 + ct * ox - st * oy, st * sx, ct * sy, h / 2 + st * ox + ct * oy)
+    square = img.transform((ROTATE_SIDE, ROTATE_SIDE), Image.Transform.AFFINE, matrix,
+                           resample=Image.Resampling.BICUBIC)
+    return square.resize((PDQ_SIDE, PDQ_SIDE), PDQ_FILTER, reducing_gap=PDQ_REDUCING_GAP)
+
+
 def grid_hashes(rgb: Image.Image, grid: tuple[str, ...] = GRID) -> Iterator[tuple[str, str, int]]:
     """(variant, pdq hex, quality) of each grid edit of `rgb` that applies (letterboxes may not), fast.
 
-    Crops, borders and letterboxes go straight to 64 x 64 by one resize of a float box of the image (padded by
-    whole pixels for bars): the canonical squash of the edited image without making it. Rotations turn an
-    aspect-kept copy of longer side at most WORK_SIDE (the canonical input's floor) and resize the
-    fill-crop's float box. Agreement with `grid_hashes_exact`: bench/README_dedup.md."""
+    Every edit starts from one aspect-kept reduction of the image to longer side WORK_SIDE (when larger; the
+    geometry stays the full image's). Crops, borders and letterboxes then go straight to 64 x 64 by one
+    resize of a float box (padded by whole pixels for bars): the canonical squash of the edited image
+    without making it; rotations by one affine map (`_rotated_square`). Agreement with the pool's hashes of
+    such edits: bench/README_dedup.md."""
     from ..fetch.imaging import PDQ_FILTER, PDQ_REDUCING_GAP
 
     rgb = rgb if rgb.mode == "RGB" else rgb.convert("RGB")
     w, h = rgb.size
-    kept = None
+    if WORK_SIDE < max(w, h):
+        k = WORK_SIDE / max(w, h)
+        rgb = rgb.resize((max(8, round(w * k)), max(8, round(h * k))), PDQ_FILTER, reducing_gap=PDQ_REDUCING_GAP)
+    sx, sy = rgb.width / w, rgb.height / h  # full-image pixels -> working pixels
+    ww, wh = rgb.size
     for name in grid:
         m = _NAME.match(name)
         if m is None:
             raise ValueError(f"not a grid variant name: {name!r}")
         g = m.groups()
         if g[0]:  # centred crop
-            cx, cy = float(g[1]) / 100 * w, float(g[1]) / 100 * h
-            small = _box_resize(rgb, (cx, cy, w - cx, h - cy))
+            f = float(g[1]) / 100
+            small = _box_resize(rgb, (f * ww, f * wh, ww - f * ww, wh - f * wh))
         elif g[12]:  # off-centre crop
-            fx, fy, edges = float(g[13]) / 100 * w, float(g[13]) / 100 * h, g[12]
-            small = _box_resize(rgb, (fx if "l" in edges else 0, fy if "t" in edges else 0,
-                                      w - (fx if "r" in edges else 0), h - (fy if "b" in edges else 0)))
-        elif g[4]:  # border: the same width on every edge
+            f, edges = float(g[13]) / 100, g[12]
+            small = _box_resize(rgb, (f * ww if "l" in edges else 0, f * wh if "t" in edges else 0,
+                                      ww - (f * ww if "r" in edges else 0), wh - (f * wh if "b" in edges else 0)))
+        elif g[4]:  # border: the same width on every edge, in the full image's pixels (as add_border)
             b = max(1.0, float(round(float(g[6]) / 100 * (w + h) / 2)))
-            small = _box_resize(*_padded_box(rgb, b, b, g[5]))
+            small = _box_resize(*_padded_box(rgb, b * sx, b * sy, g[5]))
         elif g[7]:  # letterbox
             target = int(g[9]) / int(g[10])
             if abs(w / h - target) <= LETTERBOX_TOLERANCE * target:
                 continue
             bx, by = ((h * target - w) / 2, 0.0) if w / h < target else (0.0, (w / target - h) / 2)
-            small = _box_resize(*_padded_box(rgb, bx, by, g[8]))
-        else:  # rotation with a centred fill-crop, on an aspect-kept copy
-            if kept is None:
-                k = WORK_SIDE / max(w, h)
-                kept = rgb if k >= 1 else rgb.resize((max(8, round(w * k)), max(8, round(h * k))), PDQ_FILTER,
-                                                      reducing_gap=PDQ_REDUCING_GAP)
-            degrees = float(g[3])
-            kw, kh = kept.size
-            turned = kept.rotate(degrees, resample=Image.Resampling.BICUBIC)
-            a = math.radians(abs(degrees))
-            scale = min(kw / (kw * math.cos(a) + kh * math.sin(a)), kh / (kw * math.sin(a) + kh * math.cos(a)))
-            cw, ch = kw * scale, kh * scale
-            small = _box_resize(turned, ((kw - cw) / 2, (kh - ch) / 2, (kw + cw) / 2, (kh + ch) / 2))
+            small = _box_resize(*_padded_box(rgb, bx * sx, by * sy, g[8]))
+        else:  # rotation with a centred fill-crop
+            small = _rotated_square(rgb, float(g[3]))
         yield (name, *_pdq(small))
 
 
