@@ -390,3 +390,106 @@ def test_eval_without_a_run_says_how_to_name_a_model(tmp_path):
     r = run_cli("eval", "zero-shot", str(tmp_path))
     err = r.stderr.replace("\n", "")
     assert r.returncode == 1 and "no run with one" in err and "--model" in err and "Traceback" not in err, err
+
+
+# ---- issue 21 tests: a random-init model at chance; an open_clip checkpoint folder (HF snapshot) -------------
+
+N_CHANCE_CLASSES, N_CHANCE_PER_CLASS = 40, 50  # 2,000 images
+
+
+def test_random_init_model_scores_at_chance_within_four_binomial_sds(tmp_path):
+    """Images carry no trace of their class (every image the same noise distribution), so any model's hits are
+    Bernoulli(k / C) per image whatever the model does: top-1 ~ Binomial(n, 1/C) / n, SD sqrt(p (1 - p) / n)
+    (C = 40, n = 2,000: p = 2.5 %, SD 0.35 points; top-5 p = 12.5 %, SD 0.74). A score beyond 4 SD (a chance of
+    6e-5 for a correct pipeline) means labels leak into the scores (an ordering or alignment bug). Few-shot:
+    each fold tests n - k C images; the mean of 5 folds is held to 4 SD of one fold."""
+    from tol_builder.eval import features as F
+    from tol_builder.eval.suite import SuiteSettings, run_suite
+
+    rng = np.random.default_rng(7)
+    root = tmp_path / "chance"
+    rows = []
+    from PIL import Image
+
+    for c in range(N_CHANCE_CLASSES):
+        name = f"Genus{c:02d} species{c:02d}"
+        (root / f"c{c:02d}").mkdir(parents=True)
+        for i in range(N_CHANCE_PER_CLASS):
+            rel = f"c{c:02d}/{i}.png"
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / rel)
+            rows.append([len(rows), rel, name])
+    _write_csv(root / "metadata.csv", ["", "filepath", "class"], rows)
+    manifest = tmp_path / "chance.toml"
+    manifest.write_text('source = "table"\n[benchmark]\nname = "chance"\nimages = "chance"\n'
+                        '[[files]]\nname = "metadata.csv"\nrole = "metadata"\n')
+    doc = run_suite(F.parse_models("random:tol-tiny"), T.find_tasks(str(manifest)), images_root=tmp_path,
+                    cache_dir=None, settings=SuiteSettings(shots=(0, 1, 5), folds=5, bootstrap=200))
+    r = doc["results"]["random:tol-tiny"]["chance"]
+    n, C = N_CHANCE_CLASSES * N_CHANCE_PER_CLASS, N_CHANCE_CLASSES
+    assert r["n_images"] == n and r["n_classes"] == C
+
+    def sd(p, m):
+        return (p * (1 - p) / m) ** 0.5
+
+    z = r["zero_shot"]
+    assert abs(z["top1"] - 1 / C) <= 4 * sd(1 / C, n), z["top1"]
+    assert abs(z["top5"] - 5 / C) <= 4 * sd(5 / C, n), z["top5"]
+    for k in (1, 5):
+        m = n - k * C
+        acc = r["few_shot"][f"{k}-shot"]["mean"]
+        assert abs(acc - 1 / C) <= 4 * sd(1 / C, m), (k, acc)
+
+
+def _hf_snapshot(cache_root, model, model_cfg, revision="0123456789abcdef"):
+    """A model saved as open_clip's push_to_hf_hub saves it (open_clip_config.json with model_cfg and
+    preprocess_cfg; open_clip_pytorch_model.bin and open_clip_model.safetensors), laid out as the Hugging Face
+    cache holds a download: snapshots/<revision>/<file> symlinks to blobs/<sha256>."""
+    import hashlib
+    import importlib
+    from pathlib import Path
+
+    import safetensors.torch
+    import torch
+
+    hf = importlib.import_module("open_clip.push_to_hf_hub")
+    repo = cache_root / "models--imageomics--bioclip-fixture"
+    staging, blobs, snap = repo / "staging", repo / "blobs", repo / "snapshots" / revision
+    staging.mkdir(parents=True)
+    tensors = model.state_dict()
+    torch.save(tensors, staging / hf.HF_WEIGHTS_NAME)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, staging / hf.HF_SAFE_WEIGHTS_NAME)
+    hf.save_config_for_hf(model, staging / hf.HF_CONFIG_NAME, model_config=model_cfg)
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    for f in staging.iterdir():
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        f.rename(blobs / digest)
+        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / digest)
+    staging.rmdir()
+    return snap
+
+
+def test_open_clip_checkpoint_folder_a_hf_snapshot_loads_through_the_suite(fixture_root, tmp_path):
+    from conftest import run_cli
+    from tol_builder.train import models
+
+    model = models.build("tol-tiny", seed=5)
+    snap = _hf_snapshot(tmp_path / "hub", model, models.model_config("tol-tiny"))
+    assert (snap / "open_clip_config.json").is_symlink() and (snap / "open_clip_pytorch_model.bin").is_file()
+    manifests = ",".join(str(p) for p in sorted((fixture_root / "manifests").glob("*.toml")))
+    out = tmp_path / "out"
+    r = run_cli("eval", "suite", "--models", f"snap={snap},file=tol-tiny:{snap / 'open_clip_pytorch_model.bin'},"
+                "random:tol-tiny", "--tasks", manifests, "--shots", "0,1", "--images-root", str(fixture_root),
+                "--out", str(out), "--quiet", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    res = doc["results"]
+    # the folder's weights and its preprocess_cfg were used: the same numbers as its weights file through
+    # tol-tiny's own config, on the tasks whose text type is the same for both families
+    for task in ("fix_ma", "fix_birds"):
+        assert res["snap"][task]["zero_shot"] == res["file"][task]["zero_shot"]
+        assert res["snap"][task]["few_shot"] == res["file"][task]["few_shot"]
+    assert res["snap"]["fix_ma"]["zero_shot"] != res["random:tol-tiny"]["fix_ma"]["zero_shot"]  # seed 5, not 0
+    # a checkpoint folder is BioCLIP's family: Rare Species as taxon_com (a weights file: CLIP's com)
+    assert res["snap"]["fix_rare"]["text_type"] == "taxon_com" and res["file"]["fix_rare"]["text_type"] == "com"
+    assert next(m for m in doc["models"] if m["label"] == "snap")["kind"] == "checkpoint"
