@@ -472,6 +472,49 @@ class _SuiteProgress:
             self.progress.stop()
 
 
+@app.command("embed")
+def embed_cmd(model: str = typer.Argument(..., help="A checkpoint or run folder (or open_clip folder), "
+                                          "ARCH:WEIGHTS_FILE or random:ARCH (as tol eval suite --models)."),
+              source: str = typer.Argument(..., help="A benchmark task (name or manifest), an image folder (a "
+                                           "sub-folder per class) or a shard split folder (BUILD/shards/val)."),
+              out: Path = typer.Option(..., help="The embeddings parquet to write."),
+              images_root: Optional[Path] = typer.Option(None, help="For a task: the folder holding its images "
+                                                         "folder."),
+              plot: Optional[Path] = typer.Option(None, help="Also draw a 2-D t-SNE as a PNG (pip install -e "
+                                                  "'.\\[eval]')."),
+              color_by: str = typer.Option("label", help="Colour the t-SNE by label or a rank (kingdom ... "
+                                           "species)."),
+              max_points: int = typer.Option(10_000, min=3, help="t-SNE of at most this many (seeded sample)."),
+              seed: int = typer.Option(0),
+              batch_size: int = typer.Option(64, min=1),
+              quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Image embeddings as parquet (uid, path, label, ranks, embedding as a fixed-size list), and optionally a
+    t-SNE of them coloured by a rank, as BioCLIP's intrinsic evaluation."""
+    _require_train_extra()
+    try:
+        from .eval.embed import plot_tsne
+        from .eval.embed import embed as run_embed
+        from .eval.features import parse_models
+
+        specs = parse_models(model)
+        if len(specs) != 1:
+            raise TolError(f"tol embed: one model, got {len(specs)}")
+        bar = None if quiet else _SuiteProgress()
+        try:
+            done = run_embed(specs[0], source, out, images_root=images_root, batch_size=batch_size, progress=bar)
+        finally:
+            if bar is not None:
+                bar.stop()
+        console.print(safe_text(f"wrote {done['out']}: {done['rows']:,} embeddings of width {done['dim']} "
+                                f"({done['kind']}; {done['undecodable']:,} undecodable)"))
+        if plot is not None:
+            p = plot_tsne(out, plot, color_by=color_by, max_points=max_points, seed=seed)
+            console.print(safe_text(f"wrote {p['png']}: t-SNE of {p['points']:,} of {p['of']:,} points, "
+                                    f"{p['groups']:,} {color_by} groups"))
+    except TolError as e:
+        _fail(e)
+
+
 def _not_yet(command: str, what: str) -> None:
     console.print(styled((f"tol {command}", "yellow"), f": {what} is not part of this version yet."))
     raise typer.Exit(2)

@@ -8,4 +8,5 @@ label semantics, class strings) needs no torch, so a benchmark manifest can be c
 * features.py  models to evaluate (checkpoint folder, architecture + weights file, random init), image and class
                text features in batches with the model's own validation transform, cached on disk
 * suite.py     `tol eval suite`: zero-shot and few-shot of every model on every task, one table
+* embed.py     `tol embed`: image embeddings of a task, an image folder or a shard split as parquet; a t-SNE PNG
 """

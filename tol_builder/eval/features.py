@@ -165,20 +165,22 @@ class FeatureCache:
             Path(tmp).write_bytes(buf.getvalue())
 
 
-def _load_image(transform, path: Path):
+def _load_image(transform, path: Path | bytes):
+    """A file, or an encoded image's bytes (a shard member), through the transform; None if undecodable."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             return transform(im.convert("RGB"))
     except Exception:  # Pillow raises several types for a broken file: the image is left out and counted
         return None
 
 
 @torch.no_grad()
-def encode_images(model, paths: list[Path], *, batch_size: int = 64, device=torch.device("cpu"), workers: int = 2,
+def encode_images(model, paths: list[Path | bytes], *, batch_size: int = 64, device=torch.device("cpu"), workers: int = 2,
                   stats: Counter | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised features [N, D] float32, ok [N] bool): an undecodable image gets a zero row and ok False."""
+    """(normalised features [N, D] float32, ok [N] bool): an undecodable image gets a zero row and ok False.
+    `paths`: image files, or encoded images' bytes (tol embed on a shard split)."""
     transform = validation_transform(model)
     dim = None
     feats: list[np.ndarray] = []
@@ -206,7 +208,7 @@ def encode_images(model, paths: list[Path], *, batch_size: int = 64, device=torc
             if progress is not None:
                 progress(len(images))
     if dim is None:
-        raise TolError(f"none of the {len(paths):,} images could be decoded (first: {paths[0] if paths else '-'})")
+        raise TolError(f"none of the {len(paths):,} images could be decoded (first: {paths[0] if paths and not isinstance(paths[0], bytes) else '-'})")
     feats = [f if f.shape[1] == dim else np.zeros((f.shape[0], dim), np.float32) for f in feats]
     return np.concatenate(feats), ok
 
