@@ -493,3 +493,50 @@ def test_open_clip_checkpoint_folder_a_hf_snapshot_loads_through_the_suite(fixtu
     # a checkpoint folder is BioCLIP's family: Rare Species as taxon_com (a weights file: CLIP's com)
     assert res["snap"]["fix_rare"]["text_type"] == "taxon_com" and res["file"]["fix_rare"]["text_type"] == "com"
     assert next(m for m in doc["models"] if m["label"] == "snap")["kind"] == "checkpoint"
+
+
+# ---- issue 21 item 3: a text type per model (--text-types LABEL=TYPE) with BioCLIP's defaults ----------------
+
+def test_text_type_per_model_where_a_task_offers_it(fixture_root, tmp_path):
+    import torch
+
+    from conftest import run_cli
+    from tol_builder.eval import features as F
+    from tol_builder.eval.suite import SuiteSettings, run_suite
+    from tol_builder.train.models import build
+
+    weights = tmp_path / "w.bin"
+    torch.save(build("tol-tiny", seed=2).state_dict(), weights)
+    manifests = sorted((fixture_root / "manifests").glob("*.toml"))
+    out = tmp_path / "out"
+    r = run_cli("eval", "suite", "--models", f"bio=random:tol-tiny,clip=tol-tiny:{weights}", "--tasks",
+                ",".join(map(str, manifests)), "--shots", "0", "--images-root", str(fixture_root), "--out",
+                str(out), "--quiet", "--text-types", "bio=com,clip=taxon_com")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    res = doc["results"]
+    # swapped against the defaults on the task that offers both; Meta-Album offers neither: its class as is
+    assert res["bio"]["fix_rare"]["text_type"] == "com" and res["clip"]["fix_rare"]["text_type"] == "taxon_com"
+    assert res["bio"]["fix_ma"]["text_type"] == res["clip"]["fix_ma"]["text_type"] == "asis"
+    assert [m["text_type"] for m in doc["models"]] == ["com", "taxon_com"]
+    # the numbers are those of that text type: the same model scored with --text-type com on that task alone
+    rare = T.find_tasks(str(fixture_root / "manifests" / "fix_rare.toml"))
+    alone = run_suite(F.parse_models("random:tol-tiny"), rare, images_root=fixture_root, cache_dir=None,
+                      settings=SuiteSettings(shots=(0,), text_type="com"))
+    assert res["bio"]["fix_rare"]["zero_shot"] == alone["results"]["random:tol-tiny"]["fix_rare"]["zero_shot"]
+    default = run_suite(F.parse_models("random:tol-tiny"), rare, images_root=fixture_root, cache_dir=None,
+                        settings=SuiteSettings(shots=(0,)))
+    assert default["results"]["random:tol-tiny"]["fix_rare"]["text_type"] == "taxon_com"  # BioCLIP's default
+    # (a random model may rank the classes alike from either strings:) the class texts encoded were each
+    # model's type's, as the cache's entries per (task, text type) say
+    cached = {p.name for p in (out / "cache").rglob("fix_rare.text.*.npz")}
+    assert cached == {"fix_rare.text.com.openai.npz", "fix_rare.text.taxon_com.openai.npz"}
+    for m in doc["models"]:
+        folder = F.FeatureCache(out / "cache").model_dir(next(s for s in F.parse_models(
+            f"bio=random:tol-tiny,clip=tol-tiny:{weights}") if s.label == m["label"]))
+        assert {p.name for p in folder.glob("fix_rare.text.*")} == {f"fix_rare.text.{m['text_type']}.openai.npz"}
+    # unknown label or text type: one line naming the item
+    for bad, words in (("nobody=com", "no model labelled 'nobody'"), ("bio=common", "'common' is not a text type")):
+        r = run_cli("eval", "suite", "--models", "bio=random:tol-tiny", "--tasks", str(manifests[0]), "--images-root",
+                    str(fixture_root), "--out", str(tmp_path / "bad"), "--quiet", "--text-types", bad)
+        assert r.returncode == 1 and words in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr

@@ -399,6 +399,9 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
                cache: Optional[Path] = typer.Option(None, help="Feature cache (default: OUT/cache)."),
                text_type: str = typer.Option("", help="Score every task with this text type instead of each "
                                              "task's comparable one."),
+               text_types: str = typer.Option("", help="Per model, LABEL=TYPE,... (e.g. bioclip=taxon_com,"
+                                              "clip=com): its text type on the tasks that offer it (default: "
+                                              "BioCLIP's, taxon_com for folders, com for weights files)."),
                templates: str = typer.Option("openai", help="openai (BioCLIP's 80) or plain."),
                batch_size: int = typer.Option(64, min=1),
                folds: int = typer.Option(5, min=1),
@@ -408,7 +411,7 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
     read straight from its metadata and images (no build). Features are cached per model and task."""
     _require_train_extra()
     try:
-        from .eval.features import parse_models
+        from .eval.features import parse_models, set_text_types
         from .eval.suite import SuiteSettings, run_suite
         from .eval.tasks import find_tasks
         from .train import report
@@ -424,6 +427,7 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
 
             torch.set_num_threads(threads)
         specs = parse_models(models)
+        set_text_types(specs, text_types)
         chosen = find_tasks(tasks)
         settings = SuiteSettings(shots=shot_counts, folds=folds, text_type=text_type, templates=templates,
                                  batch_size=batch_size)

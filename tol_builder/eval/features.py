@@ -8,7 +8,8 @@ Owns the model specs of `tol eval suite --models` and what a cached feature depe
 * `ARCH:FILE`: an open_clip architecture (or tol-tiny) with a local weights file (OpenAI's CLIP, OpenCLIP):
   family `clip`;
 * `random:ARCH`: random initialisation (seed 0), the chance baseline: family `bioclip`;
-* any of them as `LABEL=SPEC` to name its row.
+* any of them as `LABEL=SPEC` to name its row; `--text-types LABEL=TYPE` sets its zero-shot text type (default
+  its family's: BioCLIP's `taxon_com`, CLIP's `com`, where a task offers them).
 
 Images are decoded with the model's own validation transform (open_clip's, from the model's preprocess_cfg),
 a few threads decoding the next batch while the model encodes this one. Cache: CACHE/<model>/ holds
@@ -48,6 +49,7 @@ class ModelSpec:
     path: Path | None  # checkpoint folder or weights file
     family: str  # "bioclip" or "clip": the text type of the comparable number per task
     seed: int = 0
+    text_type: str = ""  # --text-types: this model's text type where a task offers it ("" = the family's)
 
     def fingerprint(self) -> dict:
         """What the model's features depend on: its architecture and its weights file's identity."""
@@ -97,6 +99,27 @@ def parse_models(text: str) -> list[ModelSpec]:
     if len({m.label for m in out}) != len(out):
         raise TolError("--models: two models have the same label (name them LABEL=SPEC)")
     return out
+
+
+def set_text_types(specs: list[ModelSpec], text: str) -> None:
+    """`--text-types LABEL=TYPE,...`: a model's zero-shot text type (e.g. bioclip=taxon_com, clip=com), used on
+    every task that offers it; a task that does not (Meta-Album: asis, clean) keeps its comparable type."""
+    from ..train.settings import is_text_key
+
+    by_label = {m.label: m for m in specs}
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        label, sep, kind = item.rpartition("=")
+        if not sep or not label or not kind:
+            raise TolError(f"--text-types {item}: LABEL=TYPE, such as bioclip=taxon_com")
+        if label not in by_label:
+            raise TolError(f"--text-types {item}: no model labelled {label!r} (the models: "
+                           + ", ".join(by_label) + ")")
+        if kind not in ("asis", "clean") and not is_text_key(kind):
+            raise TolError(f"--text-types {item}: {kind!r} is not a text type (asis, clean, or a text key such as "
+                           "taxon_com, com, sci)")
+        by_label[label].text_type = kind
 
 
 def load(spec: ModelSpec):

@@ -4,7 +4,8 @@ Owns the loop and the result document; tasks.py reads the tasks, features.py mak
 features, train/zeroshot.py and train/fewshot.py score them, train/report.py renders the table.
 
 Per model and task: image features of the scored images (once, whatever the shots or text type); zero-shot
-(shots 0) on the task's own classes with the model family's comparable text type (or --text-type), top-1,
+(shots 0) on the task's own classes with the model's text type where the task offers it (--text-types), else
+the model family's comparable one (--text-type: one type for every task), top-1,
 top-5, a bootstrap 95% interval, per-class top-1 and confusion pairs; few-shot (shots 1, 5 ...) as BioCLIP's,
 nearest centroid over 5 seeded folds, the shots drawn from the task's shots split when it has one (Birds 525).
 A model is loaded only when some feature of it is not in the cache.
@@ -69,7 +70,8 @@ def read_tasks(tasks: list[Task], images_root: Path | None, *, skip_missing: boo
 def evaluate(model: _Lazy, cache: feat.FeatureCache, folder, data: TaskData, s: SuiteSettings, *,
              progress=None) -> dict:
     spec = model.spec
-    text_type = s.text_type or data.task.text_type(spec.family)
+    offered = data.task.spec.text_types
+    text_type = s.text_type or (spec.text_type if spec.text_type in offered else data.task.text_type(spec.family))
     device = torch.device("cpu")
     kw = dict(batch_size=s.batch_size, device=device, workers=s.workers)
     key = feat._digest({"images": data.fingerprint()})
@@ -144,7 +146,7 @@ def run_suite(models: list[feat.ModelSpec], tasks: list[Task], *, images_root: P
         results[spec.label] = {d.name: evaluate(lazy, cache, folder, d, s, progress=progress) for d in datas}
     return {"settings": {**asdict(s), "shots": list(s.shots)},
             "models": [{"label": m.label, "kind": m.kind, "arch": m.arch, "path": str(m.path or ""),
-                        "family": m.family} for m in models],
+                        "family": m.family, "text_type": m.text_type or "(family default)"} for m in models],
             "tasks": [{"name": d.name, "title": d.task.spec.title or d.name, "manifest": str(d.task.path),
                        "images": str(d.images_dir), "metadata": str(d.metadata or ""),
                        "classes": len(d.classes), "images_scored": len(d.paths),
