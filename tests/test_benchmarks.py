@@ -540,3 +540,31 @@ def test_text_type_per_model_where_a_task_offers_it(fixture_root, tmp_path):
         r = run_cli("eval", "suite", "--models", "bio=random:tol-tiny", "--tasks", str(manifests[0]), "--images-root",
                     str(fixture_root), "--out", str(tmp_path / "bad"), "--quiet", "--text-types", bad)
         assert r.returncode == 1 and words in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr
+
+
+# ---- issue 21 item 3: tol eval suite --plot ------------------------------------------------------------------
+
+def test_eval_suite_plot_draws_the_tables_numbers(fixture_root, tmp_path):
+    from PIL import Image
+
+    from conftest import run_cli
+    from tol_builder.eval.plot import plot_suite
+
+    manifests = ",".join(str(p) for p in sorted((fixture_root / "manifests").glob("*.toml")))
+    out, png = tmp_path / "out", tmp_path / "suite.png"
+    r = run_cli("eval", "suite", "--models", "a=random:tol-tiny,b=random:tol-tiny", "--tasks", manifests,
+                "--shots", "0,1", "--images-root", str(fixture_root), "--out", str(out), "--quiet", "--plot",
+                str(png))
+    assert r.returncode == 0, r.stderr
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 2 * 320  # a panel per shot count
+    # every bar drawn is the CSV's number (models x shots x (tasks + mean)), read back from the drawn bars
+    doc = json.loads((out / "results.json").read_text())
+    bars = plot_suite(doc, tmp_path / "again.png")["bars"]
+    with open(out / "table.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    expected = {(row["model"], int(row["shots"]), col): float(row[col]) for row in table
+                for col in ("fix_birds", "fix_ma", "fix_rare", "mean")}
+    assert set(bars) == set(expected) and len(bars) == 2 * 2 * 4
+    for key, v in expected.items():
+        assert bars[key] == pytest.approx(v, abs=0.05), key

@@ -406,6 +406,8 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
                batch_size: int = typer.Option(64, min=1),
                folds: int = typer.Option(5, min=1),
                threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
+               plot: Optional[Path] = typer.Option(None, help="Also draw the table as a PNG bar chart (a panel per "
+                                                   "shot count, a bar per model and task)."),
                quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
     """BioCLIP's evaluation table for any models: zero-shot and few-shot top-1 on each benchmark's own classes,
     read straight from its metadata and images (no build). Features are cached per model and task."""
@@ -448,6 +450,10 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
         report.write_json(doc, out / "results.json")
         console.print(safe_text(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'results.json'} "
                                 f"({doc['seconds']:.1f} s)"))
+        if plot is not None:
+            from .eval.plot import plot_suite
+
+            console.print(safe_text(f"wrote {plot_suite(doc, plot)['png']}"))
     except TolError as e:
         _fail(e)
 
