@@ -113,6 +113,9 @@ def test_embed_a_shard_split_keeps_uids_and_ranks(tmp_path):
     assert df.height == len(metas) > 10 and set(df["w"]) == {WIDTH}
     for row in df.iter_rows(named=True):
         assert row["family"] == metas[row["uid"]]["family"] and row["species"] == metas[row["uid"]]["species"]
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(out).metadata.num_row_groups == len(list(split.glob("*.tar")))  # a tar at a time
     # capped: a seeded sample of 10 of the split's points
     assert f"t-SNE of 10 of {len(metas)} points" in r.stderr.replace("\n", " ") and png.stat().st_size > 0
 
@@ -133,3 +136,20 @@ def test_tsne_sample_is_seeded_and_colour_is_checked(bench, tmp_path):
         plot_tsne(out, tmp_path / "c.png", color_by="colour")
     r = run_cli("embed", "random:tol-tiny", "no_such_task", "--out", str(tmp_path / "x.parquet"), "--quiet")
     assert r.returncode == 1 and "no benchmark 'no_such_task'" in r.stderr
+
+
+def test_embed_in_chunks_writes_the_same_rows(bench, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tol_builder.eval import features as F
+    from tol_builder.eval.embed import embed
+
+    spec = F.parse_models("random:tol-tiny")[0]
+    whole = embed(spec, str(bench / "meta_album" / "FIX_Mini"), tmp_path / "whole.parquet")
+    parts = embed(spec, str(bench / "meta_album" / "FIX_Mini"), tmp_path / "parts.parquet", chunk=5)
+    assert whole["rows"] == parts["rows"] == 24 and whole["kind"] == "folder"
+    assert pq.ParquetFile(tmp_path / "parts.parquet").metadata.num_row_groups == 5  # 24 images, 5 a chunk
+    a, b = pq.read_table(tmp_path / "whole.parquet"), pq.read_table(tmp_path / "parts.parquet")
+    assert a.column("path").to_pylist() == b.column("path").to_pylist()
+    np.testing.assert_allclose(a.column("embedding").combine_chunks().values.to_numpy(),
+                               b.column("embedding").combine_chunks().values.to_numpy(), atol=1e-6)

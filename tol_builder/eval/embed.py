@@ -7,7 +7,8 @@ validation transform, batched), never a second image pipeline.
 Columns: `uid` (a shard sample's uid; else the image's path), `path` (the file, or SHARD.tar/MEMBER), `label`
 (the benchmark's class, the image folder's class sub-folder, or a shard sample's lowest-ranked name), the seven
 ranks (null where unknown) and `embedding`, a fixed-size list of float32 of the model's width, L2-normalised.
-Undecodable images are left out and counted.
+Undecodable images are left out and counted. Images are encoded and written a chunk at a time (a shard split a
+tar at a time), so memory does not grow with the source.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +31,7 @@ from ..records import RANKS
 from . import features as feat
 from .tasks import IMAGE_SUFFIXES, find_tasks, read_task
 
+CHUNK = 4096  # images encoded and written per row group: memory stays flat whatever the source's size
 MAX_PLOT_POINTS = 10_000  # t-SNE is O(n log n) per iteration: about a minute at 10k points on 2 cores
 COLOR_BY = ("label", *RANKS)
 
@@ -71,57 +74,66 @@ def folder_items(root: Path) -> Items:
     return Items(files, [str(p) for p in files], [str(p) for p in files], labels, _no_ranks(len(files)))
 
 
-def shard_items(folder: Path) -> Items:
-    """The samples of a shard split's tars (shard stage's format: <uid>.jpg and <uid>.json with the ranks)."""
-    tars = sorted(folder.glob("*.tar"))
-    if not tars:
-        raise InputError(folder, "no .tar shards in this split folder")
+def _tar_items(tar_path: Path) -> Items:
+    """One shard's samples (shard stage's format: <uid>.jpg and <uid>.json with the ranks)."""
     items = Items([], [], [], [], _no_ranks(0))
-    for tar_path in tars:
-        jpgs, metas = {}, {}
-        with tarfile.open(tar_path) as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                stem, _, ext = m.name.partition(".")
-                if ext == "jpg":
-                    jpgs[stem] = tar.extractfile(m).read()
-                elif ext == "json":
-                    try:
-                        metas[stem] = json.loads(tar.extractfile(m).read())
-                    except ValueError:
-                        raise InputError(tar_path, "not JSON", member=m.name) from None
-        for uid, jpeg in jpgs.items():
-            meta = metas.get(uid, {})
-            ranks = {r: meta.get(r) or None for r in RANKS}
-            items.sources.append(jpeg)
-            items.uid.append(str(meta.get("uid") or uid))
-            items.path.append(f"{tar_path}/{uid}.jpg")
-            items.label.append(meta.get("scientific_name") or next((ranks[r] for r in reversed(RANKS)
-                                                                     if ranks[r]), None))
-            for r in RANKS:
-                items.ranks[r].append(ranks[r])
-    if not items.uid:
-        raise InputError(folder, "its shards hold no .jpg samples")
+    jpgs, metas = {}, {}
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            stem, _, ext = m.name.partition(".")
+            if ext == "jpg":
+                jpgs[stem] = tar.extractfile(m).read()
+            elif ext == "json":
+                try:
+                    metas[stem] = json.loads(tar.extractfile(m).read())
+                except ValueError:
+                    raise InputError(tar_path, "not JSON", member=m.name) from None
+    for uid, jpeg in jpgs.items():
+        meta = metas.get(uid, {})
+        ranks = {r: meta.get(r) or None for r in RANKS}
+        items.sources.append(jpeg)
+        items.uid.append(str(meta.get("uid") or uid))
+        items.path.append(f"{tar_path}/{uid}.jpg")
+        items.label.append(meta.get("scientific_name") or next((ranks[r] for r in reversed(RANKS) if ranks[r]),
+                                                               None))
+        for r in RANKS:
+            items.ranks[r].append(ranks[r])
     return items
 
 
-def read_source(source: str, images_root: Path | None = None) -> tuple[Items, str]:
-    """(items, kind): a shard split folder (*.tar), an image folder, or a benchmark task name / manifest."""
+def shard_chunks(folder: Path) -> Iterator[Items]:
+    """A shard split, one tar at a time (a split's images are never all in memory)."""
+    tars = sorted(folder.glob("*.tar"))
+    if not tars:
+        raise InputError(folder, "no .tar shards in this split folder")
+    for tar_path in tars:
+        yield _tar_items(tar_path)
+
+
+def _slices(items: Items, size: int) -> Iterator[Items]:
+    for i in range(0, len(items), size):
+        yield Items(items.sources[i:i + size], items.uid[i:i + size], items.path[i:i + size],
+                    items.label[i:i + size], {r: v[i:i + size] for r, v in items.ranks.items()})
+
+
+def read_source(source: str, images_root: Path | None = None, *, chunk: int = CHUNK) -> tuple[Iterator[Items], str]:
+    """(chunks of items, kind): a shard split folder (*.tar; a chunk per shard), an image folder, or a benchmark
+    task name / manifest."""
     p = Path(source)
     if p.is_dir():
         if any(p.glob("*.tar")):
-            return shard_items(p), "shards"
-        return folder_items(p), "folder"
+            return shard_chunks(p), "shards"
+        return _slices(folder_items(p), chunk), "folder"
     if p.suffix == ".toml" or not p.exists():
-        return task_items(source, images_root), "task"
+        return _slices(task_items(source, images_root), chunk), "task"
     raise TolError(f"{source}: neither a benchmark task (name or manifest), an image folder nor a shard split")
 
 
-def embeddings_table(items: Items, feats: np.ndarray, ok: np.ndarray) -> pa.Table:
+def embeddings_table(items: Items, feats: np.ndarray, ok: np.ndarray, dim: int) -> pa.Table:
     keep = np.flatnonzero(ok)
-    dim = feats.shape[1]
-    flat = pa.array(np.ascontiguousarray(feats[keep], dtype=np.float32).reshape(-1))
+    flat = pa.array(np.ascontiguousarray(feats[keep], dtype=np.float32).reshape(-1), pa.float32())
     cols = {"uid": pa.array([items.uid[i] for i in keep], pa.string()),
             "path": pa.array([items.path[i] for i in keep], pa.string()),
             "label": pa.array([items.label[i] for i in keep], pa.string())}
@@ -132,20 +144,41 @@ def embeddings_table(items: Items, feats: np.ndarray, ok: np.ndarray) -> pa.Tabl
 
 
 def embed(spec: feat.ModelSpec, source: str, out: Path, *, images_root: Path | None = None, batch_size: int = 64,
-          workers: int = 2, progress=None) -> dict:
-    """Write the embeddings parquet (atomically); returns a summary."""
-    items, kind = read_source(source, images_root)
+          workers: int = 2, chunk: int = CHUNK, progress=None) -> dict:
+    """Write the embeddings parquet (atomically, a row group per chunk of images or per shard); returns a
+    summary."""
+    chunks, kind = read_source(source, images_root, chunk=chunk)
     model, _ = feat.load(spec)
+    dim = 0
     stats: Counter = Counter()
-    if progress is not None:
-        progress.start(f"{spec.label} / {source}", len(items))
-    feats, ok = feat.encode_images(model, items.sources, batch_size=batch_size, workers=workers, stats=stats,
-                                   progress=progress.advance if progress is not None else None)
-    table = embeddings_table(items, feats, ok)
+    rows = undecodable = 0
     with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    return {"out": str(out), "kind": kind, "rows": table.num_rows, "dim": int(feats.shape[1]),
-            "undecodable": int((~ok).sum()), "model": spec.label}
+        writer = None
+        try:
+            for items in chunks:
+                if not len(items):
+                    continue
+                if progress is not None:
+                    progress.start(f"{spec.label} / {Path(items.path[0]).parent.name}", len(items))
+                feats, ok = feat.encode_images(model, items.sources, batch_size=batch_size, workers=workers,
+                                               stats=stats, allow_none=True,
+                                               progress=progress.advance if progress is not None else None)
+                undecodable += int((~ok).sum())
+                if not ok.any():
+                    continue
+                dim = int(feats.shape[1])
+                table = embeddings_table(items, feats, ok, dim)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise TolError(f"{source}: none of its {undecodable:,} images could be decoded")
+    return {"out": str(out), "kind": kind, "rows": rows, "dim": dim, "undecodable": undecodable,
+            "model": spec.label}
 
 
 def plot_tsne(parquet: Path, png: Path, *, color_by: str = "label", max_points: int = MAX_PLOT_POINTS,

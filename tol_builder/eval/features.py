@@ -201,7 +201,8 @@ def _load_image(transform, path: Path | bytes):
 
 @torch.no_grad()
 def encode_images(model, paths: list[Path | bytes], *, batch_size: int = 64, device=torch.device("cpu"), workers: int = 2,
-                  stats: Counter | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
+                  stats: Counter | None = None, progress=None, allow_none: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(normalised features [N, D] float32, ok [N] bool): an undecodable image gets a zero row and ok False.
     `paths`: image files, or encoded images' bytes (tol embed on a shard split)."""
     transform = validation_transform(model)
@@ -231,6 +232,8 @@ def encode_images(model, paths: list[Path | bytes], *, batch_size: int = 64, dev
             if progress is not None:
                 progress(len(images))
     if dim is None:
+        if allow_none:  # a caller that encodes in chunks: a chunk of broken images is counted, not fatal
+            return np.zeros((len(paths), 0), dtype=np.float32), ok
         raise TolError(f"none of the {len(paths):,} images could be decoded (first: {paths[0] if paths and not isinstance(paths[0], bytes) else '-'})")
     feats = [f if f.shape[1] == dim else np.zeros((f.shape[0], dim), np.float32) for f in feats]
     return np.concatenate(feats), ok
