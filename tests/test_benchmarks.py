@@ -347,7 +347,7 @@ def trained_build(tmp_path_factory):
 
     build = tmp_path_factory.mktemp("tiny-build")
     write_shards(build, "train", 2, per_shard=16)
-    write_shards(build, "val", 1, per_shard=16)
+    write_shards(build, "val", 7, per_shard=32)  # 5-shot needs 6 images of a class
     train(build, TrainConfig(model="tol-tiny", run_name="demo", batch_size=8, steps=2, lr=1e-3, warmup=1,
                              workers=0, threads=1, log_every=1, shuffle_buffer=16, shuffle_initial=4,
                              segment_samples=32, eval_batch_size=16), progress=False)
@@ -568,3 +568,23 @@ def test_eval_suite_plot_draws_the_tables_numbers(fixture_root, tmp_path):
     assert set(bars) == set(expected) and len(bars) == 2 * 2 * 4
     for key, v in expected.items():
         assert bars[key] == pytest.approx(v, abs=0.05), key
+
+
+# ---- issue 21 item 3: `tol eval few-shot --plot` (README's table promises --plot for tol eval) ---------------
+
+def test_eval_few_shot_plot_draws_the_json_numbers(trained_build, tmp_path):
+    from PIL import Image
+
+    from conftest import run_cli
+    from tol_builder.eval.plot import plot_few_shot
+
+    png, js = tmp_path / "few.png", tmp_path / "few.json"
+    r = run_cli("eval", "few-shot", str(trained_build), "--json", str(js), "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+    doc = json.loads(js.read_text())
+    drawn = plot_few_shot(doc, tmp_path / "again.png")["bars"]
+    assert set(drawn) == {n for n, v in doc["shots"].items() if v["mean"] is not None} == {"1-shot", "5-shot"}
+    for name, h in drawn.items():
+        assert h == pytest.approx(100 * doc["shots"][name]["mean"])

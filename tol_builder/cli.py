@@ -348,9 +348,12 @@ def _run_eval(task: str, target: Path, checkpoint: Optional[str], model: Optiona
         if json_out is not None:
             console.print(safe_text(f"wrote {report.write_json(result, json_out)}"))
         if plot is not None:
-            if task != "zero-shot":
-                raise TolError("--plot draws zero-shot accuracy per rank (tol eval zero-shot)")
-            console.print(safe_text(f"wrote {report.plot_levels(result, plot)}"))
+            if task == "zero-shot":
+                console.print(safe_text(f"wrote {report.plot_levels(result, plot)}"))
+            else:
+                from .eval.plot import plot_few_shot
+
+                console.print(safe_text(f"wrote {plot_few_shot(result, plot)['png']}"))
     except TolError as e:
         _fail(e)
 
@@ -382,9 +385,10 @@ def eval_few_shot(target: Path = typer.Argument(..., help="Workflow TOML or buil
                   split: Optional[str] = typer.Option(None, help="A shard split (default: val)."),
                   eval_set: Optional[str] = typer.Option(None, help="An evaluation set of the build."),
                   set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-                  json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON.")) -> None:
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+                  plot: Optional[Path] = typer.Option(None, help="Draw accuracy per shot count as a PNG.")) -> None:
     """Few-shot accuracy, nearest centroid of 1 and 5 shots over 5 folds (as BioCLIP)."""
-    _run_eval("few-shot", target, checkpoint, model, split, eval_set, set_, json_out, None)
+    _run_eval("few-shot", target, checkpoint, model, split, eval_set, set_, json_out, plot)
 
 
 @eval_app.command("suite")

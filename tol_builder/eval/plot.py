@@ -51,3 +51,40 @@ def plot_suite(doc: dict, png: Path) -> dict:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return {"png": str(png), "bars": drawn}
+
+
+def plot_few_shot(result: dict, png: Path) -> dict:
+    """`tol eval few-shot --plot`: mean accuracy per shot count (a bar, the folds' spread as an error bar, each
+    fold a dot) against chance; returns {"png", "bars": {shots name: mean % as drawn}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in result["shots"].items() if r["mean"] is not None]
+    if not names:
+        from ..errors import TolError
+
+        raise TolError(f"--plot: no shot count has a number on {result['data']} (a class needs more images than "
+                       "shots, and two such classes)")
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 4), dpi=100)
+    x = np.arange(len(names))
+    means = [100 * result["shots"][n]["mean"] for n in names]
+    stds = [100 * (result["shots"][n]["std"] or 0.0) for n in names]
+    bars = ax.bar(x, means, 0.6, yerr=stds, capsize=4, label="mean over folds")
+    for i, n in enumerate(names):
+        folds = [100 * a for a in result["shots"][n]["folds"] if a == a]  # NaN: a fold with too few classes
+        ax.plot([x[i]] * len(folds), folds, "k.", ms=4)
+        ax.hlines(100 * result["shots"][n]["chance"], x[i] - 0.3, x[i] + 0.3, colors="red", linestyles="dashed",
+                  label="chance" if i == 0 else None)
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"few-shot nearest centroid, {result['folds']} folds: {result['data']} "
+                 f"({result['n_classes']:,} classes)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return {"png": str(png), "bars": {n: float(b.get_height()) for n, b in zip(names, bars)}}
