@@ -588,3 +588,57 @@ def test_eval_few_shot_plot_draws_the_json_numbers(trained_build, tmp_path):
     assert set(drawn) == {n for n, v in doc["shots"].items() if v["mean"] is not None} == {"1-shot", "5-shot"}
     for name, h in drawn.items():
         assert h == pytest.approx(100 * doc["shots"][name]["mean"])
+
+
+# ---- issue 21 tests: a model trained on the demo beats random init on a benchmark of demo-taxa images --------
+
+@pytest.mark.slow
+def test_demo_trained_model_beats_random_init_on_a_demo_taxa_benchmark(tmp_path_factory, tmp_path):
+    from pathlib import Path
+
+    from train_fixtures import demo_build, distinct_taxa, species_of
+
+    from tol_builder.demo import images
+    from tol_builder.records import RANKS
+    from tol_builder.eval import features as F
+    from tol_builder.eval.suite import SuiteSettings, run_suite
+    from tol_builder.train import checkpoint as ckpt
+    from tol_builder.train.demo import train_and_evaluate
+
+    build = demo_build(tmp_path_factory)
+    run = build / "train" / "demo"
+    if ckpt.latest(run) is None:  # a demo build made with --no-train: train the demo's run here
+        run = Path(train_and_evaluate(build, run=str(tmp_path_factory.mktemp("demo-run"))).run_dir)
+    # a Rare-Species-style table (rank columns, common names) of fresh pictures of the 16 demo taxa
+    rows, per_taxon = [], 8
+    for ci, t in enumerate(distinct_taxa()):
+        sp = species_of(t)
+        for i in range(per_taxon):
+            rel = f"{ci:02d}_{i}.jpg"
+            (tmp_path / "imgs").mkdir(exist_ok=True)
+            (tmp_path / "imgs" / rel).write_bytes(images.render(t.style, (200, 160), 23, "benchmark", t.key, i))
+            rows.append([len(rows), *(sp["ranks"][r] or "" for r in RANKS), sp["common_name"] or "", rel,
+                         sp["taxon_id"]])
+    header = ["", *(("cls" if r == "class" else r) for r in RANKS), "common_name", "filepath", "class"]
+    _write_csv(tmp_path / "imgs" / "metadata.csv", header, rows)
+    manifest = tmp_path / "demo_taxa.toml"
+    manifest.write_text(
+        'source = "rare_species"\n[benchmark]\nname = "demo_taxa"\nimages = "imgs"\n'
+        'rank_columns = { kingdom = "kingdom", phylum = "phylum", class = "cls", order = "order", '
+        'family = "family", genus = "genus", species = "species" }\ncommon_column = "common_name"\n'
+        'text_types = ["asis", "com", "taxon_com"]\n'
+        'comparable = { default = "taxon_com", bioclip = "taxon_com", clip = "com" }\n'
+        '[[files]]\nname = "metadata.csv"\nrole = "metadata"\n')
+    doc = run_suite(F.parse_models(f"trained={run},random:tol-tiny"), T.find_tasks(str(manifest)),
+                    images_root=tmp_path, cache_dir=None, settings=SuiteSettings(shots=(0, 1, 5), bootstrap=200))
+    trained, rand = doc["results"]["trained"]["demo_taxa"], doc["results"]["random:tol-tiny"]["demo_taxa"]
+    n, C = 16 * per_taxon, 16
+    assert trained["n_classes"] == C and trained["n_images"] == n and trained["text_type"] == "taxon_com"
+    # zero-shot, trained: far above chance (6.25 %) and random init, beyond the random model's 95% interval's top
+    # (measured: 87.5 % vs 0.0 %). Few-shot is printed, not asserted: the demo's picture styles are told apart by
+    # random features too (measured 5-shot: 98.8 % vs 97.5 %)
+    assert trained["zero_shot"]["top1"] > max(rand["zero_shot"]["top1"] + 0.3, 5 / C)
+    assert trained["zero_shot"]["top1_ci95"][0] > rand["zero_shot"]["top1_ci95"][1]
+    print(f"zero-shot top-1: trained {100 * trained['zero_shot']['top1']:.1f}%, random "
+          f"{100 * rand['zero_shot']['top1']:.1f}%; 5-shot {100 * trained['few_shot']['5-shot']['mean']:.1f}% vs "
+          f"{100 * rand['few_shot']['5-shot']['mean']:.1f}%")
