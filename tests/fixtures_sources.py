@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import tarfile
+import zipfile
 from pathlib import Path
 
 from tol_builder.manifest import Manifest, load_manifest
@@ -31,15 +32,18 @@ def write_manifest(folder: Path, source: str, files: list[dict], name: str | Non
     return load_manifest(path)
 
 
-def read_all(source, partition=None) -> tuple[list[dict], list[dict], list[str]]:
-    """Plan (unless a partition is given) and read a source: (records, rejects, file labels)."""
+def read_all(source, partition=None, context: bool = False) -> tuple[list[dict], list[dict], list[str]]:
+    """Plan (unless a partition is given) and read a source: (records, rejects, file labels). The records have
+    the RAW_SCHEMA columns, and with `context` the context columns the reader gave (tests/test_context.py)."""
+    from tol_builder.records import RAW_SCHEMA
+
     parts = [partition] if partition is not None else source.plan()
     records, rejects, labels = [], [], []
     for p in parts:
         log = RejectLog(source.source_id, p.key)
         for label, table in source.read(p, log):
             labels.append(label)
-            records.extend(table.to_pylist())
+            records.extend((table if context else table.select(RAW_SCHEMA.names)).to_pylist())
         rejects.extend(log.table().to_pylist())
     return records, rejects, labels
 
@@ -211,3 +215,37 @@ def write_eol(folder: Path, chunks: dict[int, str], prefix: str = "", name: str 
     members.update(extra_members or {})
     tar_gz(folder / name, members)
     return write_manifest(folder, "eol", [{"name": name, "role": "metadata", "format": "csv-chunks"}])
+
+
+# ------------------------------------------------------------------------------------------------ GBIF
+# A GBIF occurrence download (Darwin Core Archive): meta.xml naming each column's term by index, the occurrence
+# core and the Multimedia extension, tab-separated, unquoted, one header line (GBIF's DWCA download layout).
+DWC, GBIF, DC = "http://rs.tdwg.org/dwc/terms/", "http://rs.gbif.org/terms/1.0/", "http://purl.org/dc/terms/"
+GBIF_MM_TERMS = [GBIF + "gbifID", DC + "type", DC + "format", DC + "identifier", DC + "references", DC + "license",
+                 DC + "rightsHolder", DC + "creator"]
+
+
+def write_dwca(path: Path, occ_terms: list[str], occ_rows: list[list[str]], mm_rows: list[list[str]],
+               mm_terms: list[str] = GBIF_MM_TERMS) -> Path:
+    def fields(terms):
+        return "\n".join(f'    <field index="{i}" term="{t}"/>' for i, t in enumerate(terms))
+
+    def table(tag, row_type, location, id_tag, terms):
+        return (f'  <{tag} encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
+                f'ignoreHeaderLines="1" rowType="{row_type}">\n    <files><location>{location}</location></files>\n'
+                f'    <{id_tag} index="0"/>\n{fields(terms)}\n  </{tag}>')
+
+    meta = "\n".join(['<?xml version="1.0" encoding="utf-8"?>',
+                      '<archive xmlns="http://rs.tdwg.org/dwc/text/" metadata="metadata.xml">',
+                      table("core", DWC + "Occurrence", "occurrence.txt", "id", occ_terms),
+                      table("extension", GBIF + "Multimedia", "multimedia.txt", "coreid", mm_terms), "</archive>"])
+
+    def tsv(terms, rows):
+        return "\n".join(["\t".join(t.rsplit("/", 1)[-1] for t in terms)] + ["\t".join(r) for r in rows]) + "\n"
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("meta.xml", meta)
+        zf.writestr("occurrence.txt", tsv(occ_terms, occ_rows))
+        zf.writestr("multimedia.txt", tsv(mm_terms, mm_rows))
+        zf.writestr("metadata.xml", "<eml/>")
+    return path

@@ -20,7 +20,10 @@ from tol_builder.taxonomy.images import IMAGE_COLUMNS
 # the `images` view as main defined it before the table existed (coverage.create_views), spelled out here
 # so that the table is compared with the old definition, not with the code that now writes it
 OLD_VIEW = """SELECT r.uid, r.source, r.source_id, m.taxon_id, t.kingdom, t.phylum, t.class, t."order", t.family,
-       t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank, m.confirmed_rank, m.rank_status
+       t.genus, t.species, t.scientific_name, t.common_name, t.lowest_rank, m.confirmed_rank, m.rank_status,
+       -- and each record's context as it is (issue 23)
+       r.observed_on, r.latitude, r.longitude, r.coordinate_uncertainty_m, r.country_code, r.basis_of_record,
+       r.occurrence_id, r.dataset_id, r.dna_barcode, r.sample_id
 FROM read_parquet($records, union_by_name=true) r
 LEFT JOIN read_parquet($lineage_map) m ON m.source = r.source AND m.lineage_key = md5(concat_ws(chr(31), r.source,
     coalesce(r."kingdom", ''), coalesce(r."phylum", ''), coalesce(r."class", ''), coalesce(r."order", ''),
@@ -59,7 +62,7 @@ def test_table_equals_the_old_view_and_mirrors_the_records(tmp_path):
     assert len(rows) == n == counters["images_rows"]
     # resolved and unresolved records both present, ranks and rank_status filled from lineage_map / taxa
     assert 0 < sum(r[3] is not None for r in rows) < n
-    assert {r[-1] for r in rows} >= {"confirmed", None}
+    assert {r[IMAGE_COLUMNS.index("rank_status")] for r in rows} >= {"confirmed", None}
     # one file per records file, same relative path
     assert set(images_files(out)) == {str(p.relative_to(out / "records"))
                                       for p in (out / "records").glob("*/*.parquet")}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .columns import RAW_COLUMNS
+from .columns import CONTEXT_DOCS, RAW_COLUMNS
 from .sql import ident as quote_ident
 from .sql import literal as quote_literal
 
@@ -46,7 +46,8 @@ CATALOG = "catalog.duckdb"
 TABLE_DOCS: dict[str, tuple[str, dict[str, str]]] = {
     "records": ("one row per image, raw labels exactly as each source gives them (stage ingest)",
                 {"uid": "deterministic image id: first 16 bytes of sha256('{source}:{source_id}'), hex",
-                 "source": "source id in the workflow (inat21, bioscan1m, eol, ...)", **RAW_COLUMNS}),
+                 "source": "source id in the workflow (inat21, bioscan1m, eol, ...)", **RAW_COLUMNS,
+                 **CONTEXT_DOCS}),
     "rejects": ("records a stage could not use, with the reason (file, row or member, field)",
                 {"stage": "stage that rejected it", "source": "source id", "partition": "task key", "file": "input file", "row": "row or index",
                  "member": "archive member", "field": "offending field", "reason": "reason class",

@@ -3,11 +3,16 @@
 Contract between the source readers and everything after ingest:
 
 * Readers yield Arrow record batches whose columns are `RAW_COLUMNS` (all strings, missing = null) plus
-  `_row` (int64: the row, array index or line the record came from, for error messages).
+  `_row`, and the context columns their source has (`CONTEXT_RAW_SCHEMA`: text as given) (int64: the row, array index or line the record came from, for error messages).
 * `finalize` adds the `uid` (first 16 bytes of sha256("{source}:{source_id}"), hex), checks what every
   record needs, and writes one parquet file per partition atomically.
 * Per-record problems go to a `RejectLog` (file, row, member, field, reason, value); they become the
   `rejects` table. A reject is counted under `rejected_<reason>`.
+* Context columns (`CONTEXT_COLUMNS`: place, time, DNA...) come from the reader as text; `clean_context` parses
+  them into their types. A bad value (latitude 123, a date in the future, `N/A`) is nulled, the record kept:
+  `RejectLog.nulled` counts it under its own reason (`invalid_<field>`, `future_observed_on`, or the reader's,
+  e.g. `gbif_zero_coordinate`) and keeps its file, row, field and value in `<rejects file>/../nulled/`, not
+  in the `rejects` table (whose rows are records a stage dropped).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .columns import RANKS, RAW_COLUMNS  # noqa: F401 (RANKS re-exported: the stages import it from here)
+from .columns import CONTEXT_COLUMNS, RANKS, RAW_COLUMNS  # noqa: F401 (RANKS re-exported: the stages import it)
 from .fileio import atomic_path
 
 RECORD_SCHEMA = pa.schema(
     [pa.field("uid", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False)]
     + [pa.field(name, pa.string()) for name in RAW_COLUMNS]
+    + [pa.field(name, pa.float64() if kind == "float64" else pa.string()) for name, (kind, _) in CONTEXT_COLUMNS.items()]
 )
 
 REJECT_SCHEMA = pa.schema([
@@ -33,6 +39,9 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 RAW_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in RAW_COLUMNS] + [pa.field("_row", pa.int64())])
+# a reader's context columns, as text, beside RAW_SCHEMA's (those it does not give are null)
+CONTEXT_RAW_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in CONTEXT_COLUMNS])
+READER_SCHEMA = pa.schema(list(RAW_SCHEMA) + list(CONTEXT_RAW_SCHEMA))
 
 
 def make_uid(source: str, source_id: str) -> str:
@@ -48,6 +57,24 @@ class RejectLog:
         self._rows: list[tuple] = []
         self._tables: list[pa.Table] = []
         self.counts: dict[str, int] = {}
+        self.nulled_reasons: set[str] = set()  # reasons of values nulled in kept records (not in len())
+        self._nulled: list[pa.Table] = []
+
+    def nulled(self, table: pa.Table) -> None:
+        """Values nulled in records that are kept: columns file, row, member, field, reason, value. Counted under
+        their reason like rejects, kept apart from the rejected records (`nulled_table`)."""
+        if table.num_rows == 0:
+            return
+        before = dict(self.counts)
+        kept_rows, kept_tables = self._rows, self._tables
+        self._rows, self._tables = [], []
+        self.add_table(table)
+        self._nulled.extend(self._tables)
+        self._rows, self._tables = kept_rows, kept_tables
+        self.nulled_reasons.update(r for r in self.counts if self.counts[r] != before.get(r, 0))
+
+    def nulled_table(self) -> pa.Table:
+        return pa.concat_tables(self._nulled) if self._nulled else REJECT_SCHEMA.empty_table()
 
     def add(self, *, file: str, reason: str, row: int | None = None, member: str | None = None,
             field: str | None = None, value: object = None) -> None:
@@ -85,7 +112,8 @@ class RejectLog:
         return pa.concat_tables(parts)
 
     def __len__(self) -> int:
-        return sum(self.counts.values())
+        """Rejected records (values nulled in kept records are not counted here)."""
+        return sum(n for r, n in self.counts.items() if r not in self.nulled_reasons)
 
 
 def _value_counts(arr: pa.ChunkedArray) -> tuple[list, list]:
@@ -108,6 +136,145 @@ def duckdb_connection(threads: int = 1):
     return con
 
 
+# values that mean "no value" in the sources' text: nulled and counted (an empty string is only missing)
+PLACEHOLDERS = ("N/A", "NA", "NULL", "NONE", "NAN", "-", "?", "UNKNOWN")
+EARLIEST_YEAR = 1700  # an earlier observation date is a typo or a placeholder (0001, 1000)
+DNA_LETTERS = "ACGTURYSWKMBDHVN-"  # IUPAC nucleotide codes, '-' gaps (N runs are N's)
+MAX_UNCERTAINTY_M = 20_037_509.0  # half the equator: no radius on Earth is larger
+
+
+def with_raw_columns(table: pa.Table) -> pa.Table:
+    """`table` with every READER_SCHEMA column: the context a reader does not give is null."""
+    for f in READER_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table
+
+
+def clean_context(raw: pa.Table, rejects: RejectLog, file: str, today: str | None = None) -> dict[str, pa.Array]:
+    """The CONTEXT_COLUMNS of `raw` (text as the reader gave it) parsed into their types and checked, with Arrow
+    kernels over whole columns. A value that fails is null, counted in `rejects.nulled` under
+    `invalid_<field>` (`future_observed_on` for a date after `today`, UTC by default). Empty text is missing,
+    not invalid."""
+    import datetime
+
+    import pyarrow.compute as pc
+
+    n = raw.num_rows
+    today = today or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    null_s = pa.scalar(None, pa.string())
+    out: dict[str, pa.Array] = {}
+    bad_parts: list[pa.Table] = []
+
+    def text(col: str):
+        t = pc.utf8_trim_whitespace(raw[col].combine_chunks() if isinstance(raw[col], pa.ChunkedArray) else raw[col])
+        return pc.if_else(pc.equal(t, ""), null_s, t)
+
+    def reject(col: str, given, mask, reason: str | None = None):
+        """Null `given`'s values where mask is true; record them."""
+        mask = pc.fill_null(mask, False)
+        if pc.any(mask).as_py():
+            bad_parts.append(pa.table({
+                "row": raw["_row"].filter(mask) if "_row" in raw.column_names else pa.nulls(pc.sum(mask).as_py(), pa.int64()),
+                "member": raw["media_member"].filter(mask), "field": pa.repeat(pa.scalar(col), pc.sum(mask).as_py()),
+                "reason": pa.repeat(pa.scalar(reason or f"invalid_{col}"), pc.sum(mask).as_py()),
+                "value": raw[col].filter(mask).cast(pa.string())}))
+        return mask
+
+    def placeholder(t):
+        return pc.is_in(pc.utf8_upper(t), value_set=pa.array(PLACEHOLDERS))
+
+    # ---- strings as given (trimmed); a placeholder is invalid
+    for col in ("basis_of_record", "occurrence_id", "dataset_id", "sample_id"):
+        t = text(col)
+        bad = reject(col, t, placeholder(t))
+        out[col] = pc.if_else(bad, null_s, t)
+
+    t = pc.utf8_upper(text("country_code"))
+    bad = reject("country_code", t, pc.invert(pc.match_substring_regex(t, r"^[A-Z]{2}$")))
+    out["country_code"] = pc.if_else(bad, null_s, t)
+
+    t = pc.utf8_upper(pc.replace_substring_regex(text("dna_barcode"), r"\s+", ""))  # line breaks inside: not data
+    ok = pc.and_(pc.match_substring_regex(t, f"^[{DNA_LETTERS}]+$"), pc.match_substring_regex(t, "[ACGTU]"))
+    bad = reject("dna_barcode", t, pc.invert(ok))
+    out["dna_barcode"] = pc.if_else(bad, null_s, t)
+
+    # ---- observed_on: an ISO 8601 date or date-time, or a range (what both ends share), at its precision
+    t = text("observed_on")
+    parts = pc.split_pattern(t, "/", max_splits=1)
+    start = pc.list_element(parts, 0)
+    # a range: day where both ends share the day, else month, else year
+    is_range = pc.greater(pc.list_value_length(parts), 1)
+    end = pc.if_else(is_range, pc.utf8_slice_codeunits(pc.replace_substring_regex(t, r"^[^/]*/", ""), 0, 10),
+                     pc.utf8_slice_codeunits(start, 0, 10))
+    date_re = r"^(\d{4})(-\d{2}(-\d{2})?)?([T ].*)?$"
+    start_ok = pc.match_substring_regex(start, date_re)
+    end_ok = pc.match_substring_regex(end, date_re)
+
+    def prec(x):  # '2019-06-14T..' -> '2019-06-14', '2019-06' -> '2019-06'
+        return pc.replace_substring_regex(x, r"^(\d{4}(-\d{2}(-\d{2})?)?).*$", r"\1")
+
+    s0, e0 = prec(start), prec(end)
+    shared = pc.if_else(pc.equal(s0, e0), s0, pc.if_else(
+        pc.equal(pc.utf8_slice_codeunits(s0, 0, 7), pc.utf8_slice_codeunits(e0, 0, 7)),
+        pc.utf8_slice_codeunits(s0, 0, 7), pc.if_else(
+            pc.equal(pc.utf8_slice_codeunits(s0, 0, 4), pc.utf8_slice_codeunits(e0, 0, 4)),
+            pc.utf8_slice_codeunits(s0, 0, 4), null_s)))
+    value = pc.if_else(is_range, shared, s0)
+    # a calendar date (month 1..12, day in its month): parse the value padded to a full day
+    full = pc.if_else(pc.equal(pc.utf8_length(value), 4), pc.binary_join_element_wise(value, "01-01", "-"),
+                      pc.if_else(pc.equal(pc.utf8_length(value), 7), pc.binary_join_element_wise(value, "01", "-"),
+                                 value))
+    parsed = pc.strptime(full, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime takes 2019-02-30 for 2019-03-02: a real day reads back as itself
+    parsed = pc.if_else(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), full), parsed,
+                        pa.scalar(None, parsed.type))
+    valid = pc.and_(pc.and_(start_ok, end_ok), pc.and_(pc.is_valid(parsed), pc.is_valid(value)))
+    bad = reject("observed_on", t, pc.and_(pc.is_valid(t), pc.invert(pc.fill_null(valid, False))))
+    ok_val = pc.if_else(bad, null_s, value)
+    year = pc.cast(pc.utf8_slice_codeunits(pc.fill_null(ok_val, "9999"), 0, 4), pa.int32())
+    early = pc.and_(pc.is_valid(ok_val), pc.less(year, EARLIEST_YEAR))
+    bad_early = reject("observed_on", t, early)
+    # future: the earliest day the value can mean is after today (string order is date order in ISO 8601)
+    future = pc.and_(pc.is_valid(ok_val), pc.greater(pc.utf8_slice_codeunits(full, 0, 10), pa.scalar(today)))
+    bad_future = reject("observed_on", t, future, "future_observed_on")
+    out["observed_on"] = pc.if_else(pc.or_(bad_early, bad_future), null_s, ok_val)
+
+    # ---- numbers
+    num_re = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+    def number(col: str):
+        t = text(col)
+        is_num = pc.fill_null(pc.match_substring_regex(t, num_re), False)
+        v = pc.cast(pc.if_else(is_num, t, null_s), pa.float64())
+        return t, v, pc.and_(pc.is_valid(t), pc.invert(is_num))
+
+    lat_t, lat, lat_bad = number("latitude")
+    lon_t, lon, lon_bad = number("longitude")
+    lat_bad = pc.or_(lat_bad, pc.fill_null(pc.greater(pc.abs(lat), 90.0), False))
+    lon_bad = pc.or_(lon_bad, pc.fill_null(pc.greater(pc.abs(lon), 180.0), False))
+    reject("latitude", lat_t, lat_bad)
+    reject("longitude", lon_t, lon_bad)
+    # a coordinate is a pair: one half alone (or beside an invalid half) is no place
+    lone = pc.xor(pc.is_valid(lat_t), pc.is_valid(lon_t))
+    reject("latitude", lat_t, pc.and_(lone, pc.is_valid(lat_t)), "incomplete_coordinate")
+    reject("longitude", lon_t, pc.and_(lone, pc.is_valid(lon_t)), "incomplete_coordinate")
+    drop = pc.or_(pc.or_(lat_bad, lon_bad), lone)
+    null_f = pa.scalar(None, pa.float64())
+    out["latitude"] = pc.if_else(drop, null_f, lat)
+    out["longitude"] = pc.if_else(drop, null_f, lon)
+
+    u_t, u, u_bad = number("coordinate_uncertainty_m")
+    u_bad = pc.or_(u_bad, pc.fill_null(pc.or_(pc.less_equal(u, 0.0), pc.greater(u, MAX_UNCERTAINTY_M)), False))
+    reject("coordinate_uncertainty_m", u_t, u_bad)
+    out["coordinate_uncertainty_m"] = pc.if_else(u_bad, null_f, u)
+
+    if bad_parts:
+        t = pa.concat_tables(bad_parts)
+        rejects.nulled(t.append_column("file", pa.repeat(pa.scalar(file, pa.string()), t.num_rows)))
+    return out
+
+
 def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None) -> pa.Table:
     """Check what every record needs, add `uid` and `source`; reject the rest with their reason.
 
@@ -119,7 +286,7 @@ def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None
     import pyarrow.compute as pc
 
     con = con or duckdb_connection()
-    raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
+    raw = with_raw_columns(raw).select(READER_SCHEMA.names).cast(READER_SCHEMA)
     n = raw.num_rows
 
     def empty(col: str):  # null, "" or only white space
@@ -153,7 +320,9 @@ def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None
     uid = arrow_of(con.sql("SELECT substr(sha256(? || ':' || source_id), 1, 32) AS uid FROM good_ids",
                            params=[source]))["uid"]
     con.unregister("good_ids")
-    columns = [uid, pa.repeat(pa.scalar(source, pa.string()), good.num_rows)] + [good[c] for c in RAW_COLUMNS]
+    context = clean_context(good, rejects, file)  # after the checks: a dropped record's values are not counted
+    columns = ([uid, pa.repeat(pa.scalar(source, pa.string()), good.num_rows)] + [good[c] for c in RAW_COLUMNS]
+               + [context[c] for c in CONTEXT_COLUMNS])
     return pa.Table.from_arrays(columns, schema=RECORD_SCHEMA)
 
 
@@ -169,13 +338,19 @@ def write_records(path: Path, source: str, parts: Iterable[tuple[str, pa.Table |
     for file, t in parts:
         if isinstance(t, pa.RecordBatch):
             t = pa.Table.from_batches([t])
-        tables.append(t.select(RAW_SCHEMA.names).cast(RAW_SCHEMA))
+        tables.append(with_raw_columns(t).select(READER_SCHEMA.names).cast(READER_SCHEMA))
         files.append(file)
-    raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+    raw = pa.concat_tables(tables) if tables else READER_SCHEMA.empty_table()
     label = files[0] if len(set(files)) == 1 else ",".join(sorted(set(files)))
     records = finalize(source, raw, rejects, label, duckdb_connection(threads))
     with atomic_path(path) as tmp:
         pq.write_table(records, tmp, compression="zstd", row_group_size=row_group_size)
         with atomic_path(rejects_path) as rtmp:
             pq.write_table(rejects.table(), rtmp, compression="zstd")
+        nulled = rejects.nulled_table()
+        if nulled.num_rows:  # beside, not in, the `rejects` view's files (rejects/<stage>/<source>/*.parquet)
+            nulled_path = Path(rejects_path).parent / "nulled" / Path(rejects_path).name
+            nulled_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(nulled_path) as ntmp:
+                pq.write_table(nulled, ntmp, compression="zstd")
     return records.num_rows

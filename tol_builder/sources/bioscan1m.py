@@ -8,7 +8,8 @@ flat objects with string values); the images are members of `cropped_256.zip`,
 Records (final schema, 28 columns): source_id = processid, media = cropped_256.zip + member, ranks phylum..species
 as given (species is the full binomial or an interim name, raw; BIOSCAN has no kingdom column, so kingdom is
 null), scientific_name = `name` (the most specific taxon), source_taxon_id = `uri` (the BIN), licence =
-copyright_license, rights_holder = copyright_holder (else copyright_institution), source_split = the value of
+copyright_license, rights_holder = copyright_holder (else copyright_institution), sample_id = sampleid, dna_barcode = nucraw (checked by
+records.clean_context: IUPAC letters, gaps and N runs), source_split = the value of
 the `split_column` option (default large_insect_order: train/validation/test/no_split). The literal
 `not_classified` and empty strings are null. chunk_number must be an integer 1..113.
 
@@ -21,6 +22,7 @@ string; seen in the repository before July 2023) is detected by its header and m
     id file name, which is also the file name inside cropped_256.zip's part folders).
   * scientific_name: there is no `name` column; the most specific of species, genus, subfamily, family, order,
     class, phylum is used (what `name` holds in the final schema).
+  * sample_id = sampleid; it has no nucraw (dna_barcode null).
   * licence = licence, rights_holder = licence_holder (else depository), source_split = split_column when the
     file has it, else null.
 
@@ -54,6 +56,9 @@ FINAL_COLUMNS = ("processid", "uri", "name", "phylum", "class", "order", "family
 PRERELEASE_COLUMNS = ("processid", "phylum", "class", "order", "family", "genus", "species", "uri",
                       "image_file", "licence", "licence_holder", "image_tar")  # required
 MISSING = ("", "not_classified")  # both mean: no value
+# context (issue 23): the specimen's sample id and DNA barcode; BIOSCAN-1M has no place or date
+CONTEXT_COLUMNS = ("sampleid", "nucraw")
+_CONTEXT_SQL = "v(sampleid) AS sample_id, v(nucraw) AS dna_barcode"
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Bioscan1MSource(Source):
                              f"({schema} schema; the header has: {', '.join(header)})", row=0 if fmt == "tsv" else None,
                              field=missing[0])
         optional = ("subfamily", "depository") if prerelease else ("copyright_institution",)
+        optional += CONTEXT_COLUMNS  # sampleid in both schemas, nucraw in the final one: null when absent
         wanted = list(required) + [c for c in optional if c in header]
         if prerelease and split_col in header and split_col not in wanted:
             wanted.append(split_col)
@@ -148,7 +154,8 @@ class Bioscan1MSource(Source):
                   THEN '{MEMBER_PREFIX}/part' || CAST(CAST(_chunk AS BIGINT) AS VARCHAR) || '/' || _file
                   ELSE _file END AS media_member,
                 kingdom, phylum, "class", "order", family, genus, species, scientific_name, common_name,
-                source_taxon_id, licence, rights_holder, source_url, source_split, _row, _reason, _field, _value
+                source_taxon_id, licence, rights_holder, source_url, source_split, sample_id, dna_barcode,
+                _row, _reason, _field, _value
             FROM (SELECT *, {reason} AS _reason, {field} AS _field, {value} AS _value FROM (SELECT
                 v(processid) AS source_id, {sql_literal(partition.get("media_uri"))} AS media_uri,
                 v(image_file) AS _file, v(trim(chunk_number)) AS _chunk,
@@ -156,7 +163,7 @@ class Bioscan1MSource(Source):
                 v(family) AS family, v(genus) AS genus, v(species) AS species, v(name) AS scientific_name,
                 NULL::VARCHAR AS common_name, v(uri) AS source_taxon_id, v(copyright_license) AS licence,
                 coalesce(v(copyright_holder), v(copyright_institution)) AS rights_holder,
-                NULL::VARCHAR AS source_url, v({sql_ident(split_col)}) AS source_split, _row
+                NULL::VARCHAR AS source_url, v({sql_ident(split_col)}) AS source_split, {_CONTEXT_SQL}, _row
               FROM raw))"""
 
     @staticmethod
@@ -175,7 +182,7 @@ class Bioscan1MSource(Source):
                 coalesce({", ".join(f"v({sql_ident(r)})" for r in ranks)}) AS scientific_name,
                 NULL::VARCHAR AS common_name, v(uri) AS source_taxon_id, v(licence) AS licence,
                 coalesce(v(licence_holder), v(depository)) AS rights_holder,
-                NULL::VARCHAR AS source_url, v({sql_ident(split_col)}) AS source_split, _row,
+                NULL::VARCHAR AS source_url, v({sql_ident(split_col)}) AS source_split, {_CONTEXT_SQL}, _row,
                 CASE WHEN v(image_file) IS NULL THEN 'missing_field' END AS _reason,
                 CASE WHEN v(image_file) IS NULL THEN 'image_file' END AS _field, NULL::VARCHAR AS _value
             FROM raw LEFT JOIN tar_urls t ON t.tar = v(raw.image_tar)"""

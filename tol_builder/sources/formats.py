@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from ..errors import InputError
 from ..fileio import atomic_path, safe_member_name, write_text_atomic
 from ..manifest import ManifestFile
-from ..records import RAW_SCHEMA, RejectLog, arrow_of, duckdb_connection
+from ..records import CONTEXT_RAW_SCHEMA, RAW_SCHEMA, RejectLog, arrow_of, duckdb_connection
 from ..sql import ident as sql_ident, literal as sql_literal  # noqa: F401 (readers import them from here)
 
 
@@ -58,7 +58,8 @@ def tsv_header(path: Path, label: str, delim: str = "\t") -> list[str]:
 
 def split_rejects(out: pa.Table, label: str, rejects: RejectLog, member: str | None = None) -> pa.Table:
     """`out` has the RAW_SCHEMA columns plus _reason, _field, _value: rows with a reason go to `rejects`
-    (file = label, row = _row), the others are returned with the RAW_SCHEMA columns."""
+    (file = label, row = _row), the others are returned with the RAW_SCHEMA columns and the context ones
+    `out` has."""
     reason = out.column("_reason")
     if reason.null_count < out.num_rows:
         bad = out.filter(pc.is_valid(reason))
@@ -67,7 +68,7 @@ def split_rejects(out: pa.Table, label: str, rejects: RejectLog, member: str | N
             "member": bad.column(member) if member else pa.nulls(bad.num_rows, pa.string()),
             "field": bad.column("_field"), "reason": bad.column("_reason"), "value": bad.column("_value")}))
         out = out.filter(pc.is_null(reason))
-    return out.select(RAW_SCHEMA.names)
+    return out.select(RAW_SCHEMA.names + [c for c in CONTEXT_RAW_SCHEMA.names if c in out.column_names])
 
 
 def read_delimited(path: Path, names: list[str], select: list[str], *, label: str, delim: str, quote: str,

@@ -10,6 +10,10 @@ header lines too. One record per StillImage row of the multimedia extension, joi
 * media_uri = the image URL (identifier); source_url = references (the image's page, else the occurrence's);
 * ranks from the occurrence's interpreted columns (GBIF's backbone names), scientific_name = scientificName,
   source_taxon_id = taxonKey; licence and rights holder of the image, else of the occurrence.
+* context: observed_on = eventDate, latitude / longitude = decimalLatitude / decimalLongitude,
+  coordinate_uncertainty_m = coordinateUncertaintyInMeters, country_code = countryCode, basis_of_record,
+  occurrence_id = occurrenceID, dataset_id = datasetKey; a coordinate GBIF flags as untrustworthy
+  (COORDINATE_FLAGS in `issue`) is nulled with a counted reason.
 
 Streamed in bounded memory: the two files are extracted once into the cache and joined by DuckDB (it spills
 to disk past its memory limit); `options.partitions` cuts the records into that many ingest tasks by a hash
@@ -42,7 +46,20 @@ MULTIMEDIA = "http://rs.gbif.org/terms/1.0/Multimedia"
 CORE_TERMS = {"kingdom": "kingdom", "phylum": "phylum", "class": "class", "order": "order", "family": "family",
               "genus": "genus", "species": "species", "scientific_name": "scientificName",
               "common_name": "vernacularName", "source_taxon_id": "taxonKey", "occ_licence": "license",
-              "occ_rights": "rightsHolder", "occ_url": "references", "gbif_id": "gbifID"}
+              "occ_rights": "rightsHolder", "occ_url": "references", "gbif_id": "gbifID",
+              # context (issue 23), as text: records.clean_context parses and checks it
+              "observed_on": "eventDate", "latitude": "decimalLatitude", "longitude": "decimalLongitude",
+              "coordinate_uncertainty_m": "coordinateUncertaintyInMeters", "country_code": "countryCode",
+              "basis_of_record": "basisOfRecord", "occurrence_id": "occurrenceID", "dataset_id": "datasetKey",
+              "issue": "issue"}
+CONTEXT = ("observed_on", "latitude", "longitude", "coordinate_uncertainty_m", "country_code", "basis_of_record",
+           "occurrence_id", "dataset_id")
+# GBIF issue flags (the occurrence's `issue` column, ';'-separated) after which its coordinate is not trusted:
+# the coordinate (and its uncertainty) is nulled, counted under gbif_<flag in lower case>; the first flag of
+# this order names the reason. Flags that only note a rounding or a default datum leave it as it is.
+COORDINATE_FLAGS = ("ZERO_COORDINATE", "COORDINATE_INVALID", "COORDINATE_OUT_OF_RANGE",
+                    "PRESUMED_SWAPPED_COORDINATE", "PRESUMED_NEGATED_LATITUDE", "PRESUMED_NEGATED_LONGITUDE",
+                    "COORDINATE_REPROJECTION_FAILED", "COUNTRY_COORDINATE_MISMATCH")
 MEDIA_TERMS = {"type": "type", "format": "format", "identifier": "identifier", "references": "references",
                "licence": "license", "rights": "rightsHolder", "creator": "creator", "gbif_id": "gbifID"}
 
@@ -258,8 +275,34 @@ class GBIFSource(Source):
                    coalesce({col('m', 'licence')}, {col('o', 'occ_licence')}) AS licence,
                    coalesce({col('m', 'rights')}, {col('m', 'creator')}, {col('o', 'occ_rights')}) AS rights_holder,
                    coalesce({col('m', 'references')}, {col('o', 'occ_url')}) AS source_url,
-                   NULL::VARCHAR AS source_split, m._row::BIGINT AS _row
+                   NULL::VARCHAR AS source_split, {", ".join(f"CAST({col('o', c)} AS VARCHAR) AS {c}" for c in CONTEXT)},
+                   CAST({col('o', 'issue')} AS VARCHAR) AS _issue, m._row::BIGINT AS _row
             FROM mm m JOIN occ o USING (gbif_id)
             WHERE lower(coalesce({col('m', 'type')}, '')) = 'stillimage' ORDER BY m._row"""))
         con.close()
-        yield f"{label}:{media['location']}", table
+        file = f"{label}:{media['location']}"
+        yield file, _flagged_coordinates(table, rejects, file)
+
+
+def _flagged_coordinates(table: pa.Table, rejects: RejectLog, file: str) -> pa.Table:
+    """Null the coordinate (latitude, longitude, uncertainty) of occurrences carrying one of COORDINATE_FLAGS,
+    counted in `rejects.nulled` under gbif_<flag>; the `_issue` column is dropped."""
+    issue = table.column("_issue")
+    table = table.drop_columns(["_issue"])
+    null = pa.scalar(None, pa.string())
+    reason = pa.nulls(table.num_rows, pa.string())
+    for flag in reversed(COORDINATE_FLAGS):  # the first flag of the order wins
+        has = pc.fill_null(pc.match_substring_regex(issue, f"(^|;)\\s*{flag}\\s*(;|$)"), False)
+        reason = pc.if_else(has, pa.scalar(f"gbif_{flag.lower()}"), reason)
+    flagged = pc.and_(pc.is_valid(reason), pc.or_(pc.is_valid(table["latitude"]), pc.is_valid(table["longitude"])))
+    if not pc.any(flagged).as_py():
+        return table
+    bad = table.filter(flagged)
+    rejects.nulled(pa.table({
+        "file": pa.repeat(pa.scalar(file, pa.string()), bad.num_rows), "row": bad["_row"],
+        "field": pa.repeat(pa.scalar("latitude"), bad.num_rows), "reason": reason.filter(flagged),
+        "value": pc.binary_join_element_wise(pc.fill_null(bad["latitude"], ""), pc.fill_null(bad["longitude"], ""),
+                                             ",")}))
+    for c in ("latitude", "longitude", "coordinate_uncertainty_m"):
+        table = table.set_column(table.schema.get_field_index(c), c, pc.if_else(flagged, null, table[c]))
+    return table

@@ -52,8 +52,12 @@ _RANK_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus", "specifi
 _CATEGORY_COLUMNS = ("name", "common_name") + _RANK_KEYS
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _JSON_ERRORS = (ijson.JSONError, UnicodeDecodeError)  # ijson lets some bad UTF-8 through as the latter
+# images[] context keys -> record columns (as text: records.clean_context parses and checks them)
+_IMAGE_CONTEXT = {"date": "observed_on", "latitude": "latitude", "longitude": "longitude",
+                  "location_uncertainty": "coordinate_uncertainty_m"}
 _IMAGE_SCHEMA = pa.schema([("_row", pa.int64()), ("image_id", pa.int64()), ("file_name", pa.string()),
-                           ("license", pa.string()), ("rights_holder", pa.string())])
+                           ("license", pa.string()), ("rights_holder", pa.string())]
+                          + [(c, pa.string()) for c in _IMAGE_CONTEXT.values()])
 
 
 @dataclass
@@ -162,6 +166,8 @@ class INat21Source(Source):
             "_row": img["_row"],
         }
         table = raw_table(columns, n)
+        for c in _IMAGE_CONTEXT.values():  # beside the labels: the context, as text
+            table = table.append_column(c, img[c])
         return table if pc.all(keep).as_py() else table.filter(keep)
 
 
@@ -319,7 +325,8 @@ def _image_batch(batch: list, start: int, rejects: RejectLog, label: str) -> pa.
         lic, holders = (pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a)
                         for a in (lic.cast(pa.string()), holders))
         return pa.table({"_row": pa.array(range(start, start + n), pa.int64()), "image_id": ids,
-                         "file_name": names, "license": lic, "rights_holder": holders})
+                         "file_name": names, "license": lic, "rights_holder": holders,
+                         **_context_of(batch)})
     rows, ids_, names_, lic_, holders_ = [], [], [], [], []
     for j, d in enumerate(batch):
         row = start + j
@@ -339,9 +346,25 @@ def _image_batch(batch: list, start: int, rejects: RejectLog, label: str) -> pa.
         names_.append(fn)
         lic_.append(_text(d.get("license")))
         holders_.append(_text(d.get("rights_holder")))
+    kept = [batch[r - start] for r in rows]
     return pa.table({"_row": pa.array(rows, pa.int64()), "image_id": pa.array(ids_, pa.int64()),
                      "file_name": pa.array(names_, pa.string()), "license": pa.array(lic_, pa.string()),
-                     "rights_holder": pa.array(holders_, pa.string())})
+                     "rights_holder": pa.array(holders_, pa.string()), **_context_of(kept)})
+
+
+def _context_of(batch: list) -> dict[str, pa.Array]:
+    """The images' date, latitude, longitude and location_uncertainty as text (numbers in their shortest
+    decimal form, anything else as its text: records.clean_context nulls and counts what does not parse)."""
+    return {col: pa.array([_context_text(d.get(key)) for d in batch], pa.string())
+            for key, col in _IMAGE_CONTEXT.items()}
+
+
+def _context_text(v) -> str | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):  # JSON true/false: not a number, a value to reject
+        return str(v).lower()
+    return v if isinstance(v, str) else repr(v) if isinstance(v, float) else str(v)
 
 
 def _categories_of(items: Iterator) -> tuple[pa.Table, list[dict]]:

@@ -1,7 +1,9 @@
 """`table`: any collection described by a CSV, TSV or Parquet table, plugged in without writing code.
 
 Each metadata file of the manifest is one partition. The workflow maps the table's columns onto the records
-columns; a column not mapped and not named like a records column stays null:
+columns (the label columns and the context ones: observed_on, latitude, ... as columns.CONTEXT_COLUMNS; their
+values are checked by records.clean_context); a column not mapped and not named like a records column stays
+null:
 
     [[sources]]
     name = "table"
@@ -29,6 +31,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..fileio import inside, retrieve
+from ..columns import CONTEXT_COLUMNS
 from ..records import RAW_COLUMNS, RejectLog, arrow_of, duckdb_connection
 from ..sql import ident as sql_ident
 from .base import Partition, Source
@@ -55,10 +58,10 @@ class TableSource(Source):
     description = "a CSV/TSV/Parquet table with an image URL column and rank columns (no code needed)"
 
     def plan(self) -> list[Partition]:
-        unknown = set(self.options.columns) - set(RAW_COLUMNS)
+        unknown = set(self.options.columns) - set(RAW_COLUMNS) - set(CONTEXT_COLUMNS)
         if unknown:
             raise InputError(self.manifest.path, f"options.columns maps unknown records columns {sorted(unknown)}; "
-                             f"known: {', '.join(RAW_COLUMNS)}", field="columns")
+                             f"known: {', '.join([*RAW_COLUMNS, *CONTEXT_COLUMNS])}", field="columns")
         parts = []
         for i, f in enumerate(self.manifest.files_with("metadata")):
             path = retrieve(self.manifest.url(f), inside(self.cache, f.name), md5=f.md5 or None,
@@ -88,6 +91,8 @@ class TableSource(Source):
             delim = "\t" if fmt == "tsv" else self.options.delimiter
             present, delim = csv_header(path, path.name, delim)
         mapping = {col: self.options.columns.get(col, col if col in present else None) for col in RAW_COLUMNS}
+        # context (issue 23): mapped, or a column of its own name; as text (records.clean_context checks it)
+        mapping.update({col: self.options.columns.get(col, col if col in present else None) for col in CONTEXT_COLUMNS})
         for col in ("source_id", "media_uri"):
             if mapping[col] is None:
                 raise InputError(path, f"no column for '{col}' (map one with options.columns)", field=col)
@@ -106,6 +111,8 @@ class TableSource(Source):
         params.update(base=str(path.parent) + "/", split=partition.get("split") or "")
         exprs = []
         for col, src in mapping.items():
+            if src is None and col in CONTEXT_COLUMNS:  # context the table has not: left out (null in records)
+                continue
             value = "NULL::VARCHAR" if src is None else f"NULLIF(trim(CAST({sql_ident(src)} AS VARCHAR)), '')"
             if col == "media_uri":  # relative paths are relative to the table
                 value = (f"CASE WHEN {value} IS NULL OR {value} LIKE '%://%' OR {value} LIKE '/%' THEN {value} "

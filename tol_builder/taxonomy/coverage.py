@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import TolError
+from ..columns import CONTEXT_DOCS
 from ..records import RANKS
 from ..sql import ident, literal
 
@@ -34,7 +35,8 @@ VIEW_DOCS: dict[str, tuple[str, dict[str, str]]] = {
                 "confirmed_rank": "most specific rank confirmed for this record's own raw lineage "
                                   "(lineage_map.confirmed_rank)",
                 "rank_status": "confirmed or source_asserted (this record's ranks below confirmed_rank are the "
-                               "source's own labels); NULL when unresolved"}),
+                               "source's own labels); NULL when unresolved",
+                **{c: f"the record's {c}: {d}" for c, d in CONTEXT_DOCS.items()}}),
     "coverage_ranks": ("images and taxa per rank and per source ('all' = every source)",
                        {"source": "source id or 'all'", "rank": "one of the seven ranks",
                         "rank_index": "0 kingdom .. 6 species", "images": "records",

@@ -21,13 +21,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..fileio import atomic_path
+from ..columns import CONTEXT_COLUMNS
 from ..records import RANKS
-from ..sql import literal
+from ..sql import ident, literal
 
 IMAGES_DIR = "images"  # below the taxonomy output folder
 
+# each image's context (place, time, DNA: columns.CONTEXT_COLUMNS) as its record has it, after the taxon
+CONTEXT = list(CONTEXT_COLUMNS)
 IMAGE_COLUMNS = ["uid", "source", "source_id", "taxon_id", *RANKS, "scientific_name", "common_name", "lowest_rank",
-                 "confirmed_rank", "rank_status"]
+                 "confirmed_rank", "rank_status", *CONTEXT]
+
+
+def _context_select(present: set[str] | None = None, alias: str = "r") -> str:
+    """The context columns of records `alias`; NULL of the column's type where the records predate them."""
+    return ", ".join(f"{alias}.{ident(c)}" if present is None or c in present
+                     else f"NULL::{'DOUBLE' if CONTEXT_COLUMNS[c][0] == 'float64' else 'VARCHAR'} AS {ident(c)}"
+                     for c in CONTEXT)
 
 
 def images_glob(output_dir: str = "taxonomy") -> str:
@@ -36,14 +46,15 @@ def images_glob(output_dir: str = "taxonomy") -> str:
 
 
 def images_sql(page_sources: list[str], records: str = "records", lineage_map: str = "lineage_map",
-               taxa: str = "taxa") -> str:
+               taxa: str = "taxa", present: set[str] | None = None) -> str:
     """SELECT of the `images` rows of `records` (a table, view or table function), every column of
-    IMAGE_COLUMNS, through each record's raw lineage key."""
+    IMAGE_COLUMNS, through each record's raw lineage key. `present`: the records' columns, when they may
+    predate the context columns (the missing ones are NULL)."""
     from .reconcile import lineage_key_sql
 
     ranks = ", ".join(f't."{r}"' for r in RANKS)
     return f"""SELECT r.uid, r.source, r.source_id, m.taxon_id, {ranks}, t.scientific_name, t.common_name,
-               t.lowest_rank, m.confirmed_rank, m.rank_status
+               t.lowest_rank, m.confirmed_rank, m.rank_status, {_context_select(present)}
         FROM {records} r
         LEFT JOIN {lineage_map} m ON m.source = r.source AND m.lineage_key = {lineage_key_sql(page_sources, 'r')}
         LEFT JOIN {taxa} t ON t.taxon_id = m.taxon_id"""
@@ -81,15 +92,16 @@ def write_images(con, out: Path, records_glob: str, output_dir: str, page_source
                    AS taxon_order
         FROM read_parquet({literal(str(d / 'lineage_map.parquet'))}) m
         LEFT JOIN read_parquet({literal(str(d / 'taxa.parquet'))}) t ON t.taxon_id = m.taxon_id""")
-    columns = ", ".join(f'l."{c}"' for c in IMAGE_COLUMNS[3:])
+    columns = ", ".join(f'l."{c}"' for c in IMAGE_COLUMNS[3:len(IMAGE_COLUMNS) - len(CONTEXT)])
     rows = size = 0
     with atomic_path(d / IMAGES_DIR) as tmp:
         tmp.mkdir()
         for f in files:
             dest = tmp / f.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
+            present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(str(f))})").fetchall()}
             rows += con.execute(f"""COPY (
-                SELECT r.uid, r.source, r.source_id, {columns}
+                SELECT r.uid, r.source, r.source_id, {columns}, {_context_select(present)}
                 FROM read_parquet({literal(str(f))}) r
                 LEFT JOIN _img_lineages l ON l.source = r.source AND l.lineage_key = {lineage_key_sql(page_sources, 'r')}
                 ORDER BY l.taxon_order NULLS LAST, r.uid)
