@@ -275,3 +275,51 @@ def test_finalize_gives_the_typed_schema_when_a_reader_has_no_context():
     raw = pa.table({"source_id": ["a"], "media_uri": ["u"], "_row": pa.array([1], pa.int64())})
     t = finalize("s", raw, RejectLog("s", "p"), "f")
     assert t.schema == RECORD_SCHEMA and t["latitude"].type == pa.float64() and t["latitude"].null_count == 1
+
+
+# ======================================================================== real files (skipped when absent)
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def test_real_inat21_images_keep_their_context(tmp_path):
+    """TFDS's copies of the published iNat21 JSON: each image's date (its day), latitude, longitude and
+    location_uncertainty reach the records as given."""
+    import tarfile
+
+    import pytest
+
+    if not (REALDATA / "inat21").is_dir():
+        pytest.skip(f"{REALDATA} is not present")
+    raw = json.loads((REALDATA / "inat21" / "tfds_dummy_train.json").read_text())
+    with tarfile.open(tmp_path / "train.json.tar.gz", "w:gz") as tar:
+        tar.add(REALDATA / "inat21" / "tfds_dummy_train.json", arcname="train.json")
+    m = write_manifest(tmp_path, "inat21", [{"name": "train.json.tar.gz", "role": "metadata", "split": "train"},
+                                            {"name": "train.tar.gz", "role": "media", "split": "train"}])
+    records, rejects, nulled, counters = ingest_source(tmp_path, "inat21", m.path, splits=["train"])
+    by_member = {r["media_member"]: r for r in records}
+    assert len(records) == len(raw["images"]) and nulled == []
+    for img in raw["images"]:
+        r = by_member[img["file_name"]]
+        assert r["observed_on"] == img["date"][:10]
+        assert (r["latitude"], r["longitude"]) == (img["latitude"], img["longitude"])
+        assert r["coordinate_uncertainty_m"] == (None if img["location_uncertainty"] is None
+                                                 else float(img["location_uncertainty"]))
+
+
+def test_real_bioscan1m_prerelease_sample_ids(tmp_path):
+    import csv
+
+    import pytest
+
+    name = "prerelease_small_dataset_validation_metadata_first300.tsv"
+    if not (REALDATA / "bioscan1m" / name).is_file():
+        pytest.skip(f"{REALDATA} is not present")
+    m = write_manifest(tmp_path, "bioscan1m", [
+        {"name": name, "role": "metadata", "format": "tsv", "url": str(REALDATA / "bioscan1m" / name)},
+        {"name": "cropped_256.zip", "role": "media", "url": "https://example.org/cropped_256.zip"}])
+    records, _, nulled, _ = ingest_source(tmp_path, "bioscan1m", m.path)
+    with open(REALDATA / "bioscan1m" / name, newline="") as f:
+        given = {s["processid"]: s["sampleid"] or None for s in csv.DictReader(f, delimiter="\t")}
+    assert len(records) == 300 and nulled == []
+    assert {r["source_id"]: r["sample_id"] for r in records} == given
+    assert all(r["dna_barcode"] is None for r in records)  # the pre-release schema has no nucraw
