@@ -149,8 +149,9 @@ class PeakRSS:
 def brute_force_us_per_query(queries: np.ndarray, ev: np.ndarray, r: int) -> tuple[float, int]:
     w = ev.view(np.uint64)
     t0, found = time.perf_counter(), 0
-    for lo in range(0, len(queries), 256):
-        q = queries[lo:lo + 256].view(np.uint64)
+    step = max(1, min(256, (1 << 24) // max(1, len(ev))))  # (step, len(ev), 4) words: at most ~0.5 GB
+    for lo in range(0, len(queries), step):
+        q = queries[lo:lo + step].view(np.uint64)
         d = np.bitwise_count(q[:, None, :] ^ w[None, :, :]).sum(axis=-1)
         found += int((d <= r).sum())
     return (time.perf_counter() - t0) / len(queries) * 1e6, found
@@ -170,7 +171,7 @@ def hash_part(args) -> dict:
     work = Path(args.workdir) / "hash"
     shutil.rmtree(work / "build", ignore_errors=True)
     out = work / "build"
-    paths = make_images(work / "images", args.hash_images, seed=args.seed)
+    paths = make_images(Path(args.images_dir) if args.images_dir else work / "images", args.hash_images, seed=args.seed)
     rng = np.random.default_rng(12)
     per_file = max(1, args.hash_images // 10)  # ten media files: ten tasks, as fetch writes chunks
     d = out / "evalsets" / "media" / "bench"
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parts", default="match,pool", help="match (the bar), pool (within-pool search, beside it), "
                     "hash (variant hashing of --hash-images real JPEGs)")
     ap.add_argument("--hash-images", type=int, default=5_000)
+    ap.add_argument("--images-dir", default=None, help="hash: JPEGs made by bench/fetch_images.py (reused when all "
+                    "--hash-images of them exist; default <workdir>/hash/images)")
     args = ap.parse_args(argv)
     parts = args.parts.split(",")
     if "hash" in parts:
