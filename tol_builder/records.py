@@ -168,7 +168,10 @@ def clean_context(raw: pa.Table, rejects: RejectLog, file: str, today: str | Non
 
     def text(col: str):
         t = pc.utf8_trim_whitespace(raw[col].combine_chunks() if isinstance(raw[col], pa.ChunkedArray) else raw[col])
-        return pc.if_else(pc.equal(t, ""), null_s, t)
+        return pc.if_else(pc.equal(pc.utf8_length(t), 0), null_s, t)  # (a length compare: faster than to "")
+
+    def absent(*cols: str) -> bool:  # a source without the column: nothing to check (most readers, most columns)
+        return all(raw[c].null_count == n for c in cols)
 
     def reject(col: str, given, mask, reason: str | None = None):
         """Null `given`'s values where mask is true; record them."""
@@ -186,59 +189,26 @@ def clean_context(raw: pa.Table, rejects: RejectLog, file: str, today: str | Non
 
     # ---- strings as given (trimmed); a placeholder is invalid
     for col in ("basis_of_record", "occurrence_id", "dataset_id", "sample_id"):
+        if absent(col):
+            out[col] = pa.nulls(n, pa.string())
+            continue
         t = text(col)
         bad = reject(col, t, placeholder(t))
         out[col] = pc.if_else(bad, null_s, t)
 
-    t = pc.utf8_upper(text("country_code"))
-    bad = reject("country_code", t, pc.invert(pc.match_substring_regex(t, r"^[A-Z]{2}$")))
-    out["country_code"] = pc.if_else(bad, null_s, t)
+    out["country_code"] = out["dna_barcode"] = out["observed_on"] = pa.nulls(n, pa.string())
+    if not absent("country_code"):
+        t = pc.utf8_upper(text("country_code"))
+        bad = reject("country_code", t, pc.invert(pc.match_substring_regex(t, r"^[A-Z]{2}$")))
+        out["country_code"] = pc.if_else(bad, null_s, t)
 
-    t = pc.utf8_upper(pc.replace_substring_regex(text("dna_barcode"), r"\s+", ""))  # line breaks inside: not data
-    ok = pc.and_(pc.match_substring_regex(t, f"^[{DNA_LETTERS}]+$"), pc.match_substring_regex(t, "[ACGTU]"))
-    bad = reject("dna_barcode", t, pc.invert(ok))
-    out["dna_barcode"] = pc.if_else(bad, null_s, t)
-
-    # ---- observed_on: an ISO 8601 date or date-time, or a range (what both ends share), at its precision
-    t = text("observed_on")
-    parts = pc.split_pattern(t, "/", max_splits=1)
-    start = pc.list_element(parts, 0)
-    # a range: day where both ends share the day, else month, else year
-    is_range = pc.greater(pc.list_value_length(parts), 1)
-    end = pc.if_else(is_range, pc.utf8_slice_codeunits(pc.replace_substring_regex(t, r"^[^/]*/", ""), 0, 10),
-                     pc.utf8_slice_codeunits(start, 0, 10))
-    date_re = r"^(\d{4})(-\d{2}(-\d{2})?)?([T ].*)?$"
-    start_ok = pc.match_substring_regex(start, date_re)
-    end_ok = pc.match_substring_regex(end, date_re)
-
-    def prec(x):  # '2019-06-14T..' -> '2019-06-14', '2019-06' -> '2019-06'
-        return pc.replace_substring_regex(x, r"^(\d{4}(-\d{2}(-\d{2})?)?).*$", r"\1")
-
-    s0, e0 = prec(start), prec(end)
-    shared = pc.if_else(pc.equal(s0, e0), s0, pc.if_else(
-        pc.equal(pc.utf8_slice_codeunits(s0, 0, 7), pc.utf8_slice_codeunits(e0, 0, 7)),
-        pc.utf8_slice_codeunits(s0, 0, 7), pc.if_else(
-            pc.equal(pc.utf8_slice_codeunits(s0, 0, 4), pc.utf8_slice_codeunits(e0, 0, 4)),
-            pc.utf8_slice_codeunits(s0, 0, 4), null_s)))
-    value = pc.if_else(is_range, shared, s0)
-    # a calendar date (month 1..12, day in its month): parse the value padded to a full day
-    full = pc.if_else(pc.equal(pc.utf8_length(value), 4), pc.binary_join_element_wise(value, "01-01", "-"),
-                      pc.if_else(pc.equal(pc.utf8_length(value), 7), pc.binary_join_element_wise(value, "01", "-"),
-                                 value))
-    parsed = pc.strptime(full, format="%Y-%m-%d", unit="s", error_is_null=True)
-    # strptime takes 2019-02-30 for 2019-03-02: a real day reads back as itself
-    parsed = pc.if_else(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), full), parsed,
-                        pa.scalar(None, parsed.type))
-    valid = pc.and_(pc.and_(start_ok, end_ok), pc.and_(pc.is_valid(parsed), pc.is_valid(value)))
-    bad = reject("observed_on", t, pc.and_(pc.is_valid(t), pc.invert(pc.fill_null(valid, False))))
-    ok_val = pc.if_else(bad, null_s, value)
-    year = pc.cast(pc.utf8_slice_codeunits(pc.fill_null(ok_val, "9999"), 0, 4), pa.int32())
-    early = pc.and_(pc.is_valid(ok_val), pc.less(year, EARLIEST_YEAR))
-    bad_early = reject("observed_on", t, early)
-    # future: the earliest day the value can mean is after today (string order is date order in ISO 8601)
-    future = pc.and_(pc.is_valid(ok_val), pc.greater(pc.utf8_slice_codeunits(full, 0, 10), pa.scalar(today)))
-    bad_future = reject("observed_on", t, future, "future_observed_on")
-    out["observed_on"] = pc.if_else(pc.or_(bad_early, bad_future), null_s, ok_val)
+    if not absent("dna_barcode"):
+        t = pc.utf8_upper(pc.replace_substring_regex(text("dna_barcode"), r"\s+", ""))  # line breaks inside: not data
+        ok = pc.and_(pc.match_substring_regex(t, f"^[{DNA_LETTERS}]+$"), pc.match_substring_regex(t, "[ACGTU]"))
+        bad = reject("dna_barcode", t, pc.invert(ok))
+        out["dna_barcode"] = pc.if_else(bad, null_s, t)
+    if not absent("observed_on"):
+        out["observed_on"] = _observed_on(raw, text("observed_on"), today, reject)
 
     # ---- numbers
     num_re = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
@@ -248,6 +218,26 @@ def clean_context(raw: pa.Table, rejects: RejectLog, file: str, today: str | Non
         is_num = pc.fill_null(pc.match_substring_regex(t, num_re), False)
         v = pc.cast(pc.if_else(is_num, t, null_s), pa.float64())
         return t, v, pc.and_(pc.is_valid(t), pc.invert(is_num))
+
+    null_f = pa.scalar(None, pa.float64())
+    out["latitude"] = out["longitude"] = out["coordinate_uncertainty_m"] = pa.nulls(n, pa.float64())
+    if not absent("latitude", "longitude"):
+        _coordinates(out, number, reject)
+    if not absent("coordinate_uncertainty_m"):
+        u_t, u, u_bad = number("coordinate_uncertainty_m")
+        u_bad = pc.or_(u_bad, pc.fill_null(pc.or_(pc.less_equal(u, 0.0), pc.greater(u, MAX_UNCERTAINTY_M)), False))
+        reject("coordinate_uncertainty_m", u_t, u_bad)
+        out["coordinate_uncertainty_m"] = pc.if_else(u_bad, null_f, u)
+
+    if bad_parts:
+        t = pa.concat_tables(bad_parts)
+        rejects.nulled(t.append_column("file", pa.repeat(pa.scalar(file, pa.string()), t.num_rows)))
+    return out
+
+
+def _coordinates(out: dict, number, reject) -> None:
+    """latitude and longitude (clean_context): a pair, both nulled when one is invalid or alone."""
+    import pyarrow.compute as pc
 
     lat_t, lat, lat_bad = number("latitude")
     lon_t, lon, lon_bad = number("longitude")
@@ -264,15 +254,57 @@ def clean_context(raw: pa.Table, rejects: RejectLog, file: str, today: str | Non
     out["latitude"] = pc.if_else(drop, null_f, lat)
     out["longitude"] = pc.if_else(drop, null_f, lon)
 
-    u_t, u, u_bad = number("coordinate_uncertainty_m")
-    u_bad = pc.or_(u_bad, pc.fill_null(pc.or_(pc.less_equal(u, 0.0), pc.greater(u, MAX_UNCERTAINTY_M)), False))
-    reject("coordinate_uncertainty_m", u_t, u_bad)
-    out["coordinate_uncertainty_m"] = pc.if_else(u_bad, null_f, u)
 
-    if bad_parts:
-        t = pa.concat_tables(bad_parts)
-        rejects.nulled(t.append_column("file", pa.repeat(pa.scalar(file, pa.string()), t.num_rows)))
-    return out
+def _observed_on(raw: pa.Table, t: pa.Array, today: str, reject) -> pa.Array:
+    """observed_on from its trimmed text `t` (clean_context): ISO 8601 at its precision, else null and rejected."""
+    import pyarrow.compute as pc
+
+    null_s = pa.scalar(None, pa.string())
+    # ---- observed_on: an ISO 8601 date or date-time, or a range (what both ends share), at its precision
+    is_range = pc.fill_null(pc.match_substring(t, "/"), False)
+    any_range = pc.any(is_range).as_py()  # ranges are rare: their other end only then
+    start = pc.replace_substring_regex(t, r"/.*$", "") if any_range else t
+    date_re = r"^(\d{4})(-\d{2}(-\d{2})?)?([T ].*)?$"
+    start_ok = end_ok = pc.match_substring_regex(start, date_re)
+    if any_range:
+        end = pc.if_else(is_range, pc.replace_substring_regex(t, r"^[^/]*/", ""), start)
+        end_ok = pc.match_substring_regex(end, date_re)
+
+    def prec(x):  # '2019-06-14T..' -> '2019-06-14', '2019-06' -> '2019-06' (the form checked by date_re)
+        month = pc.equal(pc.utf8_slice_codeunits(x, 4, 5), "-")
+        day = pc.and_(month, pc.equal(pc.utf8_slice_codeunits(x, 7, 8), "-"))
+        return pc.if_else(day, pc.utf8_slice_codeunits(x, 0, 10),
+                          pc.if_else(month, pc.utf8_slice_codeunits(x, 0, 7), pc.utf8_slice_codeunits(x, 0, 4)))
+
+    s0 = prec(start)
+    shared = s0
+    if any_range:
+        e0 = prec(end)
+        shared = pc.if_else(pc.equal(s0, e0), s0, pc.if_else(
+            pc.equal(pc.utf8_slice_codeunits(s0, 0, 7), pc.utf8_slice_codeunits(e0, 0, 7)),
+            pc.utf8_slice_codeunits(s0, 0, 7), pc.if_else(
+                pc.equal(pc.utf8_slice_codeunits(s0, 0, 4), pc.utf8_slice_codeunits(e0, 0, 4)),
+                pc.utf8_slice_codeunits(s0, 0, 4), null_s)))
+    value = pc.if_else(is_range, shared, s0)
+    # a calendar date (month 1..12, day in its month): parse the value padded to a full day
+    full = pc.if_else(pc.equal(pc.utf8_length(value), 4), pc.binary_join_element_wise(value, "01-01", "-"),
+                      pc.if_else(pc.equal(pc.utf8_length(value), 7), pc.binary_join_element_wise(value, "01", "-"),
+                                 value))
+    parsed = pc.strptime(full, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime takes 2019-02-30 for 2019-03-02: a real day keeps its day of the month
+    day = pc.cast(pc.utf8_slice_codeunits(pc.if_else(pc.is_valid(parsed), full, "0000-00-01"), 8, 10), pa.int64())
+    parsed = pc.if_else(pc.equal(pc.day(parsed), day), parsed, pa.scalar(None, parsed.type))
+    valid = pc.and_(pc.and_(start_ok, end_ok), pc.and_(pc.is_valid(parsed), pc.is_valid(value)))
+    bad = reject("observed_on", t, pc.and_(pc.is_valid(t), pc.invert(pc.fill_null(valid, False))))
+    ok_val = pc.if_else(bad, null_s, value)
+    year = pc.cast(pc.utf8_slice_codeunits(pc.fill_null(ok_val, "9999"), 0, 4), pa.int32())
+    early = pc.and_(pc.is_valid(ok_val), pc.less(year, EARLIEST_YEAR))
+    bad_early = reject("observed_on", t, early)
+    # future: the earliest day the value can mean is after today (string order is date order in ISO 8601)
+    future = pc.and_(pc.is_valid(ok_val), pc.greater(pc.utf8_slice_codeunits(full, 0, 10), pa.scalar(today)))
+    bad_future = reject("observed_on", t, future, "future_observed_on")
+    return pc.if_else(pc.or_(bad_early, bad_future), null_s, ok_val)
+
 
 
 def finalize(source: str, raw: pa.Table, rejects: RejectLog, file: str, con=None) -> pa.Table:
