@@ -642,3 +642,41 @@ def test_demo_trained_model_beats_random_init_on_a_demo_taxa_benchmark(tmp_path_
     print(f"zero-shot top-1: trained {100 * trained['zero_shot']['top1']:.1f}%, random "
           f"{100 * rand['zero_shot']['top1']:.1f}%; 5-shot {100 * trained['few_shot']['5-shot']['mean']:.1f}% vs "
           f"{100 * rand['few_shot']['5-shot']['mean']:.1f}%")
+
+
+# ---- issue 21 item 4: rank-cut class strings (--rank) ------------------------------------------------------
+
+def test_suite_at_a_rank_scores_the_taxonomic_strings_cut_there(fixture_root, tmp_path):
+    from conftest import run_cli
+    from tol_builder.eval import features as F
+    from tol_builder.train.zeroshot import templates
+
+    manifests = ",".join(str(p) for p in sorted((fixture_root / "manifests").glob("*.toml")))
+    out = tmp_path / "out"
+    r = run_cli("eval", "suite", "--models", "random:tol-tiny", "--tasks", manifests, "--shots", "0,1",
+                "--images-root", str(fixture_root), "--out", str(out), "--quiet", "--rank", "phylum")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    res = doc["results"]["random:tol-tiny"]
+    rare = res["fix_rare"]
+    # three species in two phyla: two classes, the taxonomic string cut at phylum, every image kept
+    assert rare["rank"] == "phylum" and rare["text_type"] == "taxon@phylum" and rare["n_classes"] == 2
+    assert set(rare["zero_shot"]["per_class_top1"]) == {"Animalia Chordata", "Animalia Mollusca"}
+    assert rare["n_images"] == 3 * 6 and "1-shot" in rare["few_shot"]
+    # equal to a per-image, per-template reference on those two strings
+    data = T.read_task(T.load_task(fixture_root / "manifests" / "fix_rare.toml"), fixture_root)
+    phylum_of = {c: ("Animalia Mollusca" if ranks["phylum"] == "Mollusca" else "Animalia Chordata")
+                 for c, ranks in zip(data.classes, data.ranks)}
+    strings = ["Animalia Chordata", "Animalia Mollusca"]
+    y = np.asarray([strings.index(phylum_of[data.classes[i]]) for i in data.y])
+    model, tokenize = F.load(F.parse_models("random:tol-tiny")[0])
+    logits = _slow_reference(model, tokenize, data, strings, templates("openai"))
+    assert rare["zero_shot"]["top1"] == pytest.approx(np.mean(logits.argmax(1) == y))
+    # tasks without rank columns are not scored at a rank: blank cells, the mean over the rest
+    assert "no rank columns" in res["fix_ma"]["not_scored"] and "zero_shot" not in res["fix_birds"]
+    with open(out / "table.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["fix_ma"] == row["fix_birds"] == "" and row["mean"] == row["fix_rare"]
+    r = run_cli("eval", "suite", "--models", "random:tol-tiny", "--tasks", manifests, "--images-root",
+                str(fixture_root), "--out", str(tmp_path / "bad"), "--quiet", "--rank", "subspecies")
+    assert r.returncode == 1 and "--rank: one of kingdom" in r.stderr

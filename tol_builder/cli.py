@@ -407,6 +407,8 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
                                               "clip=com): its text type on the tasks that offer it (default: "
                                               "BioCLIP's, taxon_com for folders, com for weights files)."),
                templates: str = typer.Option("openai", help="openai (BioCLIP's 80) or plain."),
+               rank: str = typer.Option("", help="Score at a rank (e.g. genus): classes are the taxonomic strings "
+                                        "cut there (tasks with rank columns; the others are not scored)."),
                batch_size: int = typer.Option(64, min=1),
                folds: int = typer.Option(5, min=1),
                threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
@@ -436,7 +438,7 @@ def eval_suite(models: str = typer.Option(..., help="Comma-separated: a checkpoi
         set_text_types(specs, text_types)
         chosen = find_tasks(tasks)
         settings = SuiteSettings(shots=shot_counts, folds=folds, text_type=text_type, templates=templates,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, rank=rank)
         bar = None if quiet else _SuiteProgress()
         try:
             doc = run_suite(specs, chosen, images_root=images_root, cache_dir=cache or out / "cache",

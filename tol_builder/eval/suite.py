@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError, TolError
+from ..records import RANKS
 from ..train import fewshot
 from ..train.zeroshot import class_scores
 from . import features as feat
-from .tasks import Task, TaskData, read_task
+from .tasks import Task, TaskData, cut_at_rank, read_task
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SuiteSettings:
     workers: int = 2  # image decoding threads
     bootstrap: int = 1000
     seed: int = 0
+    rank: str = ""  # "" = the task's own classes; a rank = its taxonomic strings cut there (tasks.cut_at_rank)
 
 
 class _Lazy:
@@ -86,6 +88,14 @@ def evaluate(model: _Lazy, cache: feat.FeatureCache, folder, data: TaskData, s: 
     else:
         cache.stats["image_hits"] += 1
         feats, ok = hit["features"], hit["ok"]
+    if s.rank:  # the same image features, the classes cut at a rank (a task without rank columns: not scored)
+        try:
+            data, keep = cut_at_rank(data, s.rank)
+        except TolError as e:
+            return {"task": data.name, "title": data.task.spec.title or data.name, "rank": s.rank,
+                    "not_scored": str(e)}
+        feats, ok = feats[keep], ok[keep]
+        text_type = f"taxon@{s.rank}"
     feats, y = feats[ok], data.y[ok]
     skipped = dict(data.skipped)
     if (~ok).any():
@@ -93,8 +103,10 @@ def evaluate(model: _Lazy, cache: feat.FeatureCache, folder, data: TaskData, s: 
     out: dict = {"task": data.name, "title": data.task.spec.title or data.name, "text_type": text_type,
                  "templates": s.templates, "n_images": int(len(y)), "n_classes": len(data.classes),
                  "skipped": skipped}
+    if s.rank:
+        out["rank"] = s.rank
     if 0 in s.shots:
-        strings = data.strings(text_type)
+        strings = list(data.classes) if s.rank else data.strings(text_type)
         name = f"{data.name}.text.{text_type}.{s.templates}.npz"
         wkey = feat._digest({"strings": strings, "templates": s.templates})
         hit = cache.get(folder, name, wkey)
@@ -135,6 +147,8 @@ def run_suite(models: list[feat.ModelSpec], tasks: list[Task], *, images_root: P
               progress=None) -> dict:
     """The suite's result document (JSON-ready); report.suite_rows makes the table from it."""
     s = settings or SuiteSettings()
+    if s.rank and s.rank not in RANKS:
+        raise TolError(f"--rank: one of {', '.join(RANKS)}, got {s.rank!r}")
     t0 = time.time()
     datas, missing = read_tasks(tasks, images_root, skip_missing=skip_missing,
                                 cache=Path(cache_dir) / "metadata" if cache_dir else None)

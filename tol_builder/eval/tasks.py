@@ -331,3 +331,33 @@ def read_task(task: Task, images_root: Path | None = None, *, cache: Path | None
                          f"the `{spec.path_column}` paths; set --images-root)")
     return TaskData(task, folder, meta, classes, paths, np.asarray(y, dtype=np.int64),
                     ranks=ranks if spec.rank_columns else [], commons=commons, skipped=skipped)
+
+
+def cut_at_rank(data: TaskData, rank: str) -> tuple[TaskData, np.ndarray]:
+    """The task scored at a higher rank (issue 21 item 4, rank-cut class strings): its classes become the
+    distinct taxonomic strings cut at `rank` ("Animalia Chordata Aves Gruiformes Gruidae Grus" at genus: BioCLIP's
+    `taxon` text at that rank), each image labelled by its class's lineage. Images whose class does not name that
+    rank are left out (counted as skipped["rank_unknown"]). Returns (the cut task, which of data's scored images
+    it keeps). Only tasks with rank columns can be cut."""
+    if rank not in RANKS:
+        raise TolError(f"--rank: one of {', '.join(RANKS)}, got {rank!r}")
+    if not data.ranks:
+        raise TolError(f"{data.task.path}: task {data.name!r} has no rank columns, so it cannot be scored at {rank}")
+    depth = RANKS.index(rank) + 1
+    lineages = [tuple((r or {}).get(k) for k in RANKS[:depth]) for r in data.ranks]
+    groups = sorted({lin for lin in lineages if lin[-1]}, key=lambda lin: [x or "" for x in lin])
+    names = [" ".join(x for x in lin if x) for lin in groups]
+    index = {lin: i for i, lin in enumerate(groups)}
+    new_of_old = np.asarray([index.get(lin, -1) for lin in lineages], dtype=np.int64)
+    y = new_of_old[data.y] if len(data.y) else data.y
+    keep = y >= 0
+    skipped = dict(data.skipped)
+    if (~keep).any():
+        skipped["rank_unknown"] = int((~keep).sum())
+    shot_y = new_of_old[data.shot_y] if len(data.shot_y) else data.shot_y
+    shot_keep = shot_y >= 0
+    cut = TaskData(data.task, data.images_dir, data.metadata, names, [p for p, k in zip(data.paths, keep) if k],
+                   y[keep], [p for p, k in zip(data.shot_paths, shot_keep) if k], shot_y[shot_keep],
+                   ranks=[{k: (lin[i] if i < depth else None) for i, k in enumerate(RANKS)} for lin in groups],
+                   commons=[None] * len(groups), skipped=skipped)
+    return cut, keep
