@@ -16,6 +16,10 @@ settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The session-wide demo build (tests/fixtures_demo.py): one `tol demo` per test session, shared by every module
+# that only reads it.
+pytest_plugins = ["fixtures_demo"]
+
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata"
 

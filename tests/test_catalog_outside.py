@@ -22,12 +22,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    """A folder holding `tol-demo/` (README's `tol demo` run there: the build is `tol-demo/build`)."""
-    root = tmp_path_factory.mktemp("catalog_outside")
-    r = run_cli("demo", "--no-train", "--quiet", cwd=root, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return root
+def demo_root(demo_run) -> Path:
+    """A folder holding `tol-demo/` (README's `tol demo` run there: the build is `tol-demo/build`): the session's
+    demo (tests/fixtures_demo.py), read only here; the tests that move or edit a build copy it first."""
+    return demo_run.root
 
 
 def plain_python(code: str, cwd: Path) -> subprocess.CompletedProcess:

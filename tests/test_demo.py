@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
+from fixtures_demo import copy_build
 from tol_builder.config import load_workflow
 from tol_builder.demo import SENTINEL, DEMO_WORKFLOW, generate, prepare_out, write_workflow
 from tol_builder.demo import sources as gen
@@ -295,9 +296,9 @@ def test_server_stops_on_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_tol_demo_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    r = run_cli("demo", "--out", str(out), "--quiet", timeout=300)
+def test_tol_demo_end_to_end(demo_run, tmp_path):
+    out = demo_run.out  # the session's `tol demo` (tests/fixtures_demo.py): what it printed and built
+    r = demo_run.result
     assert r.returncode == 0, r.stderr
     assert (out / SENTINEL).is_file() and (out / "workflow.toml").is_file()
     printed = "".join(r.stderr.split())  # rich wraps long lines
@@ -334,7 +335,8 @@ def test_tol_demo_end_to_end(tmp_path):
     r = run_cli("coverage", str(build), "--rank", "class", "--plot", str(tmp_path / "cov.png"))
     assert r.returncode == 0, r.stderr
     assert "Insecta" in r.stdout and (tmp_path / "cov.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second run replaces the previous demo
+    # a second run replaces the previous demo (on a copy: the session's demo stays as it was built)
+    out = copy_build(demo_run, tmp_path / "demo", whole_demo=True)
     (out / "data" / "stale").write_text("x")
     r = run_cli("demo", "--out", str(out), "--quiet", timeout=300)
     assert r.returncode == 0, r.stderr

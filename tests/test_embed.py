@@ -30,6 +30,7 @@ def _model_and_features(paths):
     return F.encode_images(model, paths)[0]
 
 
+@pytest.mark.slow  # a model's forward passes over many images (20-70 s at load 6-9)
 def test_embed_a_benchmark_task_reads_back_in_duckdb_and_polars_and_plots(bench, tmp_path):
     from tol_builder.eval import tasks as T
 
@@ -75,6 +76,7 @@ def test_embed_a_benchmark_task_reads_back_in_duckdb_and_polars_and_plots(bench,
     assert "t-SNE of 18 of 18 points, 3 order groups" in r.stderr.replace("\n", " ")
 
 
+@pytest.mark.slow  # a model's forward passes over many images (20-70 s at load 6-9)
 def test_embed_an_image_folder_labels_by_sub_folder_and_counts_broken_images(bench, tmp_path):
     out = tmp_path / "birds.parquet"
     folder = bench / "birds" / "test"
@@ -91,6 +93,7 @@ def test_embed_an_image_folder_labels_by_sub_folder_and_counts_broken_images(ben
     assert "1 undecodable" in r.stderr and "broken.jpg" not in " ".join(df["path"])
 
 
+@pytest.mark.slow  # a model's forward passes over many images (20-70 s at load 6-9)
 def test_embed_a_shard_split_keeps_uids_and_ranks(tmp_path):
     import json
     import tarfile
@@ -120,6 +123,7 @@ def test_embed_a_shard_split_keeps_uids_and_ranks(tmp_path):
     assert f"t-SNE of 10 of {len(metas)} points" in r.stderr.replace("\n", " ") and png.stat().st_size > 0
 
 
+@pytest.mark.slow  # a model's forward passes over many images (20-70 s at load 6-9)
 def test_tsne_sample_is_seeded_and_colour_is_checked(bench, tmp_path):
     from tol_builder.errors import TolError
     from tol_builder.eval.embed import plot_tsne

@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import pytest
 import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,6 +62,7 @@ def manifest(folder: Path) -> Path:
 
 @FUZZ
 @given(occ=occurrence_rows(), mm=multimedia_rows(), data=st.data())
+@pytest.mark.slow  # a long property run (13-27 s at load 5-9)
 def test_gbif_download_rows(occ, mm, data):
     occ_file = data.draw(delimited(OCC_COLS, occ, "\t", False, damage=data.draw(st.booleans())))
     mm_file = data.draw(delimited(MM_COLS, mm, "\t", False)) if mm else None

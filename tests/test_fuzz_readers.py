@@ -373,6 +373,7 @@ def bioscan_manifest(folder: Path, name: str, fmt: str) -> Path:
 
 @FUZZ
 @given(schema=st.sampled_from(["final", "prerelease"]), drop=st.integers(-8, 17), data=st.data())
+@pytest.mark.slow  # a long property run (10-20 s at load 6-9)
 def test_bioscan1m_tsv(schema, drop, data):
     """Final (28 columns) and pre-release (18) schemas, columns in any order, maybe one missing."""
     columns = data.draw(st.permutations(BIOSCAN_COLUMNS if schema == "final" else PRERELEASE_COLUMNS))
@@ -496,6 +497,7 @@ def eol_oracle(rows: list[dict]):
 
 @FUZZ
 @given(numbers=st.lists(st.integers(0, 10**6), min_size=1, max_size=3, unique=True), data=st.data())
+@pytest.mark.slow  # a long property run (10-20 s at load 6-9)
 def test_eol_media_manifest_chunks(numbers, data):
     """CSV chunks in media_manifest.tgz: the header only in the lowest chunk (or missing), columns in any
     order, empty chunks, rows mis-quoted, cut, with bad UTF-8 or the wrong number of fields."""
@@ -881,6 +883,7 @@ def rare_oracle(rows: list[dict], root: str):
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.slow  # a long property run (10-20 s at load 6-9)
 def test_rare_species_metadata_csv(data):
     """BioCLIP's Rare Species metadata.csv (pandas' unnamed index column first): file paths that do not follow
     the EOL pattern, absolute or URLs, repeated, blank; rows damaged like any CSV."""
@@ -922,6 +925,7 @@ FILE_NAME = st.one_of(
 @given(folders=st.lists(st.tuples(FILE_NAME, st.lists(st.tuples(FILE_NAME, st.sampled_from(
     [".jpg", ".JPG", ".png", ".jpeg", ".txt", "", ".jpg.bak", ".tiff"])), max_size=4)), max_size=3),
     hidden=st.booleans(), undecodable=st.booleans(), labels=st.booleans(), data=st.data())
+@pytest.mark.slow  # a long property run (10-20 s at load 6-9)
 def test_image_folder_odd_file_names(folders, hidden, undecodable, labels, data):
     """One sub-folder per class with odd names (spaces, %, #, ?, backslashes, line breaks, very long, not
     UTF-8), hidden files and folders, other extensions, and a labels CSV with damaged rows: every image file a

@@ -56,12 +56,10 @@ def croissant_path(build: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    """A folder holding `tol-demo/` (README's `tol demo` run there: the build is `tol-demo/build`)."""
-    root = tmp_path_factory.mktemp("hf_metadata")
-    r = run_cli("demo", "--no-train", "--quiet", cwd=root, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return root
+def demo_root(demo_run) -> Path:
+    """A folder holding `tol-demo/` (README's `tol demo` run there: the build is `tol-demo/build`): the session's
+    demo (tests/fixtures_demo.py), read only here."""
+    return demo_run.root
 
 
 @pytest.fixture(scope="module")

@@ -244,6 +244,7 @@ def test_tol_query_is_stopped_by_its_timeout_and_spills_outside_the_build(tmp_pa
 
 
 # issue 18 item 7d
+@pytest.mark.slow  # a real build of 8 partitions x 1.5 s
 def test_a_second_build_on_a_build_directory_is_refused_naming_the_first(counting_workflow, tmp_path):
     import os
     import signal

@@ -310,6 +310,7 @@ def _bz2_bomb_zip(path: Path, lie: bool) -> dict:
     return entry
 
 
+@pytest.mark.slow  # inflates a 400 MB bomb twice, once in a fresh process
 def test_zip_members_inflate_under_the_cap(tmp_path):
     """A bzip2 member is inflated a bounded piece at a time: a lying central directory does not help a bomb
     (measured in a fresh process: its peak memory stays near the cap, not near 400 MB)."""
@@ -999,6 +1000,7 @@ print(json.dumps({"peak": status("VmHWM") - rss, "result": result}))
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is read from Linux's /proc")
+@pytest.mark.slow  # decodes two 88-megapixel images in fresh processes
 def test_small_files_of_9400_square_pixels_decode_in_bounded_memory(tmp_path):
     """Issue 18: a 177 KB 16-bit PNG of 9400 x 9400 peaked at 2.28 GB and an RGBA PNG at 1.78 GB in
     imaging.process (float64 copies, several RGBA copies); a 2 GB worker died on every run."""
@@ -1081,6 +1083,7 @@ def test_stage_logs_and_train_reports_print_values_as_text(tmp_path):
     assert "\x1b[2J" not in screen.getvalue() and "\x1b]8;" not in screen.getvalue()
 
 
+@pytest.mark.slow  # torch + open_clip in a subprocess and here
 def test_pickled_weights_given_to_eval_are_refused_in_one_line_naming_the_file(tmp_path):
     """`tol eval --model tol-tiny --checkpoint FILE` (and train.init_checkpoint, which loads the same way), and
     a checkpoint folder whose weights file is pickled: the project's one-line refusal naming the file, not

@@ -41,7 +41,8 @@ SHARD_OUTPUTS = ("shards", "shards_meta", "selection", "README.md", "coverage.pn
 
 
 def tol_demo(root: Path) -> Path:
-    """`tol demo` into root/demo (every stage, shards included); the other shards test modules use it too."""
+    """`tol demo` into root/demo (every stage, shards included): a build of its own, for test_shards_determinism
+    (this module and the others share the session's demo, tests/fixtures_demo.py)."""
     out = root / "demo"
     r = run_cli("demo", "--out", str(out), "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr
@@ -49,8 +50,9 @@ def tol_demo(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return tol_demo(tmp_path_factory.mktemp("shards"))
+def demo(demo_run) -> Path:
+    """The session's `tol demo` folder (tests/fixtures_demo.py): read only; `variant` copies its build."""
+    return demo_run.out
 
 
 def variant(demo: Path, tmp_path: Path, name: str, **sections) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from test_shards import tol_demo, usable_images, variant
+from test_shards import usable_images, variant
 from tol_builder.catalog import query
 from tol_builder.records import RANKS
 from tol_builder.shards.layout import sizes_path, split_dir
@@ -43,9 +43,9 @@ def _seed_with_a_nameless_start(usable: list[dict]) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory) -> dict:
+def sharded(tmp_path_factory, demo_run) -> dict:
     root = tmp_path_factory.mktemp("clients")
-    demo = tol_demo(root)
+    demo = demo_run.out  # the session's demo (tests/fixtures_demo.py); `variant` shards a copy of its build
     seed, nameless = _seed_with_a_nameless_start(usable_images(demo / "build"))
     build, wf = variant(demo, root, "clients", seed=seed, shards={"samples_per_shard": PER_SHARD},
                         text={"languages": list(LANGUAGES)})

@@ -20,6 +20,7 @@ from tol_builder.taxonomy import LOAD_STAGE, STAGE, coverage, plan, writers
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 
+@pytest.mark.slow  # five real runs of the stage
 def test_rerun_resumes_and_changes_rerun_only_what_they_touch(tmp_path):
     d = write_authorities(tmp_path)
     out, first = run_stage(tmp_path, d)

@@ -141,21 +141,15 @@ def write_eval_set(build: Path, eval_set: str, per_taxon: int, *, seed: int = 17
     return len(img_rows["uid"])
 
 
-_DEMO_BUILDS: dict = {}
-
-
 def demo_build(tmp_path_factory, heldout_per_taxon: int = 13) -> Path:
-    """A real `tol demo` build (shards written by the shard stage), made once per test session, with its
-    evaluation set `demo_eval` (>= 200 fresh pictures of the demo taxa, never in the shards) in the catalog's
-    eval views: the dedup stage's where this version has it, else written here (13 per taxon: 208 images)."""
-    if "build" not in _DEMO_BUILDS:
-        from tol_builder.demo import run_demo
-        from tol_builder.train.demo import DEMO_EVAL_SET, has_eval_set
+    """A real `tol demo` build (shards written by the shard stage): the session's one (tests/fixtures_demo.py),
+    with its evaluation set `demo_eval` (>= 200 fresh pictures of the demo taxa, never in the shards) in the
+    catalog's eval views: the dedup stage's where this version has it, else written here (13 per taxon: 208
+    images)."""
+    from fixtures_demo import session_demo
+    from tol_builder.train.demo import DEMO_EVAL_SET, has_eval_set
 
-        out = tmp_path_factory.getbasetemp() / "train-demo"
-        summary = run_demo(out, progress=False)
-        build = Path(summary.out)
-        if not has_eval_set(build, DEMO_EVAL_SET):
-            write_eval_set(build, DEMO_EVAL_SET, heldout_per_taxon, from_catalog=True)
-        _DEMO_BUILDS["build"] = build
-    return _DEMO_BUILDS["build"]
+    build = session_demo(tmp_path_factory).build
+    if not has_eval_set(build, DEMO_EVAL_SET):
+        write_eval_set(build, DEMO_EVAL_SET, heldout_per_taxon, from_catalog=True)
+    return build
