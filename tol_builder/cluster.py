@@ -1,16 +1,15 @@
 """Where tasks run: `get_client()` is the only place that creates or joins a Dask cluster.
 
 Stages never import this module; the build hands their tasks to the runner, which uses the client. The
-[cluster] values a batch script is made of are checked here too (`control_character_problems`).
+[cluster] values a batch script is made of are checked again here (`config.control_character_problems`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
-from .config import ClusterConfig
+from .config import ClusterConfig, control_character_problems
 from .errors import ConfigErrors, TolError
 
 
@@ -96,33 +95,6 @@ def worker_settings(cfg: ClusterConfig):
 
 
 JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
-NO_CONTROL = "text without control characters (newline, CR, tab, ESC ...)"
-
-
-def control_character_problems(cfg: ClusterConfig) -> list[tuple[str, str, object]]:
-    """(dotted key, expected, got) of every [cluster] value, jobqueue_options' nested keys and values included,
-    holding a control character. dask-jobqueue writes these options into the batch script as they are: a
-    newline in job_name or queue would start a new line of the script, a command of its own."""
-    out: list[tuple[str, str, object]] = []
-
-    def walk(key: str, value: object) -> None:
-        if isinstance(value, str):
-            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-                out.append((key, NO_CONTROL, value))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                sub = f"{key}.{k.encode('unicode_escape').decode() if isinstance(k, str) else k}"  # one line
-                walk(sub, k)
-                walk(sub, v)
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                walk(f"{key}[{i}]", v)
-
-    for f in dataclasses.fields(cfg):
-        walk(f"cluster.{f.name}", getattr(cfg, f.name))
-    return out
-
-
 def jobqueue_cluster(cfg: ClusterConfig, start: bool = False):
     """A dask-jobqueue cluster for Slurm, PBS, SGE or LSF.
 

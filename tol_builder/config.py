@@ -440,11 +440,37 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(path, "(syntax)", "valid TOML", str(e)) from None
 
 
+NO_CONTROL = "text without control characters (newline, CR, tab, ESC ...)"
+
+
+def control_character_problems(cfg: ClusterConfig) -> list[tuple[str, str, object]]:
+    """(dotted key, expected, got) of every [cluster] value, jobqueue_options' nested keys and values included,
+    holding a control character. dask-jobqueue writes these options into the batch script as they are: a
+    newline in job_name or queue would start a new line of the script, a command of its own."""
+    out: list[tuple[str, str, object]] = []
+
+    def walk(key: str, value: object) -> None:
+        if isinstance(value, str):
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                out.append((key, NO_CONTROL, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                sub = f"{key}.{k.encode('unicode_escape').decode() if isinstance(k, str) else k}"  # one line
+                walk(sub, k)
+                walk(sub, v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{key}[{i}]", v)
+
+    for f in dataclasses.fields(cfg):
+        walk(f"cluster.{f.name}", getattr(cfg, f.name))
+    return out
+
+
 def load_workflow(path: str | Path) -> Workflow:
     path = Path(path).resolve()
     wf = from_dict(Workflow, read_toml(path), path)
     wf.path = path
-    from .cluster import control_character_problems
     from .validate import problems
 
     found = problems(wf) + control_character_problems(wf.cluster)  # jobqueue options become batch-script lines
