@@ -87,7 +87,7 @@ def variants_task(out: str, work: str, key: str, media_file: str, holds: dict, s
     from ..fetch.imaging import ImageError, decode_for_pdq
     from .variants import GRID, variant_hashes
 
-    out_p, work_p = Path(out), Path(work)
+    work_p = Path(work)
     sets = {name for name, h in holds.items() if h["hold_images"]}
     grid = tuple(settings.get("variant_grid") or GRID) if settings.get("match_variants") else ()
     cols: dict[str, list] = {n: [] for n in VARIANT_SCHEMA.names}

@@ -13,7 +13,6 @@ tar at a time), so memory does not grow with the source.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .layout import SHARDS, sizes_path, split_dir
+from .layout import sizes_path, split_dir
 
 PLACEHOLDER = "<build>"
 LOGS = "open_clip_logs"  # under the build: open_clip writes <logs>/<date>-model_.../{out.log,params.txt,checkpoints/}
