@@ -82,8 +82,8 @@ def test_card_catalog_examples_run_as_printed_outside_the_build(demo_root):
     samples = [(r["split"], r["n"]) for r in catalog.query(
         build, "SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split").to_pylist()]
     outputs = []
-    for code in blocks:  # from the folder that holds the build, as the card says
-        r = plain_python(code, build.parent)
+    for code in blocks:  # from the card's folder (the build), as the card says
+        r = plain_python(code, build)
         assert r.returncode == 0, (code, r.stderr)
         outputs.append(r.stdout)
     assert outputs[0].strip() == str(samples) and "Insecta" in outputs[1]
@@ -94,7 +94,7 @@ def test_duckdb_cli_examples_run_as_printed(demo_root):
         pytest.skip("the DuckDB CLI (`duckdb`) is not installed here; the Python and polars examples cover the "
                     "same catalog")
     build = demo_root / "tol-demo" / "build"
-    for text, cwd in (((ROOT / "README.md").read_text(), demo_root), ((build / "README.md").read_text(), build.parent)):
+    for text, cwd in (((ROOT / "README.md").read_text(), demo_root), ((build / "README.md").read_text(), build)):
         commands = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if b.startswith("duckdb ")]
         assert commands
         for command in commands:

@@ -263,7 +263,7 @@ def test_the_cards_reading_examples_run_as_printed(build, tmp_path):
     blocks = [b for b in re.findall(r"```python\n(.*?)```", (build / "README.md").read_text(), re.S)
               if any(r in b for r in READERS)]
     assert [sum(r in b for b in blocks) for r in READERS] == [1, 1, 1]
-    outputs = _run_blocks(blocks, build.parent, tmp_path)
+    outputs = _run_blocks(blocks, build, tmp_path)  # from the card's folder, as it says
     val = tar_samples(build, "val")
     first_train, first_small = outputs[0].split()
     assert first_train in tar_samples(build, "train") and first_small in tar_samples(build, "train_small")

@@ -113,35 +113,41 @@ def what_is_here(counts: dict[str, dict[str, int]], s: dict) -> list[str]:
                     f"{code(CROISSANT)} (the shards in Croissant 1.0, JSON-LD)."]
 
 
-def read_it(name: str) -> list[str]:
-    """How to read the shards and query the catalog, from the folder that holds the build: code blocks that run
-    as printed (tests/test_hf_metadata.py, tests/test_catalog_outside.py run them)."""
-    q = json.dumps  # a Python string literal of a path
-    return [f"Read it from the folder that holds the build (`{name}/`), as printed. Hugging Face datasets "
+def read_it() -> list[str]:
+    """How to read the shards and query the catalog, from the card's own folder: code blocks that run as printed
+    there (tests/test_hf_metadata.py, tests/test_catalog_outside.py run them). Paths are BUILD_PATH-relative, so
+    the card holds no build folder's name: two builds of one workflow get the same card wherever they are."""
+    def q(path: str) -> str:  # a Python string literal of a path (BUILD_PATH kept as is, for render)
+        return json.dumps(path, ensure_ascii=False)
+
+    here = BUILD_PATH + "."  # the build itself: "." in BUILD/README.md, "../." in BUILD/shards/README.md
+    return ["Read it from the folder this card is in, as printed. Hugging Face datasets "
             "(this card's `configs`: train and validation; train_small a config of its own):", "", "```python",
-            "import datasets",
-            f"train = datasets.load_dataset({q(name)}, split=\"train\", streaming=True)",
-            f"small = datasets.load_dataset({q(name)}, \"train_small\", split=\"train\", streaming=True)",
+            "import os", "", "import datasets", "",
+            f"build = os.path.abspath({q(here)})  # the build folder (datasets wants its name, which '.' lacks)",
+            "train = datasets.load_dataset(build, split=\"train\", streaming=True)",
+            "small = datasets.load_dataset(build, \"train_small\", split=\"train\", streaming=True)",
             "print(next(iter(train))[\"__key__\"], next(iter(small))[\"__key__\"])", "```", "",
             "webdataset's random-access reader (`wids`, one index per split):", "", "```python", "import wids",
-            f"val = wids.ShardListDataset({q(f'{name}/{META}/val/wids.json')})",
+            f"val = wids.ShardListDataset({q(f'{BUILD_PATH}{META}/val/wids.json')})",
             "print(len(val), val[0][\"__key__\"], val[0][\".json\"][\"scientific_name\"])", "```", "",
             "Croissant (`mlcroissant` extracts the tars into its cache: keep it in the build, whose next `tol build` "
             "clears it when the shards change):", "", "```python", "import os", "",
-            f"os.environ[\"CROISSANT_CACHE\"] = {q(f'{name}/cache/croissant')}", "import mlcroissant as mlc", "",
-            f"records = mlc.Dataset({q(f'{name}/{CROISSANT}')}).records(\"val\")",
+            f"os.environ[\"CROISSANT_CACHE\"] = {q(f'{BUILD_PATH}cache/croissant')}", "import mlcroissant as mlc", "",
+            f"records = mlc.Dataset({q(f'{BUILD_PATH}{CROISSANT}')}).records(\"val\")",
             "first = next(iter(records))",
             "print(first[\"val/uid\"].decode(), first[\"val/scientific_name\"].decode(), first[\"val/jpg\"].size)",
             "```", "",
             "The catalog opens read-only in any DuckDB client, from any directory (its views read the build's "
             "absolute paths; after a move or copy, the next `tol` command on the build re-points them):", "",
-            "```bash", f"duckdb -readonly {shlex.quote(f'{name}/catalog.duckdb')} "
+            "```bash", f"duckdb -readonly {shlex.quote(f'{BUILD_PATH}catalog.duckdb')} "
             "\"SELECT split, count(*) AS samples FROM samples GROUP BY split ORDER BY split\"", "```", "",
-            "```python", "import duckdb", "", f"con = duckdb.connect({q(f'{name}/catalog.duckdb')}, read_only=True)",
+            "```python", "import duckdb", "",
+            f"con = duckdb.connect({q(f'{BUILD_PATH}catalog.duckdb')}, read_only=True)",
             "print(con.sql(\"SELECT split, count(*) AS samples FROM samples GROUP BY split ORDER BY split\")"
             ".fetchall())",
             "```", "", "```python", "import duckdb", "import polars as pl", "",
-            f"con = duckdb.connect({q(f'{name}/catalog.duckdb')}, read_only=True)",
+            f"con = duckdb.connect({q(f'{BUILD_PATH}catalog.duckdb')}, read_only=True)",
             "per_class: pl.DataFrame = con.sql(\"SELECT class, count(*) AS images FROM images GROUP BY class "
             "ORDER BY images DESC, class\").pl()", "print(per_class)", "```", ""]
 
@@ -278,7 +284,7 @@ def card_text(out: Path, wf, counts: dict[str, dict[str, int]]) -> str:
              "(arXiv 2311.18803), rebuilt reproducibly: the same inputs and seed give byte-identical shards.", ""]
     lines += ["## What is here", ""] + what_is_here(counts, s) + [""]
     lines += [*open_clip_section(out),  # generated from sizes.json (shards/commands.py); paths under <build>
-              *read_it(out.name)]
+              *read_it()]
     lines += ["## Sources", ""]
     by_src: dict[str, dict[str, int]] = {}
     for src, split, n in per_source:
