@@ -150,7 +150,7 @@ def run_ours(port: int, server_pid: int, files: list[Path], work: Path, max_side
     from tol_builder.cluster import close_client, get_client
     from tol_builder.config import ClusterConfig, FetchConfig, SourceConfig, Workflow
     from tol_builder.context import BuildContext
-    from tol_builder.records import RAW_COLUMNS, RECORD_SCHEMA, make_uid
+    from tol_builder.records import RECORD_SCHEMA, make_uid
     from tol_builder.runner import Runner
 
     out = work / "tol"
@@ -158,7 +158,7 @@ def run_ours(port: int, server_pid: int, files: list[Path], work: Path, max_side
     n = len(files)
     ids = [f.stem for f in files]
     cols = {"uid": [make_uid("bench", i) for i in ids], "source": ["bench"] * n}
-    cols.update({k: [None] * n for k in RAW_COLUMNS})
+    cols.update({k: [None] * n for k in RECORD_SCHEMA.names if k not in cols})
     cols["source_id"] = ids
     cols["media_uri"] = [f"http://127.0.0.1:{port}/{f.name}" for f in files]
     (out / "records" / "bench").mkdir(parents=True)

@@ -291,7 +291,7 @@ def write_records(out: Path, levels, anc, page_of_species, extra_pages, scale: f
                 elif f.name in t.column_names:
                     arrays.append(t.column(f.name))
                 else:
-                    arrays.append(pa.nulls(len(chunk), pa.string()))
+                    arrays.append(pa.nulls(len(chunk), f.type))
             path = out / "records" / source / f"part-{part:02d}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA), path, compression="zstd")

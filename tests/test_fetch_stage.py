@@ -25,7 +25,7 @@ from conftest_fetch import fault_server, jpeg_bytes, noise_image  # noqa: F401  
 from tol_builder.catalog import query
 from tol_builder.config import FetchConfig, SourceConfig, Workflow
 from tol_builder.context import BuildContext
-from tol_builder.records import RAW_COLUMNS, RECORD_SCHEMA, make_uid
+from tol_builder.records import RECORD_SCHEMA, make_uid
 from tol_builder.runner import Runner, read_markers
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def client():
 def write_records(out: Path, source: str, part: str, rows: list[dict]) -> list[str]:
     n = len(rows)
     cols = {"uid": [make_uid(source, r["source_id"]) for r in rows], "source": [source] * n}
-    cols.update({name: [r.get(name) for r in rows] for name in RAW_COLUMNS})
+    cols.update({name: [r.get(name) for r in rows] for name in RECORD_SCHEMA.names if name not in cols})
     path = out / "records" / source / f"{part}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols, schema=RECORD_SCHEMA), path)
