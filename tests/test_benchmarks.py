@@ -235,6 +235,7 @@ def _reference_split_few_shot(shot_feats, shot_y, feats, y, k, folds):
     return float(np.mean(accs))
 
 
+@pytest.mark.slow
 def test_suite_scores_equal_a_slow_reference_on_each_layout(fixture_root):
     from tol_builder.eval import features as F
     from tol_builder.eval.suite import SuiteSettings, run_suite
@@ -273,6 +274,7 @@ def test_suite_scores_equal_a_slow_reference_on_each_layout(fixture_root):
             _reference_split_few_shot(shot_feats, birds.shot_y, feats, birds.y, k, 3), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_suite_command_table_equals_json_and_cache_is_reused_then_invalidated(fixture_root, tmp_path):
     import torch
 
@@ -326,6 +328,7 @@ def test_eval_suite_command_table_equals_json_and_cache_is_reused_then_invalidat
     assert doc3["results"]["mine"] != doc["results"]["mine"]
 
 
+@pytest.mark.slow
 def test_eval_suite_named_task_without_images_names_the_folder(fixture_root, tmp_path):
     from conftest import run_cli
 
@@ -354,6 +357,7 @@ def trained_build(tmp_path_factory):
     return build
 
 
+@pytest.mark.slow
 def test_eval_finds_the_builds_only_run_and_lists_several(trained_build, tmp_path):
     import shutil
 
@@ -397,6 +401,7 @@ def test_eval_without_a_run_says_how_to_name_a_model(tmp_path):
 N_CHANCE_CLASSES, N_CHANCE_PER_CLASS = 40, 50  # 2,000 images
 
 
+@pytest.mark.slow
 def test_random_init_model_scores_at_chance_within_four_binomial_sds(tmp_path):
     """Images carry no trace of their class (every image the same noise distribution), so any model's hits are
     Bernoulli(k / C) per image whatever the model does: top-1 ~ Binomial(n, 1/C) / n, SD sqrt(p (1 - p) / n)
@@ -469,6 +474,7 @@ def _hf_snapshot(cache_root, model, model_cfg, revision="0123456789abcdef"):
     return snap
 
 
+@pytest.mark.slow
 def test_open_clip_checkpoint_folder_a_hf_snapshot_loads_through_the_suite(fixture_root, tmp_path):
     from conftest import run_cli
     from tol_builder.train import models
@@ -497,6 +503,7 @@ def test_open_clip_checkpoint_folder_a_hf_snapshot_loads_through_the_suite(fixtu
 
 # ---- issue 21 item 3: a text type per model (--text-types LABEL=TYPE) with BioCLIP's defaults ----------------
 
+@pytest.mark.slow
 def test_text_type_per_model_where_a_task_offers_it(fixture_root, tmp_path):
     import torch
 
@@ -544,6 +551,7 @@ def test_text_type_per_model_where_a_task_offers_it(fixture_root, tmp_path):
 
 # ---- issue 21 item 3: tol eval suite --plot ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_suite_plot_draws_the_tables_numbers(fixture_root, tmp_path):
     from PIL import Image
 
@@ -572,6 +580,7 @@ def test_eval_suite_plot_draws_the_tables_numbers(fixture_root, tmp_path):
 
 # ---- issue 21 item 3: `tol eval few-shot --plot` (README's table promises --plot for tol eval) ---------------
 
+@pytest.mark.slow
 def test_eval_few_shot_plot_draws_the_json_numbers(trained_build, tmp_path):
     from PIL import Image
 
@@ -646,6 +655,7 @@ def test_demo_trained_model_beats_random_init_on_a_demo_taxa_benchmark(tmp_path_
 
 # ---- issue 21 item 4: rank-cut class strings (--rank) ------------------------------------------------------
 
+@pytest.mark.slow
 def test_suite_at_a_rank_scores_the_taxonomic_strings_cut_there(fixture_root, tmp_path):
     from conftest import run_cli
     from tol_builder.eval import features as F

@@ -196,6 +196,7 @@ def _excl(out: Path) -> list[dict]:
     return catalog.query(out, "SELECT * FROM exclusions ORDER BY uid, eval_set, method").to_pylist()
 
 
+@pytest.mark.slow
 def test_exact_near_held_and_pool_duplicates(built):
     tmp, out, uids, counters = built
     name = {v: k for k, v in uids.items()}
@@ -226,6 +227,7 @@ def test_exact_near_held_and_pool_duplicates(built):
     assert {d["cluster_id"] for d in dups} == {min(uids["inat21:m0"], uids["eol:8002"])}
 
 
+@pytest.mark.slow
 def test_evaluation_images_stay_out_of_the_pool_tables(built):
     tmp, out, uids, _ = built
     n_eval = catalog.query(out, "SELECT count(*) AS n FROM eval_records").column("n")[0].as_py()
@@ -242,6 +244,7 @@ def test_evaluation_images_stay_out_of_the_pool_tables(built):
     assert ok.column("n")[0].as_py() == n_eval
 
 
+@pytest.mark.slow
 def test_rerunning_changes_nothing_and_the_survivor_is_the_same_in_any_order(built, tmp_path):
     tmp, out, uids, counters = built
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "dedup").glob("*.parquet")}
@@ -262,6 +265,7 @@ def test_rerunning_changes_nothing_and_the_survivor_is_the_same_in_any_order(bui
     assert _excl(out2) == _excl(out)
 
 
+@pytest.mark.slow
 def test_dedup_summary_counts_per_set_and_method(built):
     _, out, _, counters = built
     rows = catalog.query(out, "SELECT reason, eval_set, method, images FROM dedup_summary").to_pylist()
@@ -275,6 +279,7 @@ def test_dedup_summary_counts_per_set_and_method(built):
                                        "1 pool_duplicate")
 
 
+@pytest.mark.slow
 def test_near_pool_copies_stay_in_one_cluster_unless_asked(tmp_path):
     """A near (not byte-exact) copy inside the pool joins its original's cluster and stays; with
     dedup.drop_pool_near one of them goes, by the same rule as exact copies."""
@@ -324,6 +329,7 @@ def _chromium() -> str | None:
     return found
 
 
+@pytest.mark.slow
 def test_report_page_renders_in_a_real_browser(built, tmp_path):
     _, out, uids, _ = built
     from tol_builder.dedup.report import write_report
@@ -345,6 +351,7 @@ def test_report_page_renders_in_a_real_browser(built, tmp_path):
     assert colours > 2000, colours  # the noise pictures rendered (a page of text has a few hundred colours)
 
 
+@pytest.mark.slow
 def test_status_and_cli_report(built, tmp_path):
     from conftest import run_cli
 
@@ -356,6 +363,7 @@ def test_status_and_cli_report(built, tmp_path):
     assert (tmp_path / "r.html").exists() and "3 near matches shown" in " ".join(r.stderr.split())
 
 
+@pytest.mark.slow
 def test_an_evaluation_set_that_changed_is_prepared_again(built, tmp_path):
     """An image added to an image-folder set (its manifest unchanged) is noticed: the set is read again, its
     images already fetched are carried over, the new one is matched."""

@@ -115,6 +115,7 @@ def _excluded(out) -> dict[str, dict]:
     return {r["source_id"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_edited_copies_are_excluded_by_the_method_of_their_edit(built):
     _, out, _, counters = built
     got = _excluded(out)
@@ -129,12 +130,14 @@ def test_edited_copies_are_excluded_by_the_method_of_their_edit(built):
     assert counters["eval_variants"] == len(EDITS) * (7 + len(variants.GRID) - skipped)
 
 
+@pytest.mark.slow
 def test_other_photographs_of_the_same_taxon_are_not_excluded(built):
     _, out, _, _ = built
     wrongly = sorted(set(_excluded(out)) - set(EDITS))
     assert wrongly == [], wrongly  # panned frames of the same scenes and other photographs stay
 
 
+@pytest.mark.slow
 def test_dedup_summary_counts_per_method(built):
     _, out, _, _ = built
     rows = catalog.query(out, "SELECT method, images FROM dedup_summary WHERE reason = 'near_duplicate'").to_pylist()
@@ -145,6 +148,7 @@ def test_dedup_summary_counts_per_method(built):
     assert stage.summary_line(out).startswith(f"excluded {len(EDITS)} images: 0 exact_duplicate, {len(EDITS)} near")
 
 
+@pytest.mark.slow
 def test_the_settings_turn_it_off(built):
     """Without dihedral hashes and variants, the stage matches as before: no edited copy is caught."""
     tmp, out, wf, _ = built
@@ -178,6 +182,7 @@ def test_variant_names_and_methods():
     assert np.asarray(variants.add_border(im, 0.1, "white"))[0, 0].tolist() == [255, 255, 255]
 
 
+@pytest.mark.slow
 def test_the_report_names_the_variant_of_each_match(built, tmp_path):
     from tol_builder.dedup.report import write_report
 
