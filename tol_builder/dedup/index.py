@@ -277,20 +277,27 @@ class PDQIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int = 1) -> "PDQIndex":
         """Read a file written by save() and rebuild the hash tables (about a second per 100K codes)."""
-        import zipfile
+        return _read_index_file(path, lambda z: cls(z["codes"], z["valid"], max_distance=int(z["max_distance"]),
+                                                   threads=threads))
 
-        from ..errors import InputError
 
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                fmt = int(z["format"])
-                if fmt != INDEX_FORMAT:
-                    raise InputError(path, f"PDQ index file format {fmt}, this version reads {INDEX_FORMAT}",
-                                     field="format")
-                return cls(z["codes"], z["valid"], max_distance=int(z["max_distance"]), threads=threads)
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise InputError(path, f"not a PDQ index file ({type(e).__name__}: {e})") from None
+def _read_index_file(path: str | os.PathLike, build):
+    """`build(arrays)` of an index file written by PDQIndex.save / VariantIndex.save, its format checked; any
+    unreadable file is an InputError naming it (both index kinds share the file layout)."""
+    import zipfile
+
+    from ..errors import InputError
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            fmt = int(z["format"])
+            if fmt != INDEX_FORMAT:
+                raise InputError(path, f"PDQ index file format {fmt}, this version reads {INDEX_FORMAT}",
+                                 field="format")
+            return build(z)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(path, f"not a PDQ index file ({type(e).__name__}: {e})") from None
 
 
 # ---------------------------------------------------------------------------------- variant index (numpy)
@@ -392,23 +399,16 @@ class VariantIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "VariantIndex":
-        import zipfile
-
         from ..errors import InputError
 
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                fmt = int(z["format"])
-                if fmt != INDEX_FORMAT:
-                    raise InputError(path, f"PDQ index file format {fmt}, this version reads {INDEX_FORMAT}",
-                                     field="format")
-                codes, valid, r, orders = z["codes"], z["valid"], int(z["max_distance"]), z["orders"]
-                if orders.shape != (len(substrings(r)), int(valid.sum())):
-                    raise InputError(path, f"sorted rows of shape {orders.shape} do not fit the codes", field="orders")
-                return cls(codes, valid, max_distance=r, orders=orders)
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise InputError(path, f"not a PDQ index file ({type(e).__name__}: {e})") from None
+        def build(z) -> "VariantIndex":
+            codes, valid, r, orders = z["codes"], z["valid"], int(z["max_distance"]), z["orders"]
+            if orders.shape != (len(substrings(r)), int(valid.sum())):
+                raise InputError(Path(path), f"sorted rows of shape {orders.shape} do not fit the codes",
+                                 field="orders")
+            return cls(codes, valid, max_distance=r, orders=orders)
+
+        return _read_index_file(path, build)
 
 
 # ------------------------------------------------------------------------------------ within-pool pairs
